@@ -1,0 +1,64 @@
+// Public value types of memattn: dtypes, strided tensor views, options and workspaces.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <optional>
+
+namespace memattn {
+
+// Element types. f64 is accepted by the reference algorithms (naive, sequential, chunked) only;
+// u8 is the element type of boolean masks (nonzero = attend).
+enum class DType : uint8_t { f32, bf16, f16, f64, u8 };
+
+const char* dtype_name(DType);
+size_t dtype_size(DType);
+
+// A strided view of caller memory; the library never owns or frees it.
+// q, k, v, out: [batch, seq, heads, head_dim]; mask, bias: [batch|1, heads|1, seq_q|1, seq_k|1];
+// lse: [batch, heads, seq_q] (ndim 3, f32). Strides are in elements, may be zero or negative on
+// inputs; outputs must not overlap themselves.
+struct Tensor {
+  void* data = nullptr;
+  DType dtype = DType::f32;
+  int ndim = 4;
+  std::array<int64_t, 4> shape{0, 0, 0, 0};
+  std::array<int64_t, 4> strides{0, 0, 0, 0};
+
+  // A row-major (last dimension fastest) view of `ndim` = shape.size() dimensions.
+  static Tensor contiguous(void* data, DType dtype, std::initializer_list<int64_t> shape);
+  // The same view with a new shape and explicit strides (both of size `ndim`).
+  static Tensor strided(void* data, DType dtype, std::initializer_list<int64_t> shape,
+                        std::initializer_list<int64_t> strides);
+  int64_t numel() const;  // product of the shape; saturates at INT64_MAX on overflow
+};
+
+enum class Algorithm : uint8_t { automatic, naive, sequential, chunked, flash };
+const char* algorithm_name(Algorithm);
+
+// Where the diagonal of causal and sliding-window masks sits when seq_q != seq_k:
+// top_left (PyTorch's is_causal): query i sees keys j <= i.
+// bottom_right (FlashAttention >= 2.1): query i sees keys j <= i + seq_k - seq_q.
+enum class Align : uint8_t { top_left, bottom_right };
+
+struct Options {
+  std::optional<float> scale;  // unset: 1/sqrt(head_dim); any finite value (0, negative) is used as is
+  Algorithm algorithm = Algorithm::automatic;
+  int64_t query_chunk = 0, key_chunk = 0;  // 0: chosen by the planner
+  bool causal = false;                     // keys right of the diagonal are masked
+  Align align = Align::top_left;           // diagonal of causal and of the window
+  int64_t window_left = -1, window_right = -1;  // keys allowed at diag-left .. diag+right; -1: unbounded
+  const Tensor* mask = nullptr;  // u8, nonzero = attend; masked keys are never read
+  const Tensor* bias = nullptr;  // f32/bf16/f16 (f64 with f64 inputs), added to the scaled scores
+  int num_threads = 0;           // 0: all that OpenMP offers
+};
+
+// Caller-provided scratch memory. With one, the compute path allocates nothing.
+struct Workspace {
+  void* data = nullptr;
+  size_t bytes = 0;
+};
+
+}  // namespace memattn

@@ -1,0 +1,66 @@
+// The validated, resolved description of one attention call that every kernel reads.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+
+#include "memattn/types.hpp"
+
+namespace memattn::detail {
+
+// An operand as a base pointer and element strides; dims are [batch, seq, head, feature] for
+// q/k/v/out and [batch, head, query, key] for mask/bias (broadcast dims have stride 0).
+struct View {
+  const void* data = nullptr;
+  DType dtype = DType::f32;
+  int64_t stride[4] = {0, 0, 0, 0};
+
+  template <typename T>
+  const T* at(int64_t i0, int64_t i1, int64_t i2, int64_t i3 = 0) const {
+    return static_cast<const T*>(data) + i0 * stride[0] + i1 * stride[1] + i2 * stride[2] +
+           i3 * stride[3];
+  }
+};
+
+struct Params {
+  int64_t batch = 0, seq_q = 0, seq_k = 0, heads_q = 0, heads_kv = 0, dim = 0, dim_v = 0;
+  int64_t group = 1;  // heads_q / heads_kv: query head h reads key/value head h / group
+  DType dtype = DType::f32;
+  View q, k, v;
+  View out;       // written
+  View lse;       // written when has_lse; dims [batch, head, query]
+  bool has_lse = false;
+  View mask, bias;
+  bool has_mask = false, has_bias = false;
+  float scale = 1.0f;
+  bool causal = false;
+  int64_t diag = 0;  // key index of query 0's diagonal: 0 top-left, seq_k - seq_q bottom-right
+  int64_t window_left = -1, window_right = -1;
+
+  // Resolved by the planner.
+  Algorithm algorithm = Algorithm::flash;
+  int64_t query_chunk = 0, key_chunk = 0;
+  int threads = 1;
+
+  bool empty() const { return batch == 0 || heads_q == 0 || seq_q == 0; }
+
+  // Keys [first, last) that causal and window masks leave to query row i (may be empty).
+  int64_t key_begin(int64_t i) const {
+    if (window_left < 0) return 0;
+    return std::clamp<int64_t>(i + diag - window_left, 0, seq_k);
+  }
+  int64_t key_end(int64_t i) const {
+    int64_t end = seq_k;
+    if (causal) end = std::min(end, i + diag + 1);
+    if (window_right >= 0) end = std::min(end, i + diag + window_right + 1);
+    return std::clamp<int64_t>(end, 0, seq_k);
+  }
+  bool mask_allows(int64_t b, int64_t h, int64_t i, int64_t j) const {
+    return !has_mask || *mask.at<uint8_t>(b, h, i, j) != 0;
+  }
+};
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+}  // namespace memattn::detail

@@ -1,0 +1,310 @@
+// Validation of user-supplied tensors and options into a Params, with messages that say what was
+// expected and what was given.
+#include "api/validate.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <sstream>
+#include <vector>
+
+namespace memattn::detail {
+
+void fail(ErrorCode code, const std::string& message) { throw Error(code, message); }
+
+std::string shape_str(const Tensor& t) {
+  std::ostringstream s;
+  s << '[';
+  for (int i = 0; i < std::clamp(t.ndim, 0, 4); ++i) s << (i ? "," : "") << t.shape[i];
+  s << ']';
+  return s.str();
+}
+
+static std::string strides_str(const Tensor& t) {
+  std::ostringstream s;
+  s << '[';
+  for (int i = 0; i < std::clamp(t.ndim, 0, 4); ++i) s << (i ? "," : "") << t.strides[i];
+  s << ']';
+  return s.str();
+}
+
+template <typename... A>
+static std::string cat(const A&... a) {
+  std::ostringstream s;
+  (s << ... << a);
+  return s.str();
+}
+
+static bool has_zero_extent(const Tensor& t) {
+  for (int i = 0; i < t.ndim; ++i)
+    if (t.shape[i] == 0) return true;
+  return false;
+}
+
+void check_tensor(const Tensor& t, const char* name, int ndim) {
+  if (t.ndim != ndim)
+    fail(ErrorCode::invalid_argument,
+         cat(name, ": expected ", ndim, " dimensions, got ", t.ndim, " (shape ", shape_str(t), ")"));
+  for (int i = 0; i < ndim; ++i)
+    if (t.shape[i] < 0)
+      fail(ErrorCode::invalid_argument,
+           cat(name, ": shape[", i, "] must be >= 0, got ", t.shape[i], " (shape ", shape_str(t), ")"));
+  byte_span(t, name);  // throws on 64-bit overflow
+  if (t.data == nullptr && !has_zero_extent(t))
+    fail(ErrorCode::invalid_argument,
+         cat(name, ": data is null but the tensor has shape ", shape_str(t), " (", t.numel(),
+             " elements)"));
+}
+
+Span byte_span(const Tensor& t, const char* name) {
+  if (has_zero_extent(t)) return {static_cast<const char*>(t.data), static_cast<const char*>(t.data)};
+  int64_t lo = 0, hi = 0, count = 1;
+  const auto overflow = [&] {
+    fail(ErrorCode::size_overflow, cat(name, ": tensor size overflows int64 (shape ", shape_str(t),
+                                       ", strides ", strides_str(t), ")"));
+  };
+  for (int i = 0; i < t.ndim; ++i) {
+    int64_t reach;
+    if (__builtin_mul_overflow(t.shape[i] - 1, t.strides[i], &reach)) overflow();
+    if (__builtin_add_overflow(reach < 0 ? lo : hi, reach, reach < 0 ? &lo : &hi)) overflow();
+    if (__builtin_mul_overflow(count, t.shape[i], &count)) overflow();
+  }
+  const int64_t es = int64_t(dtype_size(t.dtype));
+  int64_t lo_b, hi_b;
+  if (__builtin_mul_overflow(lo, es, &lo_b) || __builtin_add_overflow(hi, 1, &hi) ||
+      __builtin_mul_overflow(hi, es, &hi_b))
+    overflow();
+  // The addresses themselves must stay inside the address space.
+  const uintptr_t base = reinterpret_cast<uintptr_t>(t.data);
+  if ((lo_b < 0 && uintptr_t(-lo_b) > base) || uintptr_t(hi_b) > UINTPTR_MAX - base) overflow();
+  const char* p = static_cast<const char*>(t.data);
+  return {p + lo_b, p + hi_b};
+}
+
+void check_writable(const Tensor& t, const char* name) {
+  struct Dim {
+    int64_t extent, stride;
+  };
+  std::vector<Dim> dims;
+  for (int i = 0; i < t.ndim; ++i) {
+    if (t.shape[i] <= 1) continue;
+    if (t.strides[i] == 0)
+      fail(ErrorCode::invalid_argument,
+           cat(name, ": stride[", i, "] is 0 on a dimension of size ", t.shape[i],
+               "; an output must not overlap itself (strides ", strides_str(t), ")"));
+    dims.push_back({t.shape[i], std::llabs(t.strides[i])});
+  }
+  if (has_zero_extent(t)) return;
+  // Sorted by stride, each dim must step past everything the smaller dims reach.
+  std::sort(dims.begin(), dims.end(), [](Dim a, Dim b) { return a.stride < b.stride; });
+  int64_t reach = 0;
+  for (const Dim& d : dims) {
+    if (d.stride <= reach)
+      fail(ErrorCode::invalid_argument,
+           cat(name, ": strides ", strides_str(t), " with shape ", shape_str(t),
+               " make elements overlap; an output must not overlap itself"));
+    reach += d.stride * (d.extent - 1);
+  }
+}
+
+// Can some element offset sum_d t_d * stride_d with |t_d| < extent_d equal `delta`? `dims` are
+// sorted by decreasing stride and nested (each stride exceeds what the smaller dims reach), so at
+// each level only the two multiples bracketing the remainder can lead to a solution.
+static bool reachable(const std::vector<std::pair<int64_t, int64_t>>& dims, size_t level,
+                      int64_t delta) {
+  if (level == dims.size()) return delta == 0;
+  const auto [extent, stride] = dims[level];
+  const int64_t lo = delta >= 0 ? delta / stride : -((-delta + stride - 1) / stride);
+  for (int64_t t : {lo, lo + 1}) {
+    if (t <= -extent || t >= extent) continue;
+    if (reachable(dims, level + 1, delta - t * stride)) return true;
+  }
+  return false;
+}
+
+static bool may_share_element(const Tensor& a, const Tensor& b, Span sa, Span sb) {
+  if (sa.lo == sa.hi || sb.lo == sb.hi) return false;
+  if (sa.hi <= sb.lo || sb.hi <= sa.lo) return false;
+  // Spans intersect. Interleaved views of one buffer (packed qkv, a head-dim slice) have the same
+  // element size and strides and an offset no index difference can produce.
+  const int64_t es = int64_t(dtype_size(a.dtype));
+  if (es != int64_t(dtype_size(b.dtype)) || a.ndim != b.ndim) return true;
+  const int64_t delta_b = static_cast<const char*>(b.data) - static_cast<const char*>(a.data);
+  if (delta_b % es != 0) return true;
+  std::vector<std::pair<int64_t, int64_t>> dims;
+  for (int i = 0; i < a.ndim; ++i) {
+    if (a.strides[i] != b.strides[i] || a.shape[i] != b.shape[i]) return true;
+    if (a.shape[i] > 1 && a.strides[i] != 0) dims.push_back({a.shape[i], std::llabs(a.strides[i])});
+  }
+  std::sort(dims.begin(), dims.end(), [](auto x, auto y) { return x.second > y.second; });
+  int64_t reach = 0;
+  for (auto it = dims.rbegin(); it != dims.rend(); ++it) {
+    if (it->second <= reach) return true;  // not nested: cannot decide cheaply, refuse
+    reach += it->second * (it->first - 1);
+  }
+  return reachable(dims, 0, delta_b / es);
+}
+
+void check_no_alias(const Tensor& out, const char* out_name, const Tensor& in, const char* in_name) {
+  if (may_share_element(out, in, byte_span(out, out_name), byte_span(in, in_name)))
+    fail(ErrorCode::aliasing,
+         cat("unsupported operation: some elements of ", out_name, " and ", in_name,
+             " refer to a single memory location; the output must not overlap any other operand"));
+}
+
+static bool is_float_dtype(DType d) {
+  return d == DType::f32 || d == DType::bf16 || d == DType::f16 || d == DType::f64;
+}
+
+static View make_view(const Tensor& t) {
+  View v;
+  v.data = t.data;
+  v.dtype = t.dtype;
+  for (int i = 0; i < t.ndim; ++i) v.stride[i] = t.shape[i] == 1 ? 0 : t.strides[i];
+  return v;
+}
+
+// mask / bias: [B|1, H|1, Sq|1, Sk|1]; broadcast dims read with stride 0.
+static View check_broadcast(const Tensor& t, const char* name, const Params& p) {
+  check_tensor(t, name, 4);
+  const int64_t target[4] = {p.batch, p.heads_q, p.seq_q, p.seq_k};
+  for (int i = 0; i < 4; ++i)
+    if (t.shape[i] != target[i] && t.shape[i] != 1)
+      fail(ErrorCode::invalid_argument,
+           cat(name, " shape ", shape_str(t), " not broadcastable to [B=", p.batch, ",H=", p.heads_q,
+               ",Sq=", p.seq_q, ",Sk=", p.seq_k, "]; each dim must equal the target or be 1"));
+  return make_view(t);
+}
+
+Params make_forward_params(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* out,
+                           const Tensor* lse, const Options& o) {
+  if (q.ndim != 4 || k.ndim != 4 || v.ndim != 4)
+    fail(ErrorCode::invalid_argument,
+         cat("q, k, v must have the same rank (4: [B, S, H, D]); got q=", shape_str(q),
+             ", k=", shape_str(k), ", v=", shape_str(v)));
+  check_tensor(q, "q", 4);
+  check_tensor(k, "k", 4);
+  check_tensor(v, "v", 4);
+  if (out) check_tensor(*out, "out", 4);
+
+  if (q.dtype != k.dtype || q.dtype != v.dtype)
+    fail(ErrorCode::invalid_argument,
+         cat("q, k, v must have the same dtype; got q=", dtype_name(q.dtype),
+             ", k=", dtype_name(k.dtype), ", v=", dtype_name(v.dtype)));
+  if (!is_float_dtype(q.dtype))
+    fail(ErrorCode::invalid_argument,
+         cat("q: dtype ", dtype_name(q.dtype),
+             " is not supported; expected one of f32, bf16, f16 (f64 with the naive, sequential or "
+             "chunked algorithm)"));
+  if (out && out->dtype != q.dtype)
+    fail(ErrorCode::invalid_argument, cat("out: dtype must match q (", dtype_name(q.dtype), "), got ",
+                                          dtype_name(out->dtype)));
+
+  Params p;
+  p.dtype = q.dtype;
+  p.batch = q.shape[0];
+  p.seq_q = q.shape[1];
+  p.heads_q = q.shape[2];
+  p.dim = q.shape[3];
+  p.seq_k = k.shape[1];
+  p.heads_kv = k.shape[2];
+  p.dim_v = v.shape[3];
+
+  for (const auto& [t, name] : {std::pair{&k, "k"}, std::pair{&v, "v"}})
+    if (t->shape[0] != p.batch)
+      fail(ErrorCode::invalid_argument,
+           cat(name, ": batch ", t->shape[0], " does not match q batch ", p.batch));
+  if (v.shape[1] != p.seq_k)
+    fail(ErrorCode::invalid_argument,
+         cat("v: seq ", v.shape[1], " does not match k seq ", p.seq_k, " (keys and values pair up)"));
+  if (v.shape[2] != p.heads_kv)
+    fail(ErrorCode::invalid_argument,
+         cat("v: heads ", v.shape[2], " does not match k heads ", p.heads_kv));
+  if (p.heads_kv == 0 && p.heads_q != 0)
+    fail(ErrorCode::invalid_argument,
+         cat("num_heads_kv must be > 0 when num_heads_q is ", p.heads_q, ", got 0"));
+  if (p.heads_kv != 0 && p.heads_q % p.heads_kv != 0)
+    fail(ErrorCode::invalid_argument, cat("num_heads_q (", p.heads_q,
+                                          ") must be a multiple of num_heads_kv (", p.heads_kv, ")"));
+  p.group = p.heads_kv ? p.heads_q / p.heads_kv : 1;
+  if (k.shape[3] != p.dim)
+    fail(ErrorCode::invalid_argument,
+         cat("q.shape[-1] (", p.dim, ") != k.shape[-1] (", k.shape[3], ")"));
+  const int64_t want_out[4] = {p.batch, p.seq_q, p.heads_q, p.dim_v};
+  if (out) {
+    for (int i = 0; i < 4; ++i)
+      if (out->shape[i] != want_out[i])
+        fail(ErrorCode::invalid_argument,
+             cat("out: shape ", shape_str(*out), " expected [", want_out[0], ",", want_out[1], ",",
+                 want_out[2], ",", want_out[3], "] ([batch, seq_q, heads_q, head_dim_v])"));
+    check_writable(*out, "out");
+    p.out = make_view(*out);
+  }
+  p.q = make_view(q);
+  p.k = make_view(k);
+  p.v = make_view(v);
+
+  if (lse) {
+    check_tensor(*lse, "lse", 3);
+    if (lse->dtype != DType::f32)
+      fail(ErrorCode::invalid_argument, cat("lse: dtype must be f32, got ", dtype_name(lse->dtype)));
+    if (lse->shape[0] != p.batch || lse->shape[1] != p.heads_q || lse->shape[2] != p.seq_q)
+      fail(ErrorCode::invalid_argument, cat("lse: shape ", shape_str(*lse), " expected [", p.batch, ",",
+                                            p.heads_q, ",", p.seq_q, "] ([batch, heads_q, seq_q])"));
+    check_writable(*lse, "lse");
+    p.lse = make_view(*lse);
+    p.has_lse = true;
+  }
+  if (o.mask) {
+    if (o.mask->dtype != DType::u8)
+      fail(ErrorCode::invalid_argument,
+           cat("mask: dtype must be u8 (bool, nonzero = attend), got ", dtype_name(o.mask->dtype)));
+    p.mask = check_broadcast(*o.mask, "mask", p);
+    p.has_mask = true;
+  }
+  if (o.bias) {
+    const DType bd = o.bias->dtype;
+    if (!(bd == DType::f32 || bd == DType::bf16 || bd == DType::f16 ||
+          (bd == DType::f64 && p.dtype == DType::f64)))
+      fail(ErrorCode::invalid_argument,
+           cat("bias: dtype must be one of f32, bf16, f16 (f64 with f64 inputs), got ",
+               dtype_name(bd)));
+    p.bias = check_broadcast(*o.bias, "bias", p);
+    p.has_bias = true;
+  }
+
+  if (o.scale && !std::isfinite(*o.scale))
+    fail(ErrorCode::invalid_argument, cat("scale must be finite, got ", *o.scale));
+  p.scale = o.scale ? *o.scale : (p.dim > 0 ? float(1.0 / std::sqrt(double(p.dim))) : 1.0f);
+
+  for (const auto& [value, name] :
+       {std::pair{o.window_left, "window_left"}, std::pair{o.window_right, "window_right"}})
+    if (value < -1)
+      fail(ErrorCode::invalid_argument,
+           cat(name, " must be -1 (unbounded) or >= 0, got ", value));
+  for (const auto& [value, name] :
+       {std::pair{o.query_chunk, "query_chunk"}, std::pair{o.key_chunk, "key_chunk"}})
+    if (value < 0)
+      fail(ErrorCode::invalid_argument, cat(name, " must be 0 (automatic) or > 0, got ", value));
+  if (o.num_threads < 0)
+    fail(ErrorCode::invalid_argument,
+         cat("num_threads must be 0 (all) or > 0, got ", o.num_threads));
+  p.causal = o.causal;
+  p.diag = o.align == Align::bottom_right ? p.seq_k - p.seq_q : 0;
+  // Windows wider than both sequences act as unbounded; clamping keeps index arithmetic in range.
+  const int64_t wide = p.seq_q + p.seq_k + 1;
+  p.window_left = o.window_left < 0 ? -1 : std::min(o.window_left, wide);
+  p.window_right = o.window_right < 0 ? -1 : std::min(o.window_right, wide);
+
+  const Tensor* inputs[] = {&q, &k, &v, o.mask, o.bias};
+  const char* names[] = {"q", "k", "v", "mask", "bias"};
+  for (int i = 0; i < 5; ++i) {
+    if (!inputs[i]) continue;
+    if (out) check_no_alias(*out, "out", *inputs[i], names[i]);
+    if (lse) check_no_alias(*lse, "lse", *inputs[i], names[i]);
+  }
+  if (out && lse) check_no_alias(*out, "out", *lse, "lse");
+  return p;
+}
+
+}  // namespace memattn::detail

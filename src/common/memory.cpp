@@ -1,0 +1,54 @@
+// The process-wide allocator hook and the Buffer that draws from it.
+#include "common/memory.hpp"
+
+#include <atomic>
+#include <new>
+#include <string>
+
+#include "memattn/allocator.hpp"
+#include "memattn/error.hpp"
+
+namespace memattn {
+namespace {
+
+void* default_allocate(size_t bytes, size_t alignment, void*) {
+  return ::operator new(bytes, std::align_val_t(alignment), std::nothrow);
+}
+void default_deallocate(void* p, size_t, void*) { ::operator delete(p, std::align_val_t(detail::kAlign)); }
+
+Allocator g_allocator{default_allocate, default_deallocate, nullptr};
+
+}  // namespace
+
+Allocator set_allocator(const Allocator& a) {
+  Allocator previous = g_allocator;
+  if (a.allocate == nullptr && a.deallocate == nullptr)
+    g_allocator = Allocator{default_allocate, default_deallocate, nullptr};
+  else if (a.allocate == nullptr || a.deallocate == nullptr)
+    throw Error(ErrorCode::invalid_argument,
+                "allocator: allocate and deallocate must both be set or both be null");
+  else
+    g_allocator = a;
+  return previous;
+}
+
+namespace detail {
+
+void workspace_overflow() {
+  throw Error(ErrorCode::size_overflow, "workspace size overflows size_t (tensor size overflows int64)");
+}
+
+Buffer::Buffer(size_t bytes, const char* what) : bytes_(bytes) {
+  if (bytes == 0) return;
+  data_ = g_allocator.allocate(bytes, kAlign, g_allocator.context);
+  if (data_ == nullptr)
+    throw Error(ErrorCode::out_of_memory,
+                "failed to allocate " + std::to_string(bytes) + " bytes for " + what);
+}
+
+Buffer::~Buffer() {
+  if (data_) g_allocator.deallocate(data_, bytes_, g_allocator.context);
+}
+
+}  // namespace detail
+}  // namespace memattn

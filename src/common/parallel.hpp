@@ -1,0 +1,30 @@
+// parallel_items: one OpenMP region over independent work items, one workspace slice per thread.
+#pragma once
+
+#include <omp.h>
+
+#include "plan/plan.hpp"
+
+namespace memattn::detail {
+
+// Runs fn(item, worker_slice) for item in [0, work_items(p)) on workers(p) threads, each with its
+// own `slice_bytes` slice of the workspace. Items are independent and each is computed whole by one
+// thread, so the result does not depend on the thread count or on which thread runs which item.
+template <typename Fn>
+void parallel_items(const Params& p, void* workspace, size_t slice_bytes, Fn&& fn) {
+  const int64_t items = work_items(p);
+  const int nw = workers(p);
+  char* base = static_cast<char*>(workspace);
+  if (nw == 1) {
+    for (int64_t it = 0; it < items; ++it) fn(it, base);
+    return;
+  }
+#pragma omp parallel num_threads(nw)
+  {
+    char* slice = base + size_t(omp_get_thread_num()) * slice_bytes;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < items; ++it) fn(it, slice);
+  }
+}
+
+}  // namespace memattn::detail

@@ -1,0 +1,92 @@
+// Chooses the algorithm, chunk sizes and workers of a call, and sizes its workspace.
+#include "plan/plan.hpp"
+
+#include <omp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "api/validate.hpp"
+
+namespace memattn::detail {
+namespace {
+
+size_t l2_bytes() {
+  static const size_t bytes = [] {
+    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return v > 0 ? size_t(v) : size_t(1) << 20;
+  }();
+  return bytes;
+}
+
+int64_t round_down(int64_t x, int64_t m) { return std::max(m, x / m * m); }
+
+}  // namespace
+
+void plan_forward(Params& p, const Options& o) {
+  p.algorithm = o.algorithm;
+  if (p.algorithm == Algorithm::automatic)
+    p.algorithm = p.dtype == DType::f64 ? Algorithm::chunked : Algorithm::flash;
+  if (p.algorithm == Algorithm::flash && p.dtype == DType::f64)
+    fail(ErrorCode::unsupported,
+         "algorithm: flash takes f32, bf16 or f16 inputs, got f64 (use naive, sequential or "
+         "chunked for f64)");
+
+  int64_t cq = o.query_chunk, ck = o.key_chunk;
+  if (p.algorithm == Algorithm::chunked) {
+    // The paper's choice: a constant query chunk (1024) and key chunks of sqrt(n), which keeps
+    // sqrt(n) summaries of query_chunk x dim_v each: O(sqrt n) memory.
+    if (cq == 0) cq = 1024;
+    if (ck == 0) ck = int64_t(std::ceil(std::sqrt(double(std::max<int64_t>(p.seq_k, 1)))));
+  } else if (p.algorithm == Algorithm::flash) {
+    // The packed K and V chunks (key_chunk x (dim + dim_v) f32) are reread once per query row, so
+    // they should stay in the per-core L2 with room left for the query rows, the scores and the
+    // accumulators: half of L2 for K+V, in steps of 16 keys (one AVX-512 register of scores).
+    // 64 query rows amortise each chunk's packing 64 times and give B*H*ceil(n/64) work items.
+    if (cq == 0) cq = 64;
+    if (ck == 0)
+      ck = std::clamp<int64_t>(round_down(int64_t(l2_bytes() / 2) / (4 * (p.dim + p.dim_v + 1)), 16),
+                               16, 512);
+  }
+  // Chunks never exceed the sequences, so tiny problems take tiny workspaces.
+  p.query_chunk = std::max<int64_t>(1, std::min(cq ? cq : p.seq_q, p.seq_q));
+  p.key_chunk = std::max<int64_t>(1, std::min(ck ? ck : p.seq_k, p.seq_k));
+  p.threads = o.num_threads > 0 ? o.num_threads : omp_get_max_threads();
+}
+
+int64_t work_items(const Params& p) {
+  switch (p.algorithm) {
+    case Algorithm::chunked:
+    case Algorithm::flash:
+      return p.batch * p.heads_q * ((p.seq_q + p.query_chunk - 1) / p.query_chunk);
+    case Algorithm::naive: return p.batch * p.heads_q;
+    default: return 1;
+  }
+}
+
+int workers(const Params& p) {
+  return int(std::max<int64_t>(1, std::min<int64_t>(p.threads, work_items(p))));
+}
+
+size_t forward_workspace_bytes(const Params& p) {
+  if (p.empty() || p.seq_k == 0) return 0;
+  Carver c;
+  switch (p.algorithm) {
+    case Algorithm::naive:
+      p.dtype == DType::f64 ? (void)NaiveSlices<double>::carve(p, c) : (void)NaiveSlices<float>::carve(p, c);
+      break;
+    case Algorithm::sequential:
+      p.dtype == DType::f64 ? (void)SequentialSlices<double>::carve(p, c)
+                            : (void)SequentialSlices<float>::carve(p, c);
+      break;
+    case Algorithm::chunked:
+      p.dtype == DType::f64 ? (void)ChunkedSlices<double>::carve(p, c)
+                            : (void)ChunkedSlices<float>::carve(p, c);
+      break;
+    default: FlashSlices::carve(p, c); break;
+  }
+  return checked_add(checked_mul(c.used(), size_t(workers(p))), kAlign);
+}
+
+}  // namespace memattn::detail

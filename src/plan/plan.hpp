@@ -1,0 +1,78 @@
+// The planner: algorithm, chunk sizes, thread count and the per-worker workspace layouts.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "api/params.hpp"
+#include "common/memory.hpp"
+
+namespace memattn::detail {
+
+// Fills p.algorithm, p.query_chunk, p.key_chunk and p.threads from the options. Pure function of
+// the shapes, the options and the machine's cache sizes: never of the thread count, so results are
+// bitwise identical for any number of threads.
+void plan_forward(Params& p, const Options& o);
+
+// Independent units of parallel work: (batch, head, query chunk) or (batch, head).
+int64_t work_items(const Params& p);
+// Workers that get a workspace slice: min(threads, work items), at least 1.
+int workers(const Params& p);
+
+// Exact bytes forward needs: a slice per worker plus kAlign slack to align a caller's pointer.
+size_t forward_workspace_bytes(const Params& p);
+
+template <typename Acc>
+struct NaiveSlices {
+  Acc* scores;  // seq_q x seq_k: the whole matrix, the point of the baseline
+  Acc* acc;     // dim_v: one output row being summed
+  static NaiveSlices carve(const Params& p, Carver& c) {
+    return {c.take<Acc>(checked_mul(size_t(p.seq_q), size_t(p.seq_k))), c.take<Acc>(p.dim_v)};
+  }
+};
+
+template <typename Acc>
+struct SequentialSlices {
+  Acc* acc;  // dim_v: the running value vector v* of the paper's section 2
+  static SequentialSlices carve(const Params& p, Carver& c) { return {c.take<Acc>(p.dim_v)}; }
+};
+
+template <typename Acc>
+struct ChunkedSlices {
+  Acc* scores;     // key_chunk: one query row's scores against the chunk
+  Acc* values;     // key chunks x query_chunk x dim_v: each chunk's exp-weighted values
+  Acc* sums;       // key chunks x query_chunk: each chunk's exp-weight sum
+  Acc* maxes;      // key chunks x query_chunk: each chunk's max score
+  static int64_t key_chunks(const Params& p) { return (p.seq_k + p.key_chunk - 1) / p.key_chunk; }
+  static ChunkedSlices carve(const Params& p, Carver& c) {
+    const size_t cq = size_t(p.query_chunk), n = size_t(key_chunks(p));
+    const size_t summaries = checked_mul(n, cq);
+    return {c.take<Acc>(checked_mul(cq, size_t(p.key_chunk))),
+            c.take<Acc>(checked_mul(summaries, size_t(p.dim_v))), c.take<Acc>(summaries),
+            c.take<Acc>(summaries)};
+  }
+};
+
+struct FlashSlices {
+  float* q;        // query_chunk x dim: the query rows, converted to f32
+  float* k;        // key_chunk x dim: the packed key chunk
+  float* v;        // key_chunk x dim_v: the packed value chunk
+  float* scores;   // query_chunk x key_chunk: scores, then probabilities
+  float* acc;      // query_chunk x dim_v: unnormalised output rows
+  float* row_max;  // query_chunk
+  float* row_sum;  // query_chunk
+  uint8_t* live;   // key_chunk: key attended by some row of the chunk (else never read)
+  static FlashSlices carve(const Params& p, Carver& c) {
+    const size_t cq = size_t(p.query_chunk), ck = size_t(p.key_chunk);
+    return {c.take<float>(checked_mul(cq, size_t(p.dim))),
+            c.take<float>(checked_mul(ck, size_t(p.dim))),
+            c.take<float>(checked_mul(ck, size_t(p.dim_v))),
+            c.take<float>(checked_mul(cq, ck)),
+            c.take<float>(checked_mul(cq, size_t(p.dim_v))),
+            c.take<float>(cq),
+            c.take<float>(cq),
+            c.take<uint8_t>(ck)};
+  }
+};
+
+}  // namespace memattn::detail

@@ -1,0 +1,30 @@
+// The memattn command-line tool: `memattn demo [--json]` and `memattn help`.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "demo.hpp"
+#include "memattn/error.hpp"
+
+static int usage(FILE* to) {
+  std::fprintf(to,
+               "usage: memattn <command> [options]\n"
+               "  demo [--json] [--max-seconds S]  the paper's Table 2 on this machine: extra memory,\n"
+               "                                   time and max difference of naive, chunked, flash\n"
+               "  help                             this text\n");
+  return to == stdout ? 0 : 2;
+}
+
+int main(int argc, char** argv) {
+  if (argc < 2) return usage(stderr);
+  const std::string cmd = argv[1];
+  try {
+    if (cmd == "demo") return memattn::tool::demo_main(argc - 2, argv + 2);
+    if (cmd == "help" || cmd == "--help" || cmd == "-h") return usage(stdout);
+  } catch (const memattn::Error& e) {
+    std::fprintf(stderr, "memattn: %s\n", e.what());
+    return 1;
+  }
+  std::fprintf(stderr, "memattn: unknown command '%s'\n", cmd.c_str());
+  return usage(stderr);
+}
