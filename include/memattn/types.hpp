@@ -53,6 +53,9 @@ struct Options {
   const Tensor* mask = nullptr;  // u8, nonzero = attend; masked keys are never read
   const Tensor* bias = nullptr;  // f32/bf16/f16 (f64 with f64 inputs), added to the scaled scores
   int num_threads = 0;           // 0: all that OpenMP offers
+  // SIMD target of the flash kernels: null = the best this CPU supports, unless the environment
+  // variable MEMATTN_TARGET names one; else one of the names supported_targets() lists.
+  const char* target = nullptr;
 };
 
 // Caller-provided scratch memory. With one, the compute path allocates nothing.
