@@ -9,6 +9,8 @@
 
 namespace memattn::detail {
 
+struct Kernels;
+
 // An operand as a base pointer and element strides; dims are [batch, seq, head, feature] for
 // q/k/v/out and [batch, head, query, key] for mask/bias (broadcast dims have stride 0).
 struct View {
@@ -42,6 +44,7 @@ struct Params {
   Algorithm algorithm = Algorithm::flash;
   int64_t query_chunk = 0, key_chunk = 0;
   int threads = 1;
+  const Kernels* kernels = nullptr;  // the SIMD target of the flash path
 
   bool empty() const { return batch == 0 || heads_q == 0 || seq_q == 0; }
 

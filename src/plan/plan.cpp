@@ -53,6 +53,7 @@ void plan_forward(Params& p, const Options& o) {
   p.query_chunk = std::max<int64_t>(1, std::min(cq ? cq : p.seq_q, p.seq_q));
   p.key_chunk = std::max<int64_t>(1, std::min(ck ? ck : p.seq_k, p.seq_k));
   p.threads = o.num_threads > 0 ? o.num_threads : omp_get_max_threads();
+  if (p.algorithm == Algorithm::flash) p.kernels = &select_kernels(o.target);
 }
 
 int64_t work_items(const Params& p) {

@@ -6,6 +6,7 @@
 
 #include "api/params.hpp"
 #include "common/memory.hpp"
+#include "cpu/kernels.hpp"
 
 namespace memattn::detail {
 
@@ -54,24 +55,24 @@ struct ChunkedSlices {
 };
 
 struct FlashSlices {
-  float* q;        // query_chunk x dim: the query rows, converted to f32
-  float* k;        // key_chunk x dim: the packed key chunk
-  float* v;        // key_chunk x dim_v: the packed value chunk
-  float* scores;   // query_chunk x key_chunk: scores, then probabilities
-  float* acc;      // query_chunk x dim_v: unnormalised output rows
-  float* row_max;  // query_chunk
-  float* row_sum;  // query_chunk
+  float* qt;       // dim x pad(query_chunk): the scaled query rows, transposed (lanes = queries)
+  float* q_row;    // dim: one query row converted to f32 on its way into qt
+  float* k;        // key_chunk x dim: the key chunk as f32, when it cannot be read in place
+  float* v;        // key_chunk x pad(dim_v): the value chunk as f32, zero-padded
+  float* st;       // key_chunk x pad(query_chunk): scores, then probabilities, transposed
+  float* acc;      // query_chunk x pad(dim_v): unnormalised output rows
+  float* row_max;  // pad(query_chunk)
+  float* row_sum;  // pad(query_chunk)
+  float* alpha;    // pad(query_chunk): this chunk's rescaling of the rows
   uint8_t* live;   // key_chunk: key attended by some row of the chunk (else never read)
   static FlashSlices carve(const Params& p, Carver& c) {
     const size_t cq = size_t(p.query_chunk), ck = size_t(p.key_chunk);
-    return {c.take<float>(checked_mul(cq, size_t(p.dim))),
-            c.take<float>(checked_mul(ck, size_t(p.dim))),
-            c.take<float>(checked_mul(ck, size_t(p.dim_v))),
-            c.take<float>(checked_mul(cq, ck)),
-            c.take<float>(checked_mul(cq, size_t(p.dim_v))),
-            c.take<float>(cq),
-            c.take<float>(cq),
-            c.take<uint8_t>(ck)};
+    const size_t cqp = pad_floats(cq), dvp = pad_floats(size_t(p.dim_v)), d = size_t(p.dim);
+    return {c.take<float>(checked_mul(d, cqp)),   c.take<float>(d),
+            c.take<float>(checked_mul(ck, d)),    c.take<float>(checked_mul(ck, dvp)),
+            c.take<float>(checked_mul(ck, cqp)),  c.take<float>(checked_mul(cq, dvp)),
+            c.take<float>(cqp),                   c.take<float>(cqp),
+            c.take<float>(cqp),                   c.take<uint8_t>(ck)};
   }
 };
 

@@ -1,0 +1,223 @@
+// The flash path's SIMD kernels, compiled once per Highway target (foreach_target) and listed at
+// the end for run-time selection: a register-blocked f32 GEMM tile, the online-softmax step with a
+// vectorised exp, row rescaling and dtype conversion.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "cpu/kernels_hwy.cpp"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+
+#include <array>
+#include <cmath>
+#include <type_traits>
+#include <utility>
+
+#include "hwy/highway.h"
+#include "hwy/contrib/math/math-inl.h"
+
+#include "common/half.hpp"
+#include "cpu/kernels.hpp"
+
+HWY_BEFORE_NAMESPACE();
+namespace memattn::detail {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+using DF = hn::ScalableTag<float>;
+using VF = hn::Vec<DF>;
+
+// Register blocking: kMR rows of A times kNV vectors of B, kMR * kNV accumulators. 6 x 4 uses 24 of
+// AVX-512's 32 registers (plus 4 for B and 1 broadcast) and amortises each B load over 6 FMAs; the
+// same shape serves 16 registers of AVX2/SSE4 less well but still without spills of B.
+constexpr size_t kMR = HWY_TARGET <= HWY_AVX3 ? 6 : 4;
+constexpr size_t kNV = HWY_TARGET <= HWY_AVX3 ? 4 : 2;
+
+template <size_t MR, size_t NV>
+HWY_INLINE void GemmTile(const GemmArgs& g, size_t i0, size_t j0) {
+  const DF d;
+  const size_t L = hn::Lanes(d);
+  VF acc[MR][NV];
+  float* c = g.c + i0 * g.ldc + j0;
+  HWY_UNROLL(1)
+  for (size_t i = 0; i < MR; ++i)
+    for (size_t j = 0; j < NV; ++j)
+      acc[i][j] = g.accumulate ? hn::LoadU(d, c + i * g.ldc + j * L) : hn::Zero(d);
+  const float* a = g.a + i0 * g.a_row;
+  const float* b = g.b + j0;
+  for (size_t kk = 0; kk < g.k; ++kk) {
+    VF bv[NV];
+    for (size_t j = 0; j < NV; ++j) bv[j] = hn::LoadU(d, b + kk * g.ldb + j * L);
+    for (size_t i = 0; i < MR; ++i) {
+      const VF ai = hn::Set(d, a[i * g.a_row + kk * g.a_col]);
+      for (size_t j = 0; j < NV; ++j) acc[i][j] = hn::MulAdd(ai, bv[j], acc[i][j]);
+    }
+  }
+  for (size_t i = 0; i < MR; ++i)
+    for (size_t j = 0; j < NV; ++j) hn::StoreU(acc[i][j], d, c + i * g.ldc + j * L);
+}
+
+// Tiles for every (rows, vectors) remainder, so edges run the same code as the steady state.
+template <size_t MR, size_t NV>
+void GemmTileFn(const GemmArgs& g, size_t i0, size_t j0) {
+  GemmTile<MR, NV>(g, i0, j0);
+}
+using TileFn = void (*)(const GemmArgs&, size_t, size_t);
+template <size_t MR, size_t... J>
+constexpr std::array<TileFn, kNV> TileCol(std::index_sequence<J...>) {
+  return {&GemmTileFn<MR, J + 1>...};
+}
+template <size_t... I>
+constexpr std::array<std::array<TileFn, kNV>, kMR> TileTable(std::index_sequence<I...>) {
+  return {TileCol<I + 1>(std::make_index_sequence<kNV>())...};
+}
+
+void Gemm(const GemmArgs& g) {
+  static constexpr auto table = TileTable(std::make_index_sequence<kMR>());
+  const size_t L = hn::Lanes(DF());
+  const size_t nvec = g.n / L;
+  // Column panels outermost: a K x (kNV vectors) panel of B stays in L1 across all row tiles.
+  for (size_t jv = 0; jv < nvec; jv += kNV) {
+    const size_t nv = std::min(kNV, nvec - jv);
+    size_t i = 0;
+    for (; i + kMR <= g.m; i += kMR) table[kMR - 1][nv - 1](g, i, jv * L);
+    if (i < g.m) table[g.m - i - 1][nv - 1](g, i, jv * L);
+  }
+}
+
+// exp with NaN kept (Highway's Exp maps NaN, like everything below its range, to 0).
+HWY_INLINE VF ExpKeepNaN(DF d, VF x) { return hn::IfThenElse(hn::IsNaN(x), x, hn::Exp(d, x)); }
+
+void SoftmaxStep(float* st, size_t keys, size_t ld, float* row_max, float* row_sum, float* alpha) {
+  const DF d;
+  const size_t L = hn::Lanes(d);
+  const VF neg_inf = hn::Set(d, -HUGE_VALF), zero = hn::Zero(d), one = hn::Set(d, 1.0f);
+  for (size_t q = 0; q < ld; q += L) {
+    VF mx = neg_inf;
+    for (size_t t = 0; t < keys; ++t) {
+      const VF s = hn::LoadU(d, st + t * ld + q);
+      mx = hn::IfThenElse(hn::Gt(s, mx), s, mx);  // comparisons with NaN are false: NaN skipped
+    }
+    const VF m_old = hn::LoadU(d, row_max + q);
+    const VF m_new = hn::Max(m_old, mx);
+    // Nothing visible yet (max -inf): shift 0 so masked scores give 0 and NaN stays NaN.
+    const VF shift = hn::IfThenElse(hn::Eq(m_new, neg_inf), zero, m_new);
+    const VF a = hn::IfThenElse(hn::Eq(m_new, m_old), one, hn::Exp(d, hn::Sub(m_old, m_new)));
+    VF sum = zero;
+    for (size_t t = 0; t < keys; ++t) {
+      const VF e = ExpKeepNaN(d, hn::Sub(hn::LoadU(d, st + t * ld + q), shift));
+      hn::StoreU(e, d, st + t * ld + q);
+      sum = hn::Add(sum, e);
+    }
+    hn::StoreU(m_new, d, row_max + q);
+    hn::StoreU(hn::MulAdd(hn::LoadU(d, row_sum + q), a, sum), d, row_sum + q);
+    hn::StoreU(a, d, alpha + q);
+  }
+}
+
+void ScaleRows(float* x, size_t ld, size_t rows, size_t cols, const float* alpha) {
+  const DF d;
+  const size_t L = hn::Lanes(d);
+  for (size_t i = 0; i < rows; ++i) {
+    if (alpha[i] == 1.0f) continue;
+    const VF a = hn::Set(d, alpha[i]);
+    for (size_t c = 0; c < cols; c += L) hn::StoreU(hn::Mul(hn::LoadU(d, x + i * ld + c), a), d, x + i * ld + c);
+  }
+}
+
+// Highway 1.0.3 emulates f16 promotion on SSE4 and below without Inf/NaN handling: those
+// targets convert f16 with the exact scalar routine instead.
+constexpr bool kVectorF16 = HWY_TARGET <= HWY_AVX2 || HWY_ARCH_ARM;
+
+template <typename S>
+HWY_INLINE VF LoadAsF32(DF d, const S* p) {
+  if constexpr (std::is_same_v<S, float>) return hn::LoadU(d, p);
+  else return hn::PromoteTo(d, hn::LoadU(hn::Rebind<S, DF>(), p));
+}
+
+// S: float, hwy::bfloat16_t or hwy::float16_t; E: the matching scalar storage type.
+template <typename S, typename E>
+HWY_INLINE bool Convert(const void* src, float* dst, size_t n, bool vector) {
+  const DF d;
+  const size_t L = hn::Lanes(d);
+  const S* p = static_cast<const S*>(src);
+  auto bad = hn::Zero(d);
+  size_t i = 0;
+  if (vector)
+    for (; i + L <= n; i += L) {
+      const VF v = LoadAsF32(d, p + i);
+      hn::StoreU(v, d, dst + i);
+      bad = hn::Or(bad, hn::VecFromMask(d, hn::Not(hn::IsFinite(v))));
+    }
+  bool finite = hn::AllTrue(d, hn::Eq(bad, hn::Zero(d)));
+  const E* e = static_cast<const E*>(src);
+  for (; i < n; ++i) finite &= std::isfinite(dst[i] = Elem<E>::load(e[i]));
+  return finite;
+}
+
+bool ToF32(const void* src, DType dtype, float* dst, size_t n) {
+  switch (dtype) {
+    case DType::bf16: return Convert<hwy::bfloat16_t, bf16>(src, dst, n, true);
+    case DType::f16: return Convert<hwy::float16_t, f16>(src, dst, n, kVectorF16);
+    default: return Convert<float, float>(src, dst, n, true);
+  }
+}
+
+const char* TargetLabel() {
+  switch (HWY_TARGET) {
+#if HWY_ARCH_X86
+    case HWY_AVX3_DL: return "avx512_dl";
+    case HWY_AVX3: return "avx512";
+    case HWY_AVX2: return "avx2";
+    case HWY_SSE4: return "sse4";
+    case HWY_SSSE3: return "ssse3";
+#endif
+#if HWY_ARCH_ARM
+    case HWY_NEON: return "neon";
+#endif
+    case HWY_EMU128: return "emu128";
+    default: return "scalar";
+  }
+}
+
+extern const Kernels kKernels;
+const Kernels kKernels = {TargetLabel(), HWY_TARGET, &Gemm, &SoftmaxStep, &ScaleRows, &ToF32};
+
+}  // namespace HWY_NAMESPACE
+}  // namespace memattn::detail
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace memattn::detail {
+
+// Every target this build compiled, best first (Highway's bit order: lower bit = better).
+const std::vector<const Kernels*>& compiled_kernels() {
+  static const std::vector<const Kernels*> list = [] {
+    std::vector<const Kernels*> l;
+#if HWY_TARGETS & HWY_AVX3_DL
+    l.push_back(&N_AVX3_DL::kKernels);
+#endif
+#if HWY_TARGETS & HWY_AVX3
+    l.push_back(&N_AVX3::kKernels);
+#endif
+#if HWY_TARGETS & HWY_AVX2
+    l.push_back(&N_AVX2::kKernels);
+#endif
+#if HWY_TARGETS & HWY_SSE4
+    l.push_back(&N_SSE4::kKernels);
+#endif
+#if HWY_TARGETS & HWY_SSSE3
+    l.push_back(&N_SSSE3::kKernels);
+#endif
+#if HWY_TARGETS & HWY_NEON
+    l.push_back(&N_NEON::kKernels);
+#endif
+#if HWY_TARGETS & HWY_EMU128
+    l.push_back(&N_EMU128::kKernels);
+#endif
+#if HWY_TARGETS & HWY_SCALAR
+    l.push_back(&N_SCALAR::kKernels);
+#endif
+    return l;
+  }();
+  return list;
+}
+
+}  // namespace memattn::detail
+#endif  // HWY_ONCE

@@ -1,0 +1,56 @@
+// Run-time choice of the SIMD target: the best this CPU runs, unless an option or MEMATTN_TARGET
+// forces one (so tests can run every target on one machine).
+#include <cstdlib>
+#include <string>
+
+#include "api/validate.hpp"
+#include "cpu/kernels.hpp"
+#include "hwy/targets.h"
+
+namespace memattn::detail {
+
+const std::vector<const Kernels*>& compiled_kernels();  // kernels_hwy.cpp
+
+const std::vector<const Kernels*>& available_kernels() {
+  static const std::vector<const Kernels*> list = [] {
+    std::vector<const Kernels*> l;
+    const int64_t supported = hwy::SupportedTargets();
+    for (const Kernels* k : compiled_kernels())
+      if (k->hwy_target & supported) l.push_back(k);
+    return l;
+  }();
+  return list;
+}
+
+const Kernels& select_kernels(const char* name) {
+  const auto& list = available_kernels();
+  const char* from = "target";
+  if (name == nullptr || *name == '\0') {
+    name = std::getenv("MEMATTN_TARGET");
+    from = "MEMATTN_TARGET";
+    if (name == nullptr || *name == '\0') return *list.front();
+  }
+  std::string choices;
+  for (const Kernels* k : list) {
+    if (std::string(k->name) == name) return *k;
+    choices += choices.empty() ? "" : ", ";
+    choices += k->name;
+  }
+  fail(ErrorCode::invalid_argument, std::string(from) + ": '" + name +
+                                        "' is not a SIMD target this build runs on this CPU; "
+                                        "expected one of " + choices);
+}
+
+}  // namespace memattn::detail
+
+namespace memattn {
+
+std::vector<std::string> supported_targets() {
+  std::vector<std::string> names;
+  for (const detail::Kernels* k : detail::available_kernels()) names.push_back(k->name);
+  return names;
+}
+
+std::string selected_target(const Options& options) { return detail::select_kernels(options.target).name; }
+
+}  // namespace memattn
