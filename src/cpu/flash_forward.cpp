@@ -1,8 +1,9 @@
 // flash forward driver: per (batch, head, query chunk), walks the key chunks that the causal and
-// window masks leave visible; each chunk's scores S^T = K (scale Q)^T come from the SIMD GEMM tile
-// with queries in the lanes, so the online softmax runs down the columns and P V needs no
-// transpose. Chunks every row fully sees run the steady state (no mask work, K and V read in place
-// when they are f32 with unit stride); boundary chunks are packed and masked.
+// window masks leave visible; each chunk's scores S^T = K Q^T come from a SIMD GEMM tile with
+// queries in the lanes, so the online softmax runs down the columns and P V reads P transposed in
+// place. Chunks every row fully sees run the steady state (no mask work; K and V read in place when
+// their rows are contiguous); boundary chunks are packed and masked. bf16 inputs on CPUs with the
+// AVX-512 bf16 dot product keep Q, K, P and V in bf16 pairs (vdpbf16ps), everything else in f32.
 #include "cpu/flash_forward.hpp"
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include "common/half.hpp"
 #include "common/parallel.hpp"
 #include "common/rowops.hpp"
+#include "cpu/bf16_dot.hpp"
 #include "cpu/kernels.hpp"
 
 namespace memattn::detail {
@@ -30,116 +32,227 @@ bool load_row(const Kernels& kern, const T* src, int64_t stride, size_t n, float
   return finite;
 }
 
+// One bf16 row into contiguous bits (copy, or gather when strided); false if any is NaN or Inf.
+bool copy_bf16_row(const bf16* src, int64_t stride, size_t n, uint16_t* dst) {
+  bool finite = true;
+  for (size_t c = 0; c < n; ++c) {
+    dst[c] = src[int64_t(c) * stride].bits;
+    finite &= (dst[c] & 0x7f80u) != 0x7f80u;
+  }
+  return finite;
+}
+
+// The chunk being processed: query rows [i0, i0 + rows) of (b, h) against keys [j0, j0 + keys).
+struct Chunk {
+  int64_t b, h, g, i0, rows, j0, keys;
+  bool full;  // every row sees every key: no mask work, no unread keys
+};
+
+template <typename T>
+class FlashItem {
+ public:
+  FlashItem(const Params& p, const FlashSlices& w)
+      : p_(p), w_(w), kern_(*p.kernels), d_(size_t(p.dim)), dv_(size_t(p.dim_v)),
+        cqp_(pad_floats(size_t(p.query_chunk))), dvp_(pad_floats(dv_)), bf16_dot_(uses_bf16_dot(p)) {}
+
+  void run(int64_t b, int64_t h, int64_t i0, int64_t rows) {
+    Chunk c{b, h, h / p_.group, i0, rows, 0, 0, false};
+    load_queries(c);
+    std::fill_n(w_.row_max, cqp_, kNegInf);
+    std::fill_n(w_.row_sum, cqp_, 0.0f);
+    std::fill_n(w_.acc, size_t(rows) * dvp_, 0.0f);
+    // Key bounds are monotone in the row, so the rows see at most [first, last); chunks start at
+    // multiples of key_chunk so every row sums its keys in the same order whatever its chunk.
+    const int64_t i_last = i0 + rows - 1, ck = p_.key_chunk;
+    const int64_t first = p_.key_begin(i0), last = p_.key_end(i_last);
+    for (c.j0 = first / ck * ck; c.j0 < last; c.j0 += ck) {
+      c.keys = std::min(ck, p_.seq_k - c.j0);
+      c.full = !p_.has_mask && p_.key_begin(i_last) <= c.j0 && p_.key_end(i0) >= c.j0 + c.keys;
+      if (!c.full && !mark_live_keys(c)) continue;
+      scores(c);
+      kern_.softmax_step(w_.st, size_t(c.keys), cqp_, scale_in_softmax(c) ? p_.scale : 1.0f,
+                         w_.row_max, w_.row_sum, w_.alpha);
+      kern_.scale_rows(w_.acc, dvp_, size_t(rows), dvp_, w_.alpha);
+      accumulate_values(c);
+    }
+    for (int64_t r = 0; r < rows; ++r)
+      store_row<T>(p_, b, h, i0 + r, w_.acc + size_t(r) * dvp_, 1, w_.row_max[r], w_.row_sum[r]);
+  }
+
+ private:
+  bool visible(const Chunk& c, int64_t r, int64_t t) const {
+    const int64_t i = c.i0 + r, j = c.j0 + t;
+    return j >= p_.key_begin(i) && j < p_.key_end(i) && p_.mask_allows(c.b, c.h, i, j);
+  }
+  float& st(int64_t t, int64_t r) const { return w_.st[size_t(t) * cqp_ + size_t(r)]; }
+  // The bf16 path multiplies the scores by scale after the GEMM: fused into the softmax step in
+  // the steady state, before bias and masking (-inf must stay -inf) otherwise.
+  bool scale_in_softmax(const Chunk& c) const { return bf16_dot_ && c.full && !p_.has_bias; }
+
+  // Q^T with queries in the lanes: f32 rows times scale, or (bf16 path) unscaled bf16 pairs.
+  void load_queries(const Chunk& c) {
+    std::fill_n(w_.qt, d_ * cqp_, 0.0f);
+    uint16_t* pairs = reinterpret_cast<uint16_t*>(w_.qt);
+    for (int64_t r = 0; r < c.rows; ++r) {
+      const T* q = p_.q.at<T>(c.b, c.i0 + r, c.h);
+      if constexpr (std::is_same_v<T, bf16>)
+        if (bf16_dot_) {
+          for (size_t k = 0; k < d_; ++k) pairs[((k / 2) * cqp_ + size_t(r)) * 2 + k % 2] = q[int64_t(k) * p_.q.stride[3]].bits;
+          continue;
+        }
+      load_row(kern_, q, p_.q.stride[3], d_, w_.q_row);
+      for (size_t k = 0; k < d_; ++k) w_.qt[k * cqp_ + size_t(r)] = p_.scale * w_.q_row[k];
+    }
+  }
+
+  // live[t]: some row sees key t. Returns false when no row sees any key of the chunk.
+  bool mark_live_keys(const Chunk& c) {
+    std::fill_n(w_.live, c.keys, uint8_t(0));
+    bool any = false;
+    for (int64_t r = 0; r < c.rows; ++r) {
+      const int64_t lo = std::max<int64_t>(p_.key_begin(c.i0 + r) - c.j0, 0);
+      const int64_t hi = std::min<int64_t>(p_.key_end(c.i0 + r) - c.j0, c.keys);
+      for (int64_t t = lo; t < hi; ++t)
+        if (p_.mask_allows(c.b, c.h, c.i0 + r, c.j0 + t)) w_.live[t] = 1, any = true;
+    }
+    return any;
+  }
+  bool key_read(const Chunk& c, int64_t t) const { return c.full || w_.live[t]; }
+
+  // st[t][r] = score of query r and key t (bias added, masked entries -inf).
+  void scores(const Chunk& c) {
+    const T* k0 = p_.k.at<T>(c.b, c.j0, c.g);
+    const bool in_place = c.full && p_.k.stride[3] == 1;
+    if (bf16_dot_) {
+      const uint16_t* a = reinterpret_cast<const uint16_t*>(k0);
+      size_t a_row = size_t(p_.k.stride[1]);
+      if (!in_place) {
+        uint16_t* packed = reinterpret_cast<uint16_t*>(w_.k);
+        for (int64_t t = 0; t < c.keys; ++t) {
+          uint16_t* kt = packed + size_t(t) * d_;
+          if (key_read(c, t)) copy_bf16_row(reinterpret_cast<const bf16*>(p_.k.at<T>(c.b, c.j0 + t, c.g)), p_.k.stride[3], d_, kt);
+          else std::fill_n(kt, d_, uint16_t(0));
+        }
+        a = packed;
+        a_row = d_;
+      }
+      kern_.bf16->scores(a, a_row, reinterpret_cast<const uint16_t*>(w_.qt), cqp_, w_.st, size_t(c.keys), d_);
+    } else {
+      GemmArgs s{w_.k, d_, 1, w_.qt, cqp_, w_.st, cqp_, size_t(c.keys), cqp_, d_, false};
+      if (std::is_same_v<T, float> && in_place) {
+        s.a = reinterpret_cast<const float*>(k0);
+        s.a_row = size_t(p_.k.stride[1]);
+      } else {
+        for (int64_t t = 0; t < c.keys; ++t) {
+          float* kt = w_.k + size_t(t) * d_;
+          if (key_read(c, t)) load_row(kern_, p_.k.at<T>(c.b, c.j0 + t, c.g), p_.k.stride[3], d_, kt);
+          else std::fill_n(kt, d_, 0.0f);
+        }
+      }
+      kern_.gemm(s);
+    }
+    if (bf16_dot_ && !scale_in_softmax(c))
+      for (int64_t t = 0; t < c.keys; ++t)
+        for (int64_t r = 0; r < c.rows; ++r) st(t, r) *= p_.scale;
+    if (p_.has_bias)
+      for (int64_t t = 0; t < c.keys; ++t)
+        for (int64_t r = 0; r < c.rows; ++r) st(t, r) += bias_at<float>(p_, c.b, c.h, c.i0 + r, c.j0 + t);
+    if (!c.full)
+      for (int64_t t = 0; t < c.keys; ++t)
+        for (int64_t r = 0; r < c.rows; ++r)
+          if (!visible(c, r, t)) st(t, r) = kNegInf;
+  }
+
+  // acc[rows x dv] += P V with P = the exponentiated st.
+  void accumulate_values(const Chunk& c) {
+    bool finite = true;
+    if (bf16_dot_) {
+      const auto& bk = *kern_.bf16;
+      bk.pair_rows_f32(w_.st, cqp_, size_t(c.keys), w_.p_pairs);
+      uint16_t* vp = reinterpret_cast<uint16_t*>(w_.v);
+      for (int64_t t = 0; t < c.keys; t += 2) {
+        const uint16_t* rows[2] = {nullptr, nullptr};
+        for (int64_t u = 0; u < 2; ++u)
+          if (t + u < c.keys && key_read(c, t + u))
+            rows[u] = reinterpret_cast<const uint16_t*>(p_.v.at<T>(c.b, c.j0 + t + u, c.g));
+        pair_value_rows(rows, vp + size_t(t / 2) * 2 * dvp_);
+      }
+      if (!c.full) finite = values_finite(c);
+      if (c.full || finite)
+        return bk.pv(w_.p_pairs, cqp_, vp, dvp_, w_.acc, size_t(c.rows), size_t(c.keys + 1) / 2);
+    } else {
+      GemmArgs pv{w_.st, 1, cqp_, w_.v, dvp_, w_.acc, dvp_, size_t(c.rows), dvp_, size_t(c.keys), true};
+      if (std::is_same_v<T, float> && c.full && p_.v.stride[3] == 1 && dv_ == dvp_) {
+        pv.b = reinterpret_cast<const float*>(p_.v.at<T>(c.b, c.j0, c.g));
+        pv.ldb = size_t(p_.v.stride[1]);
+      } else {
+        for (int64_t t = 0; t < c.keys; ++t) {
+          float* vt = w_.v + size_t(t) * dvp_;
+          std::fill(vt + dv_, vt + dvp_, 0.0f);
+          if (key_read(c, t)) finite &= load_row(kern_, p_.v.at<T>(c.b, c.j0 + t, c.g), p_.v.stride[3], dv_, vt);
+          else std::fill_n(vt, dv_, 0.0f);
+        }
+      }
+      if (c.full || finite) return kern_.gemm(pv);
+    }
+    // A NaN/Inf value with a zero weight must poison a row that sees its key (IEEE, as the
+    // reference) and no row that does not: multiply visible pairs only.
+    for (int64_t r = 0; r < c.rows; ++r) {
+      float* acc = w_.acc + size_t(r) * dvp_;
+      for (int64_t t = 0; t < c.keys; ++t) {
+        if (!visible(c, r, t)) continue;
+        const T* v = p_.v.at<T>(c.b, c.j0 + t, c.g);
+        for (size_t k = 0; k < dv_; ++k) acc[k] += st(t, r) * float(Elem<T>::load(v[int64_t(k) * p_.v.stride[3]]));
+      }
+    }
+  }
+
+  // Value rows t and t+1 (null: not read, zero) as bf16 pairs, zero-padded to dvp columns.
+  void pair_value_rows(const uint16_t* const rows[2], uint16_t* dst) {
+    if (p_.v.stride[3] == 1 && rows[0] != nullptr) {
+      kern_.bf16->pair_two_rows(rows[0], rows[1], dv_, dst);
+    } else {
+      for (size_t k = 0; k < dv_; ++k)
+        for (int u = 0; u < 2; ++u)
+          dst[2 * k + u] = rows[u] ? rows[u][int64_t(k) * p_.v.stride[3]] : 0;
+    }
+    std::fill(dst + 2 * dv_, dst + 2 * dvp_, uint16_t(0));
+  }
+
+  // Are all value rows some row reads finite? (bf16 exponent not all ones.)
+  bool values_finite(const Chunk& c) const {
+    for (int64_t t = 0; t < c.keys; ++t) {
+      if (!key_read(c, t)) continue;
+      const uint16_t* v = reinterpret_cast<const uint16_t*>(p_.v.at<T>(c.b, c.j0 + t, c.g));
+      for (size_t k = 0; k < dv_; ++k)
+        if ((v[int64_t(k) * p_.v.stride[3]] & 0x7f80u) == 0x7f80u) return false;
+    }
+    return true;
+  }
+
+  const Params& p_;
+  const FlashSlices& w_;
+  const Kernels& kern_;
+  const size_t d_, dv_, cqp_, dvp_;
+  const bool bf16_dot_;
+};
+
 }  // namespace
 
 template <typename T>
 void flash_forward(const Params& p, void* workspace) {
-  const Kernels& kern = *p.kernels;
   Carver sizer;
   FlashSlices::carve(p, sizer);
-  const int64_t cq = p.query_chunk, ck = p.key_chunk;
-  const size_t d = size_t(p.dim), dv = size_t(p.dim_v);
-  const size_t cqp = pad_floats(size_t(cq)), dvp = pad_floats(dv);
-  const int64_t q_chunks = (p.seq_q + cq - 1) / cq;
+  const int64_t cq = p.query_chunk, q_chunks = (p.seq_q + cq - 1) / cq;
   // Under causal or window masks later query chunks see more keys: hand them out first so the
   // dynamic schedule ends on light items.
   const bool banded = p.causal || p.window_left >= 0 || p.window_right >= 0;
-  constexpr bool kF32 = std::is_same_v<T, float>;
-
   parallel_items(p, workspace, sizer.used(), [&](int64_t item, char* slice) {
     Carver carver(slice);
     const FlashSlices w = FlashSlices::carve(p, carver);
-    const int64_t bh = item / q_chunks, b = bh / p.heads_q, h = bh % p.heads_q, g = h / p.group;
+    const int64_t bh = item / q_chunks;
     const int64_t qc = banded ? q_chunks - 1 - item % q_chunks : item % q_chunks;
-    const int64_t i0 = qc * cq, rows = std::min(cq, p.seq_q - i0), i_last = i0 + rows - 1;
-
-    std::fill_n(w.qt, d * cqp, 0.0f);
-    for (int64_t r = 0; r < rows; ++r) {
-      load_row(kern, p.q.at<T>(b, i0 + r, h), p.q.stride[3], d, w.q_row);
-      for (size_t c = 0; c < d; ++c) w.qt[c * cqp + size_t(r)] = p.scale * w.q_row[c];
-    }
-    std::fill_n(w.row_max, cqp, kNegInf);
-    std::fill_n(w.row_sum, cqp, 0.0f);
-    std::fill_n(w.acc, size_t(rows) * dvp, 0.0f);
-
-    // Key bounds are monotone in the row, so the chunk's rows see at most [first, last); chunks
-    // start at multiples of key_chunk so every row sums its keys in the same order.
-    const int64_t first = p.key_begin(i0), last = p.key_end(i_last);
-    for (int64_t j0 = first / ck * ck; j0 < last; j0 += ck) {
-      const int64_t keys = std::min(ck, p.seq_k - j0);
-      const bool full = !p.has_mask && p.key_begin(i_last) <= j0 && p.key_end(i0) >= j0 + keys;
-      if (!full) {
-        std::fill_n(w.live, keys, uint8_t(0));
-        bool any_live = false;
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t lo = std::max<int64_t>(p.key_begin(i0 + r) - j0, 0);
-          const int64_t hi = std::min<int64_t>(p.key_end(i0 + r) - j0, keys);
-          for (int64_t t = lo; t < hi; ++t)
-            if (p.mask_allows(b, h, i0 + r, j0 + t)) w.live[t] = 1, any_live = true;
-        }
-        if (!any_live) continue;
-      }
-
-      // S^T[keys x queries] = K (scale Q)^T. Keys no row sees are never read (zero rows).
-      GemmArgs s{nullptr, d, 1, w.qt, cqp, w.st, cqp, size_t(keys), cqp, d, false};
-      if (kF32 && full && p.k.stride[3] == 1) {
-        s.a = reinterpret_cast<const float*>(p.k.at<T>(b, j0, g));
-        s.a_row = size_t(p.k.stride[1]);
-      } else {
-        for (int64_t t = 0; t < keys; ++t) {
-          float* kt = w.k + size_t(t) * d;
-          if (full || w.live[t]) load_row(kern, p.k.at<T>(b, j0 + t, g), p.k.stride[3], d, kt);
-          else std::fill_n(kt, d, 0.0f);
-        }
-        s.a = w.k;
-      }
-      kern.gemm(s);
-      if (p.has_bias)
-        for (int64_t t = 0; t < keys; ++t)
-          for (int64_t r = 0; r < rows; ++r) w.st[size_t(t) * cqp + size_t(r)] += bias_at<float>(p, b, h, i0 + r, j0 + t);
-      if (!full)
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t lo = p.key_begin(i0 + r) - j0, hi = p.key_end(i0 + r) - j0;
-          for (int64_t t = 0; t < keys; ++t)
-            if (t < lo || t >= hi || !p.mask_allows(b, h, i0 + r, j0 + t)) w.st[size_t(t) * cqp + size_t(r)] = kNegInf;
-        }
-
-      kern.softmax_step(w.st, size_t(keys), cqp, w.row_max, w.row_sum, w.alpha);
-      kern.scale_rows(w.acc, dvp, size_t(rows), dvp, w.alpha);
-
-      // acc[rows x dv] += P V, P read transposed straight from S^T.
-      GemmArgs pv{w.st, 1, cqp, nullptr, dvp, w.acc, dvp, size_t(rows), dvp, size_t(keys), true};
-      bool v_finite = true;
-      if (kF32 && full && p.v.stride[3] == 1 && dv == dvp) {
-        pv.b = reinterpret_cast<const float*>(p.v.at<T>(b, j0, g));
-        pv.ldb = size_t(p.v.stride[1]);
-      } else {
-        for (int64_t t = 0; t < keys; ++t) {
-          float* vt = w.v + size_t(t) * dvp;
-          std::fill(vt + dv, vt + dvp, 0.0f);
-          if (full || w.live[t]) v_finite &= load_row(kern, p.v.at<T>(b, j0 + t, g), p.v.stride[3], dv, vt);
-          else std::fill_n(vt, dv, 0.0f);
-        }
-        pv.b = w.v;
-      }
-      if (full || v_finite) {
-        kern.gemm(pv);
-        continue;
-      }
-      // A NaN/Inf value with a zero weight must poison a row that sees its key (IEEE, as the
-      // reference) and no row that does not: multiply visible pairs only.
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t lo = p.key_begin(i0 + r) - j0, hi = p.key_end(i0 + r) - j0;
-        float* acc = w.acc + size_t(r) * dvp;
-        for (int64_t t = std::max<int64_t>(lo, 0); t < std::min(hi, keys); ++t) {
-          if (!p.mask_allows(b, h, i0 + r, j0 + t)) continue;
-          const float e = w.st[size_t(t) * cqp + size_t(r)];
-          for (size_t c = 0; c < dv; ++c) acc[c] += e * w.v[size_t(t) * dvp + c];
-        }
-      }
-    }
-    for (int64_t r = 0; r < rows; ++r)
-      store_row<T>(p, b, h, i0 + r, w.acc + size_t(r) * dvp, 1, w.row_max[r], w.row_sum[r]);
+    FlashItem<T>(p, w).run(bh / p.heads_q, bh % p.heads_q, qc * cq, std::min(cq, p.seq_q - qc * cq));
   });
 }
 

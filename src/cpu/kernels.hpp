@@ -29,17 +29,21 @@ struct GemmArgs {
   bool accumulate;  // false: C = A B
 };
 
+struct Bf16DotKernels;
+
 struct Kernels {
-  const char* name;  // "avx512", "avx2", "sse4", "emu128", "neon", ...
+  const char* name;  // "avx512_bf16", "avx512", "avx2", "sse4", "scalar", "neon", ...
   int64_t hwy_target;
+  const Bf16DotKernels* bf16;  // vdpbf16ps kernels for bf16 inputs ("avx512_bf16" only), or null
 
   void (*gemm)(const GemmArgs& g);
   // The online-softmax step for one key chunk of a transposed score tile st[keys][ld] (ld lanes =
-  // query rows, a multiple of kPadFloats): per lane, the new max over the chunk (NaN scores
+  // query rows, a multiple of kPadFloats), scores first multiplied by `scale`: per lane, the new max over the chunk (NaN scores
   // ignored for the max), alpha = exp(old max - new max) (1 when equal), st <- exp(st - new max)
   // (NaN kept, -inf -> 0), row_sum <- row_sum * alpha + column sum. Updates row_max/row_sum,
   // writes alpha.
-  void (*softmax_step)(float* st, size_t keys, size_t ld, float* row_max, float* row_sum, float* alpha);
+  void (*softmax_step)(float* st, size_t keys, size_t ld, float scale, float* row_max, float* row_sum,
+                       float* alpha);
   // x[i][0..cols) *= alpha[i] for rows whose alpha is not 1; cols a multiple of kPadFloats.
   void (*scale_rows)(float* x, size_t ld, size_t rows, size_t cols, const float* alpha);
   // dst[0..n) = src[0..n) converted to f32; returns false if any value is NaN or infinite.

@@ -84,14 +84,20 @@ void Gemm(const GemmArgs& g) {
 // exp with NaN kept (Highway's Exp maps NaN, like everything below its range, to 0).
 HWY_INLINE VF ExpKeepNaN(DF d, VF x) { return hn::IfThenElse(hn::IsNaN(x), x, hn::Exp(d, x)); }
 
-void SoftmaxStep(float* st, size_t keys, size_t ld, float* row_max, float* row_sum, float* alpha) {
+void SoftmaxStep(float* st, size_t keys, size_t ld, float scale, float* row_max, float* row_sum,
+                 float* alpha) {
   const DF d;
   const size_t L = hn::Lanes(d);
   const VF neg_inf = hn::Set(d, -HUGE_VALF), zero = hn::Zero(d), one = hn::Set(d, 1.0f);
+  const VF vscale = hn::Set(d, scale);
   for (size_t q = 0; q < ld; q += L) {
     VF mx = neg_inf;
     for (size_t t = 0; t < keys; ++t) {
-      const VF s = hn::LoadU(d, st + t * ld + q);
+      VF s = hn::LoadU(d, st + t * ld + q);
+      if (scale != 1.0f) {
+        s = hn::Mul(s, vscale);
+        hn::StoreU(s, d, st + t * ld + q);
+      }
       mx = hn::IfThenElse(hn::Gt(s, mx), s, mx);  // comparisons with NaN are false: NaN skipped
     }
     const VF m_old = hn::LoadU(d, row_max + q);
@@ -177,7 +183,7 @@ const char* TargetLabel() {
 }
 
 extern const Kernels kKernels;
-const Kernels kKernels = {TargetLabel(), HWY_TARGET, &Gemm, &SoftmaxStep, &ScaleRows, &ToF32};
+const Kernels kKernels = {TargetLabel(), HWY_TARGET, nullptr, &Gemm, &SoftmaxStep, &ScaleRows, &ToF32};
 
 }  // namespace HWY_NAMESPACE
 }  // namespace memattn::detail

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "api/validate.hpp"
+#include "cpu/bf16_dot.hpp"
 #include "cpu/kernels.hpp"
 #include "hwy/targets.h"
 
@@ -17,6 +18,16 @@ const std::vector<const Kernels*>& available_kernels() {
     const int64_t supported = hwy::SupportedTargets();
     for (const Kernels* k : compiled_kernels())
       if (k->hwy_target & supported) l.push_back(k);
+    // AVX-512 plus the bf16 dot product: the AVX-512 kernels with vdpbf16ps for bf16 inputs.
+    static Kernels with_bf16;
+    for (const Kernels* k : l)
+      if (std::string(k->name) == "avx512" && bf16_dot_kernels() != nullptr) {
+        with_bf16 = *k;
+        with_bf16.name = "avx512_bf16";
+        with_bf16.bf16 = bf16_dot_kernels();
+        l.insert(l.begin(), &with_bf16);
+        break;
+      }
     return l;
   }();
   return list;

@@ -1,0 +1,30 @@
+// bf16 micro-kernels on the AVX-512 BF16 dot-product instruction (vdpbf16ps), which Highway 1.0.3
+// does not expose: two bf16 products summed into each f32 lane per instruction, exact products.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace memattn::detail {
+
+// "Pair" layouts put the two bf16 values one vdpbf16ps lane reduces side by side in 32 bits.
+struct Bf16DotKernels {
+  // st[t][q] = sum_c k[t][c] * qt_pairs[c/2][q][c%2] for t < keys, q < ld (a multiple of 16);
+  // k rows are contiguous bf16 at k + t * k_row; dim is even.
+  void (*scores)(const uint16_t* k, size_t k_row, const uint16_t* qt_pairs, size_t ld, float* st,
+                 size_t keys, size_t dim);
+  // acc[i][c] += sum_t p_pairs[t/2][i][t%2] * v_pairs[t/2][c][t%2] for i < rows, c < ldv (a
+  // multiple of 16); p_pairs rows have stride ldp pairs; key_pairs = ceil(keys / 2).
+  void (*pv)(const uint16_t* p_pairs, size_t ldp, const uint16_t* v_pairs, size_t ldv, float* acc,
+             size_t rows, size_t key_pairs);
+  // dst[t/2][c][t%2] = rows t, t+1 of src (f32 st[t][c], ld floats, rounded to bf16 nearest-even)
+  // for c < ld, t < keys; a missing odd last row is zero.
+  void (*pair_rows_f32)(const float* src, size_t ld, size_t keys, uint16_t* dst);
+  // dst[c][0] = r0[c], dst[c][1] = r1 ? r1[c] : 0 for c < n (bf16 bits, 32-bit pairs).
+  void (*pair_two_rows)(const uint16_t* r0, const uint16_t* r1, size_t n, uint16_t* dst);
+};
+
+// The kernels when this CPU has AVX-512 BF16, else null.
+const Bf16DotKernels* bf16_dot_kernels();
+
+}  // namespace memattn::detail

@@ -1,0 +1,131 @@
+// vdpbf16ps micro-kernels (see bf16_dot.hpp), compiled for AVX-512 BF16 through function target
+// attributes so the rest of the build stays baseline x86-64; used only after a CPUID check.
+// GCC 12 warns of uninitialised __Y inside its own AVX-512 headers when they are used from target
+// attribute functions (a known false positive of _mm512_undefined_*).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <utility>
+#include <cstring>
+
+#include "cpu/bf16_dot.hpp"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define MEMATTN_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
+
+namespace memattn::detail {
+namespace {
+
+// Register blocking as the f32 tiles: kMR broadcast rows x kNV vectors of 16 lanes.
+constexpr size_t kMR = 6, kNV = 4;
+
+// C[i][0..16*NV) (+)= sum_p A-pair(i, p) . B-pairs(p, 0..16*NV), A pairs broadcast as 32 bits.
+template <size_t MR, size_t NV>
+MEMATTN_BF16_TARGET inline void dot_tile(const uint16_t* a, size_t a_row, size_t a_pair,
+                                         const uint16_t* b, size_t b_pair, float* c, size_t ldc,
+                                         size_t pairs, bool accumulate) {
+  __m512 acc[MR][NV];
+  for (size_t i = 0; i < MR; ++i)
+    for (size_t j = 0; j < NV; ++j)
+      acc[i][j] = accumulate ? _mm512_loadu_ps(c + i * ldc + 16 * j) : _mm512_setzero_ps();
+  for (size_t p = 0; p < pairs; ++p) {
+    __m512i bv[NV];
+    for (size_t j = 0; j < NV; ++j) bv[j] = _mm512_loadu_si512(b + p * b_pair + 32 * j);
+    for (size_t i = 0; i < MR; ++i) {
+      int32_t pair;
+      std::memcpy(&pair, a + i * a_row + p * a_pair, 4);
+      const __m512i ai = _mm512_set1_epi32(pair);
+      for (size_t j = 0; j < NV; ++j)
+        acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)ai, (__m512bh)bv[j]);
+    }
+  }
+  for (size_t i = 0; i < MR; ++i)
+    for (size_t j = 0; j < NV; ++j) _mm512_storeu_ps(c + i * ldc + 16 * j, acc[i][j]);
+}
+
+using TileFn = void (*)(const uint16_t*, size_t, size_t, const uint16_t*, size_t, float*, size_t,
+                        size_t, bool);
+template <size_t MR, size_t... J>
+constexpr std::array<TileFn, kNV> tile_col(std::index_sequence<J...>) {
+  return {&dot_tile<MR, J + 1>...};
+}
+template <size_t... I>
+constexpr std::array<std::array<TileFn, kNV>, kMR> tile_table(std::index_sequence<I...>) {
+  return {tile_col<I + 1>(std::make_index_sequence<kNV>())...};
+}
+constexpr auto kTiles = tile_table(std::make_index_sequence<kMR>());
+
+// C[m x 16*nvec] (+)= A B; A element pairs at a + i*a_row + p*a_pair, B pairs at b + p*b_pair.
+MEMATTN_BF16_TARGET void dot_gemm(const uint16_t* a, size_t a_row, size_t a_pair, const uint16_t* b,
+                                  size_t b_pair, float* c, size_t ldc, size_t m, size_t nvec,
+                                  size_t pairs, bool accumulate) {
+  for (size_t jv = 0; jv < nvec; jv += kNV) {
+    const size_t nv = std::min(kNV, nvec - jv);
+    size_t i = 0;
+    for (; i + kMR <= m; i += kMR)
+      kTiles[kMR - 1][nv - 1](a + i * a_row, a_row, a_pair, b + 32 * jv, b_pair, c + i * ldc + 16 * jv,
+                              ldc, pairs, accumulate);
+    if (i < m)
+      kTiles[m - i - 1][nv - 1](a + i * a_row, a_row, a_pair, b + 32 * jv, b_pair,
+                                c + i * ldc + 16 * jv, ldc, pairs, accumulate);
+  }
+}
+
+MEMATTN_BF16_TARGET void scores(const uint16_t* k, size_t k_row, const uint16_t* qt_pairs, size_t ld,
+                                float* st, size_t keys, size_t dim) {
+  dot_gemm(k, k_row, 2, qt_pairs, 2 * ld, st, ld, keys, ld / 16, dim / 2, false);
+}
+
+MEMATTN_BF16_TARGET void pv(const uint16_t* p_pairs, size_t ldp, const uint16_t* v_pairs, size_t ldv,
+                            float* acc, size_t rows, size_t key_pairs) {
+  dot_gemm(p_pairs, 2, 2 * ldp, v_pairs, 2 * ldv, acc, ldv, rows, ldv / 16, key_pairs, true);
+}
+
+MEMATTN_BF16_TARGET void pair_rows_f32(const float* src, size_t ld, size_t keys, uint16_t* dst) {
+  for (size_t t = 0; t < keys; t += 2)
+    for (size_t c = 0; c < ld; c += 16) {
+      const __m512 r0 = _mm512_loadu_ps(src + t * ld + c);
+      const __m512 r1 = t + 1 < keys ? _mm512_loadu_ps(src + (t + 1) * ld + c) : _mm512_setzero_ps();
+      const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(r0));
+      const __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(r1));
+      _mm512_storeu_si512(dst + (t / 2) * 2 * ld + 2 * c, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+    }
+}
+
+MEMATTN_BF16_TARGET void pair_two_rows(const uint16_t* r0, const uint16_t* r1, size_t n, uint16_t* dst) {
+  size_t c = 0;
+  for (; c + 16 <= n; c += 16) {
+    const __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0 + c)));
+    const __m512i hi = r1 ? _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r1 + c)))
+                          : _mm512_setzero_si512();
+    _mm512_storeu_si512(dst + 2 * c, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+  }
+  for (; c < n; ++c) {
+    dst[2 * c] = r0[c];
+    dst[2 * c + 1] = r1 ? r1[c] : 0;
+  }
+}
+
+const Bf16DotKernels kKernels{&scores, &pv, &pair_rows_f32, &pair_two_rows};
+
+}  // namespace
+
+const Bf16DotKernels* bf16_dot_kernels() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && [] {
+    // CPUID.(EAX=7, ECX=1):EAX bit 5 is AVX512_BF16 (GCC 12's __builtin_cpu_supports lacks it).
+    unsigned a, b, c, d;
+    __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(1));
+    return (a >> 5) & 1u;
+  }();
+  return has ? &kKernels : nullptr;
+}
+
+}  // namespace memattn::detail
+
+#else
+namespace memattn::detail {
+const Bf16DotKernels* bf16_dot_kernels() { return nullptr; }
+}  // namespace memattn::detail
+#endif

@@ -1,0 +1,88 @@
+// The flash backward's element-wise kernels, compiled once per Highway target (foreach_target)
+// and matched at run time to the target of the forward's GEMM kernels.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "cpu/flash_backward_kernels_hwy.cpp"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "hwy/highway.h"
+#include "hwy/contrib/math/math-inl.h"
+
+#include "api/validate.hpp"
+#include "cpu/flash_backward_kernels.hpp"
+
+HWY_BEFORE_NAMESPACE();
+namespace memattn::detail {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+using DF = hn::ScalableTag<float>;
+using VF = hn::Vec<DF>;
+
+void ProbsDscores(float* st, float* dpt, size_t keys, size_t ld, const float* lse,
+                  const float* dsum) {
+  const DF d;
+  const size_t L = hn::Lanes(d);
+  for (size_t r = 0; r < ld; r += L) {
+    const VF l = hn::LoadU(d, lse + r), dd = hn::LoadU(d, dsum + r);
+    for (size_t t = 0; t < keys; ++t) {
+      float* s = st + t * ld + r;
+      float* dp = dpt + t * ld + r;
+      const VF x = hn::Sub(hn::LoadU(d, s), l);
+      // Highway's Exp maps NaN to 0 like everything below its range: keep NaN (IEEE, as Ref64).
+      const VF p = hn::IfThenElse(hn::IsNaN(x), x, hn::Exp(d, x));
+      hn::StoreU(p, d, s);
+      hn::StoreU(hn::Mul(p, hn::Sub(hn::LoadU(d, dp), dd)), d, dp);
+    }
+  }
+}
+
+extern const BackwardKernels kBackwardKernels;
+const BackwardKernels kBackwardKernels = {HWY_TARGET, &ProbsDscores};
+
+}  // namespace HWY_NAMESPACE
+}  // namespace memattn::detail
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace memattn::detail {
+
+const BackwardKernels& backward_kernels(const Kernels& forward) {
+  static const std::vector<const BackwardKernels*> compiled = [] {
+    std::vector<const BackwardKernels*> l;
+#if HWY_TARGETS & HWY_AVX3_DL
+    l.push_back(&N_AVX3_DL::kBackwardKernels);
+#endif
+#if HWY_TARGETS & HWY_AVX3
+    l.push_back(&N_AVX3::kBackwardKernels);
+#endif
+#if HWY_TARGETS & HWY_AVX2
+    l.push_back(&N_AVX2::kBackwardKernels);
+#endif
+#if HWY_TARGETS & HWY_SSE4
+    l.push_back(&N_SSE4::kBackwardKernels);
+#endif
+#if HWY_TARGETS & HWY_SSSE3
+    l.push_back(&N_SSSE3::kBackwardKernels);
+#endif
+#if HWY_TARGETS & HWY_NEON
+    l.push_back(&N_NEON::kBackwardKernels);
+#endif
+#if HWY_TARGETS & HWY_EMU128
+    l.push_back(&N_EMU128::kBackwardKernels);
+#endif
+#if HWY_TARGETS & HWY_SCALAR
+    l.push_back(&N_SCALAR::kBackwardKernels);
+#endif
+    return l;
+  }();
+  for (const BackwardKernels* k : compiled)
+    if (k->hwy_target == forward.hwy_target) return *k;
+  fail(ErrorCode::unsupported, std::string("target: no backward kernels for the SIMD target '") +
+                                   forward.name + "'");
+}
+
+}  // namespace memattn::detail
+#endif  // HWY_ONCE

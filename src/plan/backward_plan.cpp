@@ -1,0 +1,122 @@
+// Chooses the algorithm, chunk sizes and work items of a backward call, and sizes its workspace.
+#include "plan/backward_plan.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <string>
+
+#include "api/validate.hpp"
+
+namespace memattn::detail {
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+void plan_backward(BackwardParams& p, const Options& o) {
+  p.algorithm = o.algorithm;
+  if (p.algorithm == Algorithm::automatic)
+    p.algorithm = p.dtype == DType::f64 ? Algorithm::naive : Algorithm::flash;
+  if (p.algorithm != Algorithm::naive && p.algorithm != Algorithm::flash)
+    fail(ErrorCode::unsupported,
+         std::string("algorithm: backward supports naive and flash (or automatic), got ") +
+             algorithm_name(p.algorithm));
+  if (p.algorithm == Algorithm::flash && p.dtype == DType::f64)
+    fail(ErrorCode::unsupported,
+         "algorithm: flash backward takes f32, bf16 or f16 inputs, got f64 (use naive for f64)");
+
+  // Pass 1 keeps a key chunk's K, V, dK and dV (4 x key_chunk x d floats: 256 KB at d = 128) in
+  // L2 while query tiles stream past; each query tile (Q and dO in both layouts, 64 x 4d floats)
+  // and the two key_chunk x 64 score tiles add about 200 KB, inside a 1 MB L2. 64 query rows fill
+  // the 4 x 16 lanes of the AVX-512 GEMM tile exactly. The sizes never depend on the thread count.
+  const int64_t cq = o.query_chunk ? o.query_chunk : 64;
+  const int64_t ck = o.key_chunk ? o.key_chunk : 128;
+  p.query_chunk = std::max<int64_t>(1, std::min(cq, p.seq_q));
+  p.key_chunk = std::max<int64_t>(1, std::min(ck, p.seq_k));
+  p.threads = o.num_threads > 0 ? o.num_threads : omp_get_max_threads();
+  if (p.algorithm == Algorithm::flash) p.kernels = &select_kernels(o.target);
+}
+
+int64_t dkv_items(const BackwardParams& p) {
+  return p.batch * p.heads_kv * ceil_div(p.seq_k, p.key_chunk);
+}
+
+DqOwners dq_owners(const BackwardParams& p) {
+  // A broadcast dim is one owner even when its extent is 0: that item still writes the zeros.
+  const auto own = [&](int dim, int64_t extent) {
+    return p.has_dbias && p.bias_broadcast(dim) ? int64_t(1) : extent;
+  };
+  return {own(0, p.batch), own(1, p.heads_q), own(2, ceil_div(p.seq_q, p.query_chunk))};
+}
+
+int64_t naive_items(const BackwardParams& p) { return p.batch * p.heads_kv; }
+
+int64_t naive_dbias_items(const BackwardParams& p) {
+  return p.has_dbias ? p.bias_shape[0] * p.bias_shape[1] : 0;
+}
+
+int backward_workers(const BackwardParams& p) {
+  const int64_t items = p.algorithm == Algorithm::naive
+                            ? std::max(naive_items(p), naive_dbias_items(p))
+                            : std::max(dkv_items(p), dq_owners(p).items());
+  return int(std::max<int64_t>(1, std::min<int64_t>(p.threads, items)));
+}
+
+FlashBackwardSlices FlashBackwardSlices::carve(const BackwardParams& p, Carver& c) {
+  const size_t cq = size_t(p.query_chunk), ck = size_t(p.key_chunk);
+  const size_t d = size_t(p.dim), dv = size_t(p.dim_v);
+  const size_t cqp = pad_floats(cq), dp = pad_floats(d), dvp = pad_floats(dv);
+  FlashBackwardSlices w;
+  w.q = c.take<float>(checked_mul(cq, dp));
+  w.qt = c.take<float>(checked_mul(d, cqp));
+  w.dout = c.take<float>(checked_mul(cq, dvp));
+  w.doutt = c.take<float>(checked_mul(dv, cqp));
+  w.lse = c.take<float>(cqp);
+  w.dsum = c.take<float>(cqp);
+  w.row = c.take<float>(std::max(d, dv));
+  w.k = c.take<float>(checked_mul(ck, dp));
+  w.v = c.take<float>(checked_mul(ck, dvp));
+  w.st = c.take<float>(checked_mul(ck, cqp));
+  w.dpt = c.take<float>(checked_mul(ck, cqp));
+  w.acc_k = c.take<float>(checked_mul(std::max(ck, cq), dp));
+  w.acc_v = c.take<float>(checked_mul(ck, dvp));
+  const size_t rows = p.bias_broadcast(2) ? 1 : cq, cols = p.bias_broadcast(3) ? 1 : size_t(p.seq_k);
+  w.dbias = c.take<float>(p.has_dbias ? checked_mul(rows, cols) : 0);
+  w.live = c.take<uint8_t>(ck);
+  w.packed = c.take<uint8_t>(ck);
+  return w;
+}
+
+template <typename Acc>
+NaiveBackwardSlices<Acc> NaiveBackwardSlices<Acc>::carve(const BackwardParams& p, Carver& c) {
+  const size_t sq = size_t(p.seq_q), sk = size_t(p.seq_k);
+  NaiveBackwardSlices w;
+  w.probs = c.take<Acc>(checked_mul(sq, sk));
+  w.ds = c.take<Acc>(sk);
+  w.dk = c.take<Acc>(checked_mul(sk, size_t(p.dim)));
+  w.dv = c.take<Acc>(checked_mul(sk, size_t(p.dim_v)));
+  w.dq = c.take<Acc>(size_t(p.dim));
+  w.dbias = c.take<Acc>(p.has_dbias ? checked_mul(size_t(p.bias_shape[2]), size_t(p.bias_shape[3])) : 0);
+  w.dead = c.take<uint8_t>(sq);
+  return w;
+}
+
+template struct NaiveBackwardSlices<float>;
+template struct NaiveBackwardSlices<double>;
+
+size_t backward_workspace_bytes(const BackwardParams& p) {
+  Carver c;
+  if (p.algorithm == Algorithm::naive) {
+    if (naive_items(p) == 0 && naive_dbias_items(p) == 0) return 0;
+    p.dtype == DType::f64 ? (void)NaiveBackwardSlices<double>::carve(p, c)
+                          : (void)NaiveBackwardSlices<float>::carve(p, c);
+  } else {
+    if (dkv_items(p) == 0 && dq_owners(p).items() == 0) return 0;
+    FlashBackwardSlices::carve(p, c);
+  }
+  return checked_add(checked_mul(c.used(), size_t(backward_workers(p))), kAlign);
+}
+
+}  // namespace memattn::detail

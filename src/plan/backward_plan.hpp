@@ -1,0 +1,96 @@
+// The backward planner: algorithm, chunk sizes, the work items of each pass, the per-worker
+// workspace layouts, and the parallel loop that hands each worker its slice.
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#include "api/backward_params.hpp"
+#include "common/memory.hpp"
+#include "cpu/kernels.hpp"
+
+namespace memattn::detail {
+
+// Fills algorithm (naive, or flash for automatic), chunk sizes, threads and kernels. A pure
+// function of the shapes, the options and the target: never of the thread count.
+void plan_backward(BackwardParams& p, const Options& o);
+
+// Flash pass 1 (dK, dV): one item per (batch, kv head, key chunk).
+int64_t dkv_items(const BackwardParams& p);
+
+// Flash pass 2 (dQ and dbias): items own disjoint sets of (batch, head, query chunk) so that each
+// dq row and each dbias element is written by exactly one item. Without dbias an item is one
+// (batch, head, query chunk); with dbias, the dims the bias broadcasts over are walked inside the
+// item, in a fixed order, so the reduction is deterministic without atomics.
+struct DqOwners {
+  int64_t batch, heads, chunks;  // item extents along batch, head, query chunk
+  int64_t items() const { return batch * heads * chunks; }
+};
+DqOwners dq_owners(const BackwardParams& p);
+
+// Naive: pass 1 per (batch, kv head); the dbias pass per (bias batch, bias head).
+int64_t naive_items(const BackwardParams& p);
+int64_t naive_dbias_items(const BackwardParams& p);
+
+// Workers that get a workspace slice: min(threads, the larger pass's items), at least 1.
+int backward_workers(const BackwardParams& p);
+// Exact bytes backward needs: a slice per worker plus kAlign slack to align a caller's pointer.
+size_t backward_workspace_bytes(const BackwardParams& p);
+
+// f32 tiles padded to kPadFloats lanes; "t" marks transposed tiles whose lanes are query rows.
+struct FlashBackwardSlices {
+  float* q;       // query_chunk x pad(dim): scale * Q rows (B of dK += dS^T Q)
+  float* qt;      // dim x pad(query_chunk): the same, transposed (B of S^T = K Q^T)
+  float* dout;    // query_chunk x pad(dim_v): dO rows (B of dV += P^T dO)
+  float* doutt;   // dim_v x pad(query_chunk): dO transposed (B of dP^T = V dO^T)
+  float* lse;     // pad(query_chunk): per lane, +inf for fully masked rows (P = 0)
+  float* dsum;    // pad(query_chunk): D = rowsum(dO * O) per lane
+  float* row;     // max(dim, dim_v): one row converted to f32
+  float* k;       // key_chunk x pad(dim): the key chunk (A of S^T, B of dQ += dS K)
+  float* v;       // key_chunk x pad(dim_v): the value chunk (A of dP^T)
+  float* st;      // key_chunk x pad(query_chunk): S^T, then P^T
+  float* dpt;     // key_chunk x pad(query_chunk): dP^T, then dS^T
+  float* acc_k;   // max(key_chunk, query_chunk) x pad(dim): dK (pass 1) or dQ (pass 2)
+  float* acc_v;   // key_chunk x pad(dim_v): dV (pass 1)
+  float* dbias;   // (1 or query_chunk) x (1 or seq_k): the item's dbias rows (pass 2, on request)
+  uint8_t* live;  // key_chunk: key seen by some row of the tile (else never read)
+  uint8_t* packed;  // key_chunk: key already loaded into k and v (pass 1)
+  static FlashBackwardSlices carve(const BackwardParams& p, Carver& c);
+};
+
+template <typename Acc>
+struct NaiveBackwardSlices {
+  Acc* probs;     // seq_q x seq_k: one head's softmax, the point of the baseline
+  Acc* ds;        // seq_k: one row's dP, then dS
+  Acc* dk;        // seq_k x dim: the group's dK
+  Acc* dv;        // seq_k x dim_v: the group's dV
+  Acc* dq;        // dim: one dQ row
+  Acc* dbias;     // bias seq_q|1 x seq_k|1: one (batch, head) slice of dbias (dbias pass)
+  uint8_t* dead;  // seq_q: rows with no visible key or a zero softmax sum
+  static NaiveBackwardSlices carve(const BackwardParams& p, Carver& c);
+};
+
+// Runs fn(item, slice) for item in [0, items) on up to `workers` threads, each with its own
+// `slice_bytes` slice of the workspace. Each item is computed whole by one thread, so results do
+// not depend on the thread count or on which thread runs which item.
+template <typename Fn>
+void parallel_backward_items(int64_t items, int workers, void* workspace, size_t slice_bytes,
+                             Fn&& fn) {
+  char* base = static_cast<char*>(workspace);
+  const int nw = int(std::min<int64_t>(workers, items));
+  if (nw <= 1) {
+    for (int64_t it = 0; it < items; ++it) fn(it, base);
+    return;
+  }
+#pragma omp parallel num_threads(nw)
+  {
+    char* slice = base + size_t(omp_get_thread_num()) * slice_bytes;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < items; ++it) fn(it, slice);
+  }
+}
+
+}  // namespace memattn::detail
