@@ -1,8 +1,9 @@
-// The memattn command-line tool: `memattn demo [--json]` and `memattn help`.
+// The memattn command-line tool: `memattn demo`, `memattn bench` and `memattn help`.
 #include <cstdio>
 #include <cstring>
 #include <string>
 
+#include "bench.hpp"
 #include "demo.hpp"
 #include "memattn/error.hpp"
 
@@ -11,6 +12,8 @@ static int usage(FILE* to) {
                "usage: memattn <command> [options]\n"
                "  demo [--json] [--max-seconds S]  the paper's Table 2 on this machine: extra memory,\n"
                "                                   time and max difference of naive, chunked, flash\n"
+               "  bench [--quick] [--json] [--peak] [options]  attention GFLOP/s against the machine's\n"
+               "                                   peak measured in the same run (bench --help)\n"
                "  help                             this text\n");
   return to == stdout ? 0 : 2;
 }
@@ -20,6 +23,7 @@ int main(int argc, char** argv) {
   const std::string cmd = argv[1];
   try {
     if (cmd == "demo") return memattn::tool::demo_main(argc - 2, argv + 2);
+    if (cmd == "bench") return memattn::tool::bench_main(argc - 2, argv + 2);
     if (cmd == "help" || cmd == "--help" || cmd == "-h") return usage(stdout);
   } catch (const memattn::Error& e) {
     std::fprintf(stderr, "memattn: %s\n", e.what());

@@ -77,7 +77,8 @@ Tensor Tensor::strided(void* data, DType dtype, std::initializer_list<int64_t> s
 
 int64_t Tensor::numel() const {
   int64_t n = 1;
-  for (int i = 0; i < ndim; ++i)
+  // A hand-built Tensor may carry any ndim; never read past the four stored dims.
+  for (int i = 0; i < std::clamp(ndim, 0, 4); ++i)
     if (__builtin_mul_overflow(n, shape[i], &n)) return std::numeric_limits<int64_t>::max();
   return n;
 }

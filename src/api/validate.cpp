@@ -107,17 +107,21 @@ void check_writable(const Tensor& t, const char* name) {
   }
 }
 
-// Can some element offset sum_d t_d * stride_d with |t_d| < extent_d equal `delta`? `dims` are
-// sorted by decreasing stride and nested (each stride exceeds what the smaller dims reach), so at
-// each level only the two multiples bracketing the remainder can lead to a solution.
-static bool reachable(const std::vector<std::pair<int64_t, int64_t>>& dims, size_t level,
-                      int64_t delta) {
-  if (level == dims.size()) return delta == 0;
-  const auto [extent, stride] = dims[level];
-  const int64_t lo = delta >= 0 ? delta / stride : -((-delta + stride - 1) / stride);
-  for (int64_t t : {lo, lo + 1}) {
-    if (t <= -extent || t >= extent) continue;
-    if (reachable(dims, level + 1, delta - t * stride)) return true;
+// Index differences t in [lo, hi] along one dimension of element stride `stride` (> 0).
+struct Step {
+  int64_t lo, hi, stride;
+};
+
+// Can some sum_d t_d * stride_d with t_d in [lo_d, hi_d] equal `delta`? `steps` are sorted by
+// decreasing stride and nested (each stride exceeds what the smaller steps reach), so at each
+// level only the two multiples bracketing the remainder can lead to a solution.
+static bool reachable(const std::vector<Step>& steps, size_t level, int64_t delta) {
+  if (level == steps.size()) return delta == 0;
+  const Step& s = steps[level];
+  const int64_t below = delta >= 0 ? delta / s.stride : -((-delta + s.stride - 1) / s.stride);
+  for (int64_t t : {below, below + 1}) {
+    if (t < s.lo || t > s.hi) continue;
+    if (reachable(steps, level + 1, delta - t * s.stride)) return true;
   }
   return false;
 }
@@ -125,24 +129,33 @@ static bool reachable(const std::vector<std::pair<int64_t, int64_t>>& dims, size
 static bool may_share_element(const Tensor& a, const Tensor& b, Span sa, Span sb) {
   if (sa.lo == sa.hi || sb.lo == sb.hi) return false;
   if (sa.hi <= sb.lo || sb.hi <= sa.lo) return false;
-  // Spans intersect. Interleaved views of one buffer (packed qkv, a head-dim slice) have the same
-  // element size and strides and an offset no index difference can produce.
+  // Spans intersect. Interleaved views of one buffer (packed qkv, head-dim slices, even of
+  // different widths) share element size and strides and sit at an offset that no difference of
+  // indices can produce: a[i] and b[j] meet iff sum_d (i_d - j_d) * stride_d = b - a.
   const int64_t es = int64_t(dtype_size(a.dtype));
   if (es != int64_t(dtype_size(b.dtype)) || a.ndim != b.ndim) return true;
   const int64_t delta_b = static_cast<const char*>(b.data) - static_cast<const char*>(a.data);
   if (delta_b % es != 0) return true;
-  std::vector<std::pair<int64_t, int64_t>> dims;
+  std::vector<Step> steps;
   for (int i = 0; i < a.ndim; ++i) {
-    if (a.strides[i] != b.strides[i] || a.shape[i] != b.shape[i]) return true;
-    if (a.shape[i] > 1 && a.strides[i] != 0) dims.push_back({a.shape[i], std::llabs(a.strides[i])});
+    const int64_t ea = a.shape[i], eb = b.shape[i];
+    if (ea > 1 && eb > 1 && a.strides[i] != b.strides[i]) return true;  // cannot decide cheaply
+    const int64_t stride = ea > 1 ? a.strides[i] : b.strides[i];  // a size-1 dim's stride is unused
+    if (stride == 0 || (ea == 1 && eb == 1)) continue;
+    // i - j ranges over [-(eb - 1), ea - 1]; a negative stride mirrors the range.
+    if (stride > 0) steps.push_back({-(eb - 1), ea - 1, stride});
+    else steps.push_back({-(ea - 1), eb - 1, -stride});
   }
-  std::sort(dims.begin(), dims.end(), [](auto x, auto y) { return x.second > y.second; });
+  std::sort(steps.begin(), steps.end(), [](const Step& x, const Step& y) { return x.stride > y.stride; });
   int64_t reach = 0;
-  for (auto it = dims.rbegin(); it != dims.rend(); ++it) {
-    if (it->second <= reach) return true;  // not nested: cannot decide cheaply, refuse
-    reach += it->second * (it->first - 1);
+  for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
+    int64_t widest;
+    if (it->stride <= reach) return true;  // not nested: cannot decide cheaply, refuse
+    if (__builtin_mul_overflow(it->stride, std::max(-it->lo, it->hi), &widest) ||
+        __builtin_add_overflow(reach, widest, &reach))
+      return true;
   }
-  return reachable(dims, 0, delta_b / es);
+  return reachable(steps, 0, delta_b / es);
 }
 
 void check_no_alias(const Tensor& out, const char* out_name, const Tensor& in, const char* in_name) {
@@ -156,7 +169,7 @@ static bool is_float_dtype(DType d) {
   return d == DType::f32 || d == DType::bf16 || d == DType::f16 || d == DType::f64;
 }
 
-static View make_view(const Tensor& t) {
+View make_view(const Tensor& t) {
   View v;
   v.data = t.data;
   v.dtype = t.dtype;

@@ -27,6 +27,9 @@ void check_writable(const Tensor& t, const char* name);
 // Throws ErrorCode::aliasing when `out` may share an element with `in`.
 void check_no_alias(const Tensor& out, const char* out_name, const Tensor& in, const char* in_name);
 
+// The kernel-side view of a validated tensor (size-1 dims get stride 0).
+View make_view(const Tensor& t);
+
 // Fills the shape, operand and mask fields of Params from the forward operands and options.
 // out may be null when only sizing a workspace.
 Params make_forward_params(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* out,
