@@ -31,6 +31,15 @@ const double kF16Max = 65504.0;
 
 }  // namespace
 
+double unit_roundoff(DType dt) {
+  switch (dt) {
+    case DType::f32: return std::ldexp(1.0, -24);
+    case DType::bf16: return std::ldexp(1.0, -8);
+    case DType::f16: return std::ldexp(1.0, -11);
+    default: return std::ldexp(1.0, -53);
+  }
+}
+
 double round_to(DType dt, double x) {
   switch (dt) {
     case DType::f32: return double(float(x));
@@ -244,7 +253,8 @@ RefProblem Case::problem() const {
   p.q = q.values();
   p.k = k.values();
   p.v = v.values();
-  p.scale = options.scale ? double(*options.scale) : double(float(1.0 / std::sqrt(double(s.D))));
+  // As the library resolves it: 1/sqrt(d) rounded to float, and 1 when d = 0.
+  p.scale = options.scale ? double(*options.scale) : s.D > 0 ? double(float(1.0 / std::sqrt(double(s.D)))) : 1.0;
   p.causal = options.causal;
   p.align = options.align;
   p.window_left = options.window_left;
@@ -260,9 +270,10 @@ void Case::run() {
 }
 
 std::string accuracy_failure(const std::vector<double>& got, const std::vector<double>& ref,
-                             const std::vector<double>& base, DType dt, double k) {
+                             const std::vector<double>& base, DType dt, double k,
+                             double abs_slack) {
   if (got.size() != ref.size()) return "size mismatch";
-  double err = 0, base_err = 0, floor = 0;
+  double err = 0, base_err = 0, floor = 0, max_ref = 0;
   size_t worst = 0;
   for (size_t i = 0; i < got.size(); ++i) {
     if (std::isnan(ref[i]) != std::isnan(got[i])) {
@@ -283,12 +294,18 @@ std::string accuracy_failure(const std::vector<double>& got, const std::vector<d
     if (e > err) err = e, worst = i;
     if (!std::isnan(base[i]) && !std::isinf(base[i])) base_err = std::max(base_err, std::fabs(base[i] - ref[i]));
     floor = std::max(floor, 2 * std::fabs(round_to(dt, ref[i] + 0.3) - 0.3 - ref[i]));
+    max_ref = std::max(max_ref, std::fabs(ref[i]));
   }
-  if (err <= k * base_err + floor) return "";
+  // Beyond TESTPLAN's floor, 4 units of the dtype's rounding at the output's magnitude: on small
+  // problems the baseline's max error is itself noise (the naive algorithm fails the bare k = 2 rule
+  // against its own baseline in about 1 of 150 random f32 problems), and a polynomial exp's ~1 ulp
+  // more is not a defect. docs/api.md states this bound.
+  floor += 4 * unit_roundoff(dt) * max_ref;
+  if (err <= k * base_err + floor + abs_slack) return "";
   std::ostringstream s;
   s.precision(17);
   s << "err " << err << " at " << worst << " (got " << got[worst] << ", ref " << ref[worst]
-    << ") > " << k << " * base_err " << base_err << " + floor " << floor;
+    << ") > " << k << " * base_err " << base_err << " + floor " << floor << " + " << abs_slack;
   return s.str();
 }
 
@@ -301,6 +318,224 @@ void expect_accurate(Case& c, double k) {
   EXPECT_EQ(accuracy_failure(c.out_values(), ref.out, base.out, c.dtype, k), "")
       << "dtype " << memattn::dtype_name(c.dtype) << " algorithm "
       << memattn::algorithm_name(c.options.algorithm);
+}
+
+}  // namespace mt
+
+// ---- Helpers of the numerics, mask, layout, shape and determinism tests ----
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <memory>
+
+#include "memattn/targets.hpp"
+
+namespace mt {
+
+std::vector<memattn::Algorithm> algorithms_for(DType dt) {
+  using memattn::Algorithm;
+  if (dt == DType::f64) return {Algorithm::naive, Algorithm::sequential, Algorithm::chunked};
+  return {Algorithm::naive, Algorithm::sequential, Algorithm::chunked, Algorithm::flash};
+}
+
+bool mostly_zero(const std::vector<double>& values, double fraction) {
+  if (values.empty()) return false;
+  const auto zeros = std::count(values.begin(), values.end(), 0.0);
+  return double(zeros) > fraction * double(values.size());
+}
+
+std::string bitwise_difference(const Buf& got, const Buf& want) {
+  if (got.dtype != want.dtype || got.bytes.size() != want.bytes.size()) return "size or dtype differs";
+  const size_t es = memattn::dtype_size(got.dtype);
+  for (size_t i = 0; i < got.bytes.size(); i += es)
+    if (std::memcmp(&got.bytes[i], &want.bytes[i], es) != 0) {
+      std::ostringstream s;
+      s.precision(17);
+      s << "element " << i / es << " differs: got " << got.get(int64_t(i / es)) << ", want "
+        << want.get(int64_t(i / es));
+      return s.str();
+    }
+  return "";
+}
+
+bool same_bytes(const Buf& a, const Buf& b, int64_t first, int64_t count) {
+  const size_t es = memattn::dtype_size(a.dtype);
+  return std::memcmp(&a.bytes[size_t(first) * es], &b.bytes[size_t(first) * es], size_t(count) * es) == 0;
+}
+
+std::vector<double> randn_values(size_t n, uint64_t seed, double mean, double sigma) {
+  std::mt19937_64 g(seed);
+  std::normal_distribution<double> d(mean, sigma);
+  std::vector<double> v(n);
+  for (double& x : v) x = d(g);
+  return v;
+}
+
+std::vector<uint8_t> random_mask(size_t n, uint64_t seed, double keep) {
+  std::mt19937_64 g(seed);
+  std::bernoulli_distribution d(keep);
+  std::vector<uint8_t> m(n);
+  for (auto& x : m) x = d(g);
+  return m;
+}
+
+std::string describe(const Case& c) {
+  const Shape& s = c.s;
+  const memattn::Options& o = c.options;
+  std::ostringstream r;
+  r << memattn::dtype_name(c.dtype) << ' ' << memattn::algorithm_name(o.algorithm) << " B=" << s.B
+    << " Sq=" << s.Sq << " Sk=" << s.Sk << " Hq=" << s.Hq << " Hkv=" << s.Hkv << " D=" << s.D
+    << " Dv=" << s.Dv << " chunks=" << o.query_chunk << '/' << o.key_chunk;
+  if (o.causal) r << " causal " << (o.align == memattn::Align::top_left ? "top_left" : "bottom_right");
+  if (o.window_left >= 0 || o.window_right >= 0)
+    r << " window " << o.window_left << ',' << o.window_right;
+  if (o.scale) r << " scale " << *o.scale;
+  if (o.mask) r << " mask";
+  if (o.bias) r << " bias " << memattn::dtype_name(o.bias->dtype);
+  if (o.target) r << " target " << o.target;
+  return r.str();
+}
+
+namespace {
+
+// Calls fn(element offset in the view, row-major index) for every element of t's shape.
+template <typename Fn>
+void for_each_element(const Tensor& t, Fn fn) {
+  int64_t n = 1;
+  for (int d = 0; d < t.ndim; ++d) n *= t.shape[d];
+  for (int64_t flat = 0; flat < n; ++flat) {
+    int64_t rest = flat, off = 0;
+    for (int d = t.ndim - 1; d >= 0; --d) {
+      off += (rest % t.shape[d]) * t.strides[d];
+      rest /= t.shape[d];
+    }
+    fn(off, flat);
+  }
+}
+
+}  // namespace
+
+void copy_to_view(const Buf& src, const Tensor& dst) {
+  const size_t es = memattn::dtype_size(src.dtype);
+  for_each_element(dst, [&](int64_t off, int64_t flat) {
+    std::memcpy(static_cast<char*>(dst.data) + off * int64_t(es), &src.bytes[size_t(flat) * es], es);
+  });
+}
+
+void copy_from_view(const Tensor& src, Buf& dst) {
+  const size_t es = memattn::dtype_size(dst.dtype);
+  for_each_element(src, [&](int64_t off, int64_t flat) {
+    std::memcpy(&dst.bytes[size_t(flat) * es], static_cast<const char*>(src.data) + off * int64_t(es), es);
+  });
+}
+
+Embedded embed(const Buf& src, double pad, int64_t before, int64_t after) {
+  std::vector<int64_t> shape = src.shape;
+  for (int64_t& d : shape) d += before + after;
+  Embedded e{Buf(src.dtype, shape), Tensor{}};
+  e.storage.fill(pad);
+  e.view = e.storage.view();
+  int64_t offset = 0;
+  for (int d = 0; d < e.view.ndim; ++d) {
+    e.view.shape[d] = src.shape[size_t(d)];
+    offset += before * e.view.strides[d];
+  }
+  e.view.data = e.storage.bytes.data() + offset * int64_t(memattn::dtype_size(src.dtype));
+  copy_to_view(src, e.view);
+  return e;
+}
+
+bool ref_visible(const RefProblem& p, int64_t b, int64_t h, int64_t i, int64_t j) {
+  return visible(p, b, h, i, j);
+}
+
+GuardedBytes::GuardedBytes(size_t bytes, Guard flush) {
+  const size_t page = size_t(sysconf(_SC_PAGESIZE));
+  const size_t span = (bytes + page - 1) / page * page;
+  map_bytes_ = span + 2 * page;
+  map_ = mmap(nullptr, map_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (map_ == MAP_FAILED) throw std::runtime_error("GuardedBytes: mmap failed");
+  char* base = static_cast<char*>(map_);
+  mprotect(base, page, PROT_NONE);
+  mprotect(base + page + span, page, PROT_NONE);
+  data_ = flush == Guard::before ? base + page : base + page + span - bytes;
+}
+
+GuardedBytes::~GuardedBytes() { munmap(map_, map_bytes_); }
+
+void run_guarded(Case& c, Guard flush) {
+  std::vector<std::unique_ptr<GuardedBytes>> spans;
+  const auto guarded = [&](Buf& b) {
+    spans.push_back(std::make_unique<GuardedBytes>(b.bytes.size(), flush));
+    std::memcpy(spans.back()->data(), b.bytes.data(), b.bytes.size());
+    Tensor t = b.view();
+    t.data = spans.back()->data();
+    return t;
+  };
+  const Tensor q = guarded(c.q), k = guarded(c.k), v = guarded(c.v), out = guarded(c.out);
+  const Tensor lse = guarded(c.lse);
+  memattn::Options o = c.options;
+  Tensor mask, bias;
+  if (o.mask) mask = guarded(*c.mask), o.mask = &mask;
+  if (o.bias) bias = guarded(*c.bias), o.bias = &bias;
+  memattn::forward(q, k, v, out, &lse, o);
+  std::memcpy(c.out.data(), out.data, c.out.bytes.size());
+  std::memcpy(c.lse.data(), lse.data, c.lse.bytes.size());
+}
+
+std::string conditioning_failure(const std::vector<double>& got, const RefProblem& p,
+                                 const RefResult& ref, DType dt) {
+  RefProblem abs_v = p;
+  for (double& x : abs_v.v) x = std::fabs(x);
+  const std::vector<double> weighted = reference64(abs_v).out;  // sum_k p_k |V_k|
+  const double u_out = dt == DType::bf16  ? 0x1p-8
+                       : dt == DType::f16 ? 0x1p-11
+                       : dt == DType::f64 ? 0x1p-53
+                                          : 0x1p-24;
+  const double u_acc = dt == DType::f64 ? 0x1p-53 : 0x1p-24;
+  const double u_p = dt == DType::bf16 || dt == DType::f16 ? u_out : 0.0;
+  const double log_sk = std::log2(double(std::max<int64_t>(p.s.Sk, 1)));
+  for (size_t e = 0; e < got.size(); ++e) {
+    if (!std::isfinite(ref.out[e]) || !std::isfinite(weighted[e])) continue;
+    const int64_t row = int64_t(e) / p.s.Dv, h = row % p.s.Hq;
+    const int64_t i = row / p.s.Hq % p.s.Sq, b = row / p.s.Hq / p.s.Sq;
+    const double lse = ref.lse[size_t((b * p.s.Hq + h) * p.s.Sq + i)];
+    const double scores = std::isfinite(lse) ? std::fabs(lse) : 0;
+    const double bound =
+        u_out * std::fabs(ref.out[e]) + (u_p + 16 * u_acc * (1 + log_sk + scores)) * weighted[e];
+    if (!(std::fabs(got[e] - ref.out[e]) <= bound)) {
+      std::ostringstream s;
+      s.precision(17);
+      s << "element " << e << ": |" << got[e] << " - " << ref.out[e] << "| > per-element bound " << bound;
+      return s.str();
+    }
+  }
+  return "";
+}
+
+void expect_accurate_all(Case& c, double k, double abs_slack, std::optional<Guard> guard) {
+  const RefProblem p = c.problem();
+  const RefResult ref = c.dtype == DType::f64 ? reference_extended(p) : reference64(p);
+  const RefResult base = baseline(p, c.dtype);
+  const memattn::Algorithm chosen = c.options.algorithm;
+  const char* const chosen_target = c.options.target;
+  // The reference algorithms are plain C++; flash runs on every SIMD target this CPU supports.
+  static const std::vector<std::string> targets = memattn::supported_targets();
+  for (memattn::Algorithm alg : algorithms_for(c.dtype))
+    for (size_t t = 0; t < (alg == memattn::Algorithm::flash ? targets.size() : 1); ++t) {
+      c.options.algorithm = alg;
+      c.options.target = alg == memattn::Algorithm::flash ? targets[t].c_str() : chosen_target;
+      c.out.fill(std::numeric_limits<double>::quiet_NaN());
+      if (guard) run_guarded(c, *guard);
+      else c.run();
+      const std::vector<double> got = c.out_values();
+      EXPECT_EQ(accuracy_failure(got, ref.out, base.out, c.dtype, k, abs_slack), "") << describe(c);
+      if (abs_slack == 0) EXPECT_EQ(conditioning_failure(got, p, ref, c.dtype), "") << describe(c);
+      EXPECT_FALSE(mostly_zero(got) || mostly_zero(ref.out))
+          << "mistrusted: over 90% of the outputs are exactly 0; fix the inputs of " << describe(c);
+    }
+  c.options.algorithm = chosen;
+  c.options.target = chosen_target;
 }
 
 }  // namespace mt

@@ -17,6 +17,8 @@ using memattn::Tensor;
 
 // Rounds a double to the nearest value representable in `dt` (f64: unchanged, u8: 0/1).
 double round_to(DType dt, double x);
+// Half the distance from 1 to the next value of `dt` (2^-24 for f32).
+double unit_roundoff(DType dt);
 
 // A contiguous host buffer of `dtype` elements with a 4-D (or 3-D) logical shape; get/set convert
 // through double. view() is the row-major Tensor over it.
@@ -93,9 +95,99 @@ struct Case {
 // TESTPLAN.md's primary rule: err <= k * max|base - ref| + floor(dtype), plus NaN parity.
 // Returns an empty string on pass, else a description of the failure.
 std::string accuracy_failure(const std::vector<double>& got, const std::vector<double>& ref,
-                             const std::vector<double>& base, DType out_dtype, double k = 2.0);
+                             const std::vector<double>& base, DType out_dtype, double k = 2.0,
+                             double abs_slack = 0.0);
 
 // Runs `c` and checks out against Ref64 and Base_dt with the primary rule; gtest assertion.
 void expect_accurate(Case& c, double k = 2.0);
+
+}  // namespace mt
+
+// ---- Helpers of the numerics, mask, layout, shape and determinism tests (TESTPLAN B, C, D) ----
+namespace mt {
+
+// The algorithms that accept inputs of `dt`: all four, less flash for f64.
+std::vector<memattn::Algorithm> algorithms_for(DType dt);
+// Zero-trust check (benchdnn): more than `fraction` of the values are exactly 0.
+bool mostly_zero(const std::vector<double>& values, double fraction = 0.9);
+// "" when both buffers hold the same bytes, else the first differing element and both values.
+std::string bitwise_difference(const Buf& got, const Buf& want);
+// Do elements [first, first + count) of a and b hold the same bytes?
+bool same_bytes(const Buf& a, const Buf& b, int64_t first, int64_t count);
+
+// Seeded plain values for masks and biases: n draws of N(mean, sigma^2); n bytes, 1 with
+// probability `keep`.
+std::vector<double> randn_values(size_t n, uint64_t seed, double mean = 0, double sigma = 1);
+std::vector<uint8_t> random_mask(size_t n, uint64_t seed, double keep);
+// dtype, algorithm, shape and the options that shape the computation, for failure messages.
+std::string describe(const Case& c);
+
+// Element-wise copies between a contiguous Buf and a strided view of the same dtype and shape.
+void copy_to_view(const Buf& src, const Tensor& dst);
+void copy_from_view(const Tensor& src, Buf& dst);
+
+// `src` copied into the middle of a larger buffer (`storage`): each dim gets `before` elements in
+// front and `after` behind, all holding `pad`; view is src's place in it.
+struct Embedded {
+  Buf storage;
+  Tensor view;
+};
+Embedded embed(const Buf& src, double pad, int64_t before = 1, int64_t after = 2);
+
+// Does query row i of (b, h) see key j under p's causal, window and boolean masks (as Ref64)?
+bool ref_visible(const RefProblem& p, int64_t b, int64_t h, int64_t i, int64_t j);
+// First element of out row (b, i, h) in a contiguous [B, Sq, Hq, Dv] buffer; lse element (b, h, i).
+inline int64_t out_row_offset(const Shape& s, int64_t b, int64_t i, int64_t h) {
+  return ((b * s.Sq + i) * s.Hq + h) * s.Dv;
+}
+inline int64_t lse_offset(const Shape& s, int64_t b, int64_t h, int64_t i) {
+  return (b * s.Hq + h) * s.Sq + i;
+}
+// Calls fn(b, i, h) for every output row of s.
+template <typename Fn>
+void for_each_row(const Shape& s, Fn&& fn) {
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t i = 0; i < s.Sq; ++i)
+      for (int64_t h = 0; h < s.Hq; ++h) fn(b, i, h);
+}
+
+// `bytes` of read-write memory flush against a PROT_NONE page: the span starts right after one
+// (Guard::before) or ends right before one (Guard::after); the other side is guarded too, one page
+// away at most. Any access beyond the span on the flush side faults (SIGSEGV).
+enum class Guard { before, after };
+class GuardedBytes {
+ public:
+  GuardedBytes(size_t bytes, Guard flush);
+  ~GuardedBytes();
+  GuardedBytes(const GuardedBytes&) = delete;
+  GuardedBytes& operator=(const GuardedBytes&) = delete;
+  void* data() const { return data_; }
+
+ private:
+  void* map_ = nullptr;
+  size_t map_bytes_ = 0;
+  void* data_ = nullptr;
+};
+
+// Runs c's forward with every operand (q, k, v, out, lse, mask, bias) copied into its own guarded
+// span, then copies out and lse back into c.
+void run_guarded(Case& c, Guard flush);
+
+// TESTPLAN's per-element conditioning check (oneDNN's floor, tightened), which catches errors
+// that cancellation hides from the max-norm rule: for every finite element
+// |O - O64| <= u_out |O64| + (u_p + 16 u_acc (1 + log2 Sk + |L64|)) sum_k p_k |V_k|, where |L64|
+// stands for the magnitude of the row's scores (each carries an error of about u_acc |s|) and
+// u_p is one rounding of P to a bf16/f16 input dtype for the P V product (as Base_dt does and
+// the bf16 dot-product instructions require); u_p = 0 for f32 and f64.
+std::string conditioning_failure(const std::vector<double>& got, const RefProblem& p,
+                                 const RefResult& ref, DType out_dtype);
+
+// Runs `c` with every algorithm for its dtype, flash on every supported SIMD target (out
+// pre-filled with NaN, so unwritten rows fail), plainly or guarded, and checks each output
+// against one Ref64 and Base_dt with the primary rule (k, plus abs_slack for the
+// adversarial-magnitude cases 24/25), NaN parity, the zero-trust check and, outside the
+// adversarial cases (abs_slack 0), the per-element conditioning check.
+void expect_accurate_all(Case& c, double k = 2.0, double abs_slack = 0.0,
+                         std::optional<Guard> guard = std::nullopt);
 
 }  // namespace mt

@@ -21,4 +21,28 @@ size_t workspace_bytes(const Tensor& q, const Tensor& k, const Tensor& v, const 
 void forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor* lse,
              const Options& options, Workspace workspace = {});
 
+// What a backward call computes beyond dq, dk, dv; it sizes the workspace.
+struct BackwardRequest {
+  bool bias_grad = false;  // dbias is requested (options.bias must be set)
+};
+
+// Exact number of workspace bytes backward() needs for these operands, options and request.
+// Validates the shared operands like backward(); throws the same errors.
+size_t backward_workspace_bytes(const Tensor& q, const Tensor& k, const Tensor& v,
+                                const Options& options, const BackwardRequest& request = {});
+
+// Gradients of forward() given dout = dLoss/dout: dq, dk, dv have the shapes and dtype of q, k, v
+// (any non-overlapping strides); out and lse are forward()'s outputs for the same operands (lse is
+// required: the flash path recomputes the probabilities from it, the naive path recomputes the
+// softmax from scratch). dk, dv are summed over the query heads of each GQA group. dbias, when
+// given (options.bias set), has the bias's own shape and dtype and receives dLoss/dbias summed
+// over the bias's broadcast dimensions. Algorithms: naive (O(n^2) reference, also f64) and flash
+// (automatic; extra memory constant in n). Fully masked rows contribute zero gradients; with
+// seq_q = 0, dk, dv and dbias are zero. Results are bitwise identical for any thread count.
+// Every argument is checked before anything is written; on error the gradients are untouched.
+void backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+              const Tensor& dout, const Tensor& lse, const Tensor& dq, const Tensor& dk,
+              const Tensor& dv, const Options& options, const Tensor* dbias = nullptr,
+              Workspace workspace = {});
+
 }  // namespace memattn

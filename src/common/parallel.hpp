@@ -7,6 +7,11 @@
 
 namespace memattn::detail {
 
+// True in a child forked after this process ran an OpenMP region: libgomp's thread pool does not
+// survive fork(), and the child's first parallel region would hang, so such a child runs serially
+// (the results do not depend on the thread count).
+bool in_forked_child();
+
 // Runs fn(item, worker_slice) for item in [0, work_items(p)) on workers(p) threads, each with its
 // own `slice_bytes` slice of the workspace. Items are independent and each is computed whole by one
 // thread, so the result does not depend on the thread count or on which thread runs which item.
@@ -15,7 +20,7 @@ void parallel_items(const Params& p, void* workspace, size_t slice_bytes, Fn&& f
   const int64_t items = work_items(p);
   const int nw = workers(p);
   char* base = static_cast<char*>(workspace);
-  if (nw == 1) {
+  if (nw == 1 || in_forked_child()) {
     for (int64_t it = 0; it < items; ++it) fn(it, base);
     return;
   }

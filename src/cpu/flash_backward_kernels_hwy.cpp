@@ -21,26 +21,43 @@ namespace hn = hwy::HWY_NAMESPACE;
 using DF = hn::ScalableTag<float>;
 using VF = hn::Vec<DF>;
 
-void ProbsDscores(float* st, float* dpt, size_t keys, size_t ld, const float* lse,
-                  const float* dsum) {
+void ProbsDscores(float* st, float* dpt, size_t keys, size_t ld, const float* shift,
+                  const float* mul, const float* dsum) {
   const DF d;
   const size_t L = hn::Lanes(d);
   for (size_t r = 0; r < ld; r += L) {
-    const VF l = hn::LoadU(d, lse + r), dd = hn::LoadU(d, dsum + r);
+    const VF sh = hn::LoadU(d, shift + r), m = hn::LoadU(d, mul + r), dd = hn::LoadU(d, dsum + r);
     for (size_t t = 0; t < keys; ++t) {
       float* s = st + t * ld + r;
       float* dp = dpt + t * ld + r;
-      const VF x = hn::Sub(hn::LoadU(d, s), l);
+      const VF x = hn::Sub(hn::LoadU(d, s), sh);
       // Highway's Exp maps NaN to 0 like everything below its range: keep NaN (IEEE, as Ref64).
-      const VF p = hn::IfThenElse(hn::IsNaN(x), x, hn::Exp(d, x));
+      const VF p = hn::Mul(hn::IfThenElse(hn::IsNaN(x), x, hn::Exp(d, x)), m);
       hn::StoreU(p, d, s);
       hn::StoreU(hn::Mul(p, hn::Sub(hn::LoadU(d, dp), dd)), d, dp);
     }
   }
 }
 
+void ProbsDscoresRows(float* s, float* dpm, size_t rows, size_t ld, const float* shift,
+                      const float* mul, const float* dsum) {
+  const DF d;
+  const size_t L = hn::Lanes(d);
+  for (size_t r = 0; r < rows; ++r) {
+    const VF sh = hn::Set(d, shift[r]), m = hn::Set(d, mul[r]), dd = hn::Set(d, dsum[r]);
+    for (size_t t = 0; t < ld; t += L) {
+      float* sp = s + r * ld + t;
+      float* dp = dpm + r * ld + t;
+      const VF x = hn::Sub(hn::LoadU(d, sp), sh);
+      const VF p = hn::Mul(hn::IfThenElse(hn::IsNaN(x), x, hn::Exp(d, x)), m);
+      hn::StoreU(p, d, sp);
+      hn::StoreU(hn::Mul(p, hn::Sub(hn::LoadU(d, dp), dd)), d, dp);
+    }
+  }
+}
+
 extern const BackwardKernels kBackwardKernels;
-const BackwardKernels kBackwardKernels = {HWY_TARGET, &ProbsDscores};
+const BackwardKernels kBackwardKernels = {HWY_TARGET, &ProbsDscores, &ProbsDscoresRows};
 
 }  // namespace HWY_NAMESPACE
 }  // namespace memattn::detail

@@ -42,17 +42,24 @@ size_t backward_workspace_bytes(const BackwardParams& p);
 
 // f32 tiles padded to kPadFloats lanes; "t" marks transposed tiles whose lanes are query rows.
 struct FlashBackwardSlices {
-  float* q;       // query_chunk x pad(dim): scale * Q rows (B of dK += dS^T Q)
-  float* qt;      // dim x pad(query_chunk): the same, transposed (B of S^T = K Q^T)
-  float* dout;    // query_chunk x pad(dim_v): dO rows (B of dV += P^T dO)
-  float* doutt;   // dim_v x pad(query_chunk): dO transposed (B of dP^T = V dO^T)
-  float* lse;     // pad(query_chunk): per lane, +inf for fully masked rows (P = 0)
+  float* q;       // query_chunk x pad(dim): scale * Q rows (pass 1: A of S, B of dK += dS^T Q)
+  float* qt;      // dim x pad(query_chunk): the same, transposed (pass 2: B of S^T = K Q^T)
+  float* dout;    // query_chunk x pad(dim_v): dO rows (pass 1: A of dP, B of dV += P^T dO)
+  float* doutt;   // dim_v x pad(query_chunk): dO transposed (pass 2: B of dP^T = V dO^T)
+  float* shift;   // pad(query_chunk): per lane, lse; +inf for fully masked rows (P = 0)
+  float* mul;     // pad(query_chunk): per lane, 1; 1 / row sum where shift is the row max
   float* dsum;    // pad(query_chunk): D = rowsum(dO * O) per lane
+  float* row_max;  // pad(query_chunk): exact row statistics where lse is too coarse
+  float* row_sum;  // pad(query_chunk)
+  float* alpha;    // pad(query_chunk): softmax_step's rescaling, unused
+  float* stat_k;   // key_chunk x dim: keys of the statistics sweep
   float* row;     // max(dim, dim_v): one row converted to f32
-  float* k;       // key_chunk x pad(dim): the key chunk (A of S^T, B of dQ += dS K)
-  float* v;       // key_chunk x pad(dim_v): the value chunk (A of dP^T)
-  float* st;      // key_chunk x pad(query_chunk): S^T, then P^T
-  float* dpt;     // key_chunk x pad(query_chunk): dP^T, then dS^T
+  float* k;       // key_chunk x pad(dim): the key chunk (pass 2: A of S^T, B of dQ += dS K)
+  float* v;       // key_chunk x pad(dim_v): the value chunk (pass 2: A of dP^T)
+  float* kt;      // dim x pad(key_chunk): the key chunk transposed (pass 1: B of S = Q K^T)
+  float* vt;      // dim_v x pad(key_chunk): the values transposed (pass 1: B of dP = dO V^T)
+  float* st;      // S^T (key_chunk x pad(query_chunk)) or S (query_chunk x pad(key_chunk)), then P
+  float* dpt;     // dP^T or dP, like st, then dS
   float* acc_k;   // max(key_chunk, query_chunk) x pad(dim): dK (pass 1) or dQ (pass 2)
   float* acc_v;   // key_chunk x pad(dim_v): dV (pass 1)
   float* dbias;   // (1 or query_chunk) x (1 or seq_k): the item's dbias rows (pass 2, on request)

@@ -67,7 +67,12 @@ int64_t work_items(const Params& p) {
 }
 
 int workers(const Params& p) {
-  return int(std::max<int64_t>(1, std::min<int64_t>(p.threads, work_items(p))));
+  // Waking a second thread costs tens of microseconds (far more on a loaded machine): give each
+  // worker at least ~4 MFLOP of score and value work. The result does not depend on the count.
+  const double flops = 2.0 * double(p.batch) * double(p.heads_q) * double(p.seq_q) * double(p.seq_k) *
+                       double(p.dim + p.dim_v);
+  const int64_t by_work = std::max<int64_t>(1, int64_t(flops / 4e6));
+  return int(std::max<int64_t>(1, std::min({int64_t(p.threads), work_items(p), by_work})));
 }
 
 size_t forward_workspace_bytes(const Params& p) {

@@ -1,0 +1,209 @@
+// The flash backward's per-worker tile state: one query tile (scale * Q, dO, the softmax shift and
+// D = rowsum(dO * O)) against one key chunk, and the recomputation of P and dS on it.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "common/rowops.hpp"
+#include "cpu/flash_backward_kernels.hpp"
+#include "plan/backward_plan.hpp"
+
+namespace memattn::detail {
+
+constexpr float kPosInf = std::numeric_limits<float>::infinity();
+// An f32 lse is off by up to |lse| u, which P = exp(s - lse) inherits as a relative error. Past
+// this magnitude (256 u, about 1.5e-5) a tile recomputes its rows' exact max and sum with one
+// more sweep of S over its keys (in pass 1 once per key chunk: slow, but only for such extreme
+// rows): bf16 q = k = v = 133120 gives scores near 7e10, where log(sum) vanishes from lse
+// entirely and P would come out 8x too large.
+constexpr float kCoarseLse = 256.0f;
+
+constexpr DType dtype_of(float) { return DType::f32; }
+constexpr DType dtype_of(bf16) { return DType::bf16; }
+constexpr DType dtype_of(f16) { return DType::f16; }
+
+// One row of n elements at `src` (element stride `stride`) into f32; false if any is not finite.
+template <typename T>
+bool load_row(const Kernels& kern, const T* src, int64_t stride, size_t n, float* dst) {
+  if (stride == 1) return kern.to_f32(src, dtype_of(T{}), dst, n);
+  bool finite = true;
+  for (size_t c = 0; c < n; ++c) finite &= std::isfinite(dst[c] = Elem<T>::load(src[int64_t(c) * stride]));
+  return finite;
+}
+
+// What the SIMD lanes of the score tiles hold. Pass 1 (one key chunk, many query tiles) keeps
+// keys in the lanes: S = Q K^T against K^T packed once per item, so a query tile is loaded as
+// plain rows. Pass 2 (one query tile, many key chunks) keeps queries in the lanes: S^T = K Q^T,
+// with Q^T packed once and each key chunk loaded as plain rows.
+enum class Lanes { keys, queries };
+
+template <typename T>
+struct TileWorker {
+  const BackwardParams& p;
+  const Kernels& kern;
+  const BackwardKernels& bk;
+  const Lanes lanes;
+  FlashBackwardSlices w;
+  size_t d, dv, dp, dvp, cqp, ckp;
+  int64_t b = 0, h = 0, i0 = 0, rows = 0;  // the query tile held
+  bool tile_finite = true;                 // every live row's Q, dO, lse and D is finite
+
+  TileWorker(const BackwardParams& p_, const BackwardKernels& bk_, Lanes lanes_, char* slice)
+      : p(p_), kern(*p_.kernels), bk(bk_), lanes(lanes_) {
+    Carver c(slice);
+    w = FlashBackwardSlices::carve(p, c);
+    d = size_t(p.dim), dv = size_t(p.dim_v);
+    dp = pad_floats(d), dvp = pad_floats(dv);
+    cqp = pad_floats(size_t(p.query_chunk)), ckp = pad_floats(size_t(p.key_chunk));
+  }
+
+  // Index of (query row r, key t) in a score tile of layout l.
+  size_t at(Lanes l, int64_t r, int64_t t) const {
+    return l == Lanes::queries ? size_t(t) * cqp + size_t(r) : size_t(r) * ckp + size_t(t);
+  }
+  size_t at(int64_t r, int64_t t) const { return at(lanes, r, t); }
+  bool dead(int64_t r) const { return w.shift[r] == kPosInf; }
+  int64_t key_lo(int64_t r, int64_t j0) const { return p.key_begin(i0 + r) - j0; }
+  int64_t key_hi(int64_t r, int64_t j0) const { return p.key_end(i0 + r) - j0; }
+  bool visible(int64_t r, int64_t j0, int64_t t) const {
+    return t >= key_lo(r, j0) && t < key_hi(r, j0) && p.mask_allows(b, h, i0 + r, j0 + t);
+  }
+
+  // Loads rows [i0, i0 + rows) of (b, h): scale * Q and dO (rows, or transposed when queries are
+  // the lanes), the softmax shift (lse) and D. A fully masked row (lse = -inf) stays all zero with
+  // shift +inf, so its P and dS are exactly 0 and nothing it holds can reach a gradient.
+  void load_queries(int64_t b_, int64_t h_, int64_t i0_, int64_t rows_) {
+    b = b_, h = h_, i0 = i0_, rows = rows_;
+    const bool transposed = lanes == Lanes::queries;
+    if (transposed) {
+      std::fill_n(w.qt, d * cqp, 0.0f);
+      std::fill_n(w.doutt, dv * cqp, 0.0f);
+    } else {
+      std::fill_n(w.q, size_t(rows) * dp, 0.0f);
+      std::fill_n(w.dout, size_t(rows) * dvp, 0.0f);
+    }
+    std::fill_n(w.shift, cqp, kPosInf);
+    std::fill_n(w.mul, cqp, 1.0f);
+    std::fill_n(w.dsum, cqp, 0.0f);
+    tile_finite = true;
+    bool coarse = false;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = i0 + r;
+      const float lse = *p.lse.at<float>(b, h, i);
+      if (lse == -kPosInf) continue;
+      float* q = transposed ? w.row : w.q + size_t(r) * dp;
+      tile_finite &= load_row(kern, p.q.at<T>(b, i, h), p.q.stride[3], d, q);
+      for (size_t c = 0; c < d; ++c) {
+        q[c] *= p.scale;
+        tile_finite &= std::isfinite(q[c]);
+        if (transposed) w.qt[c * cqp + size_t(r)] = q[c];
+      }
+      float* dout = transposed ? w.row : w.dout + size_t(r) * dvp;
+      tile_finite &= load_row(kern, p.dout.at<T>(b, i, h), p.dout.stride[3], dv, dout);
+      const T* o = p.out.at<T>(b, i, h);
+      float dsum = 0.0f;
+      for (size_t c = 0; c < dv; ++c) {
+        if (transposed) w.doutt[c * cqp + size_t(r)] = dout[c];
+        dsum += dout[c] * Elem<T>::load(o[int64_t(c) * p.out.stride[3]]);
+      }
+      w.shift[r] = lse;
+      w.dsum[r] = dsum;
+      tile_finite &= std::isfinite(lse) && std::isfinite(dsum);
+      coarse |= std::fabs(lse) > kCoarseLse && std::isfinite(lse);
+    }
+    if (coarse) exact_row_stats();
+  }
+
+  // Marks in w.live the keys of [j0, j0 + keys) that some live row of the tile sees; returns
+  // false if none. Sets `full` when every row sees every key (no per-element masking needed).
+  bool find_live(int64_t j0, int64_t keys, bool& full) const {
+    const int64_t last = i0 + rows - 1;
+    full = !p.has_mask && p.key_begin(last) <= j0 && p.key_end(i0) >= j0 + keys;
+    if (full) {
+      std::fill_n(w.live, keys, uint8_t(1));
+      return true;
+    }
+    std::fill_n(w.live, keys, uint8_t(0));
+    bool any = false;
+    for (int64_t r = 0; r < rows; ++r) {
+      if (dead(r)) continue;
+      for (int64_t t = std::max<int64_t>(key_lo(r, j0), 0); t < std::min(key_hi(r, j0), keys); ++t)
+        if (p.mask_allows(b, h, i0 + r, j0 + t)) w.live[t] = 1, any = true;
+    }
+    return any;
+  }
+
+  // Loads key j0 + t of kv head g: as row t of w.k and w.v (queries in the lanes) or as column t
+  // of w.kt and w.vt (keys in the lanes). False if any value is not finite.
+  bool load_key(int64_t g, int64_t j0, int64_t t) const {
+    const bool rows_out = lanes == Lanes::queries;
+    float* k = rows_out ? w.k + size_t(t) * dp : w.row;
+    bool finite = load_row(kern, p.k.at<T>(b, j0 + t, g), p.k.stride[3], d, k);
+    if (!rows_out)
+      for (size_t c = 0; c < d; ++c) w.kt[c * ckp + size_t(t)] = k[c];
+    float* v = rows_out ? w.v + size_t(t) * dvp : w.row;
+    finite &= load_row(kern, p.v.at<T>(b, j0 + t, g), p.v.stride[3], dv, v);
+    if (!rows_out)
+      for (size_t c = 0; c < dv; ++c) w.vt[c * ckp + size_t(t)] = v[c];
+    return finite;
+  }
+
+  // Adds the bias to a score tile of layout l and sets masked pairs to -inf.
+  void mask_and_bias(Lanes l, int64_t j0, int64_t keys, bool full) const {
+    if (full && !p.has_bias) return;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t t = 0; t < keys; ++t) {
+        float& s = w.st[at(l, r, t)];
+        if (!full && !visible(r, j0, t)) s = kNegInf;
+        else if (p.has_bias) s += bias_at<float>(p, b, h, i0 + r, j0 + t);
+      }
+  }
+
+  // Replaces the shift of every row with a finite lse by its exact max, with mul = 1 / sum, from
+  // one online-softmax sweep over the tile's keys (the forward's softmax step, queries in lanes).
+  void exact_row_stats() const {
+    if (lanes == Lanes::keys) {
+      std::fill_n(w.qt, d * cqp, 0.0f);
+      for (int64_t r = 0; r < rows; ++r)
+        for (size_t c = 0; c < d; ++c) w.qt[c * cqp + size_t(r)] = w.q[size_t(r) * dp + c];
+    }
+    std::fill_n(w.row_max, cqp, kNegInf);
+    std::fill_n(w.row_sum, cqp, 0.0f);
+    const int64_t ck = p.key_chunk, g = h / p.group;
+    for (int64_t j0 = p.key_begin(i0) / ck * ck; j0 < p.key_end(i0 + rows - 1); j0 += ck) {
+      const int64_t keys = std::min(ck, p.seq_k - j0);
+      bool full;
+      if (!find_live(j0, keys, full)) continue;
+      for (int64_t t = 0; t < keys; ++t) {
+        float* k = w.stat_k + size_t(t) * d;
+        if (w.live[t]) load_row(kern, p.k.at<T>(b, j0 + t, g), p.k.stride[3], d, k);
+        else std::fill_n(k, d, 0.0f);
+      }
+      kern.gemm({w.stat_k, d, 1, w.qt, cqp, w.st, cqp, size_t(keys), cqp, d, false});
+      mask_and_bias(Lanes::queries, j0, keys, full);
+      kern.softmax_step(w.st, size_t(keys), cqp, 1.0f, w.row_max, w.row_sum, w.alpha);
+    }
+    for (int64_t r = 0; r < rows; ++r)
+      if (std::isfinite(w.shift[r])) w.shift[r] = w.row_max[r], w.mul[r] = 1.0f / w.row_sum[r];
+  }
+
+  // Scores with bias and masks, dP = dO V^T, then P and dS in place (w.st, w.dpt).
+  void probs_and_dscores(int64_t j0, int64_t keys, bool full) const {
+    const size_t kn = size_t(keys), rn = size_t(rows);
+    if (lanes == Lanes::queries) {
+      kern.gemm({w.k, dp, 1, w.qt, cqp, w.st, cqp, kn, cqp, d, false});
+      mask_and_bias(lanes, j0, keys, full);
+      kern.gemm({w.v, dvp, 1, w.doutt, cqp, w.dpt, cqp, kn, cqp, dv, false});
+      bk.probs_dscores(w.st, w.dpt, kn, cqp, w.shift, w.mul, w.dsum);
+    } else {
+      kern.gemm({w.q, dp, 1, w.kt, ckp, w.st, ckp, rn, ckp, d, false});
+      mask_and_bias(lanes, j0, keys, full);
+      kern.gemm({w.dout, dvp, 1, w.vt, ckp, w.dpt, ckp, rn, ckp, dv, false});
+      bk.probs_dscores_rows(w.st, w.dpt, rn, ckp, w.shift, w.mul, w.dsum);
+    }
+  }
+};
+
+}  // namespace memattn::detail

@@ -1,0 +1,164 @@
+// Determinism and concurrency of TESTPLAN section D for the forward pass: bitwise equal results
+// across repeats, thread counts and enclosing OpenMP regions, chunk sizes within the accuracy rule
+// (37); many concurrent callers and a forked child (38).
+#include <gtest/gtest.h>
+#include <omp.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "support.hpp"
+
+using namespace mt;
+using memattn::Algorithm;
+
+namespace {
+
+const DType kLowDtypes[] = {DType::f32, DType::bf16, DType::f16};
+
+// 2 x 4 heads x 5 query chunks of 16: 40 work items, enough for every thread count below.
+const Shape kShape{2, 70, 90, 4, 2, 24, 16};
+
+// A causal, masked problem so that the work per item is uneven.
+void setup(Case& c) {
+  c.options.query_chunk = 16;
+  c.options.causal = true;
+  c.options.align = memattn::Align::bottom_right;
+  c.set_mask({kShape.B, 1, kShape.Sq, kShape.Sk},
+             random_mask(size_t(kShape.B * kShape.Sq * kShape.Sk), 402, 0.9));
+}
+
+// forward of c's inputs and options into fresh out/lse buffers; returns out's and lse's bytes.
+std::pair<Buf, Buf> run_into(Case& c, const memattn::Options& o, memattn::Workspace ws = {}) {
+  Buf out(c.dtype, c.out.shape), lse(DType::f32, c.lse.shape);
+  Tensor ov = out.view(), lv = lse.view();
+  memattn::forward(c.q.view(), c.k.view(), c.v.view(), ov, &lv, o, ws);
+  return {std::move(out), std::move(lse)};
+}
+
+bool same(const std::pair<Buf, Buf>& a, const std::pair<Buf, Buf>& b) {
+  return a.first.bytes == b.first.bytes && a.second.bytes == b.second.bytes;
+}
+
+}  // namespace
+
+TEST(Determinism, det_bitwise_repeat_and_threads) {
+  const int max_threads = omp_get_max_threads();
+  for (DType dt : kLowDtypes)
+    for (Algorithm alg : algorithms_for(dt)) {
+      Case c(kShape, dt, 401);
+      setup(c);
+      c.options.algorithm = alg;
+      SCOPED_TRACE(describe(c));
+      memattn::Options serial = c.options;
+      serial.num_threads = 1;
+      const auto want = run_into(c, serial);
+      // Repeats: 100 for the default (flash, f32), 20 otherwise.
+      const int repeats = alg == Algorithm::flash && dt == DType::f32 ? 100 : 20;
+      for (int r = 0; r < repeats; ++r) ASSERT_TRUE(same(run_into(c, c.options), want)) << "repeat " << r;
+      for (int threads : {1, 2, 3, 7, max_threads}) {
+        memattn::Options o = c.options;
+        o.num_threads = threads;
+        EXPECT_TRUE(same(run_into(c, o), want)) << threads << " threads";
+      }
+      // Called from inside an enclosing OpenMP region, with nesting off and on.
+      const int levels = omp_get_max_active_levels();
+      for (int nest : {1, 2}) {
+        omp_set_max_active_levels(nest);
+        std::atomic<int> mismatches{0};
+#pragma omp parallel num_threads(3)
+        {
+          memattn::Options o = c.options;
+          o.num_threads = omp_get_thread_num();  // 0 (all), 1 and 2 threads
+          if (!same(run_into(c, o), want)) ++mismatches;
+        }
+        EXPECT_EQ(mismatches.load(), 0) << "inside an OpenMP region, max active levels " << nest;
+      }
+      omp_set_max_active_levels(levels);
+    }
+}
+
+TEST(Determinism, det_chunk_sizes_within_accuracy_rule) {
+  // Different chunk sizes change the summation order: not bitwise, but each within the rule.
+  for (DType dt : kLowDtypes)
+    for (const auto& [cq, ck] :
+         {std::pair{1, 1}, std::pair{7, 13}, std::pair{16, 64}, std::pair{64, 16}, std::pair{0, 0}}) {
+      Case c(Shape{1, 70, 90, 2, 1, 24, 16}, dt, 403);
+      c.options.query_chunk = cq;
+      c.options.key_chunk = ck;
+      SCOPED_TRACE(describe(c));
+      expect_accurate_all(c);
+    }
+}
+
+TEST(Determinism, conc_many_callers) {
+  const int callers = 2 * int(std::max(2u, std::thread::hardware_concurrency()));
+  const std::vector<Algorithm> algs = algorithms_for(DType::f32);
+  Case c(kShape, DType::f32, 411);
+  setup(c);
+  std::vector<std::pair<Buf, Buf>> serial;
+  for (Algorithm alg : algs) {
+    memattn::Options o = c.options;
+    o.algorithm = alg;
+    o.num_threads = 1;
+    serial.push_back(run_into(c, o));
+  }
+  // Shared read-only inputs, distinct outputs; caller t uses algorithm t % 4, t % 3 threads
+  // (0: all) and, for odd t, its own caller-provided workspace.
+  std::atomic<int> mismatches{0}, failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < callers; ++t)
+    threads.emplace_back([&, t] {
+      try {
+        memattn::Options o = c.options;
+        o.algorithm = algs[size_t(t) % algs.size()];
+        o.num_threads = t % 3;
+        std::vector<unsigned char> ws;
+        if (t % 2) ws.resize(memattn::workspace_bytes(c.q.view(), c.k.view(), c.v.view(), o));
+        for (int r = 0; r < 3; ++r)
+          if (!same(run_into(c, o, {ws.empty() ? nullptr : ws.data(), ws.size()}),
+                    serial[size_t(t) % algs.size()]))
+            ++mismatches;
+      } catch (const std::exception&) {
+        ++failures;
+      }
+    });
+  for (std::thread& th : threads) th.join();
+  EXPECT_EQ(mismatches.load(), 0);
+  EXPECT_EQ(failures.load(), 0);
+
+  // After fork(), in the child (one thread, the parent's OpenMP pool gone), with 2 threads.
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    int status = 0;
+    try {
+      for (size_t a = 0; a < algs.size(); ++a) {
+        memattn::Options o = c.options;
+        o.algorithm = algs[a];
+        o.num_threads = 2;
+        if (!same(run_into(c, o), serial[a])) status = 1;
+      }
+    } catch (...) {
+      status = 2;
+    }
+    _exit(status);
+  }
+  int status = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (waitpid(child, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      kill(child, SIGKILL);
+      waitpid(child, &status, 0);
+      FAIL() << "the forked child hung for 10 s (OpenMP after fork?)";
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(WIFEXITED(status)) << "the forked child died with signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: results differ from the serial run; 2: the call threw";
+}
