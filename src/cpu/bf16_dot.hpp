@@ -20,8 +20,9 @@ struct Bf16DotKernels {
   // dst[t/2][c][t%2] = rows t, t+1 of src (f32 st[t][c], ld floats, rounded to bf16 nearest-even)
   // for c < ld, t < keys; a missing odd last row is zero.
   void (*pair_rows_f32)(const float* src, size_t ld, size_t keys, uint16_t* dst);
-  // dst[c][0] = r0[c], dst[c][1] = r1 ? r1[c] : 0 for c < n (bf16 bits, 32-bit pairs).
-  void (*pair_two_rows)(const uint16_t* r0, const uint16_t* r1, size_t n, uint16_t* dst);
+  // dst[c][0] = r0[c], dst[c][1] = r1 ? r1[c] : 0 for c < n (bf16 bits, 32-bit pairs); returns
+  // false if any value is NaN or infinite.
+  bool (*pair_two_rows)(const uint16_t* r0, const uint16_t* r1, size_t n, uint16_t* dst);
 };
 
 // The kernels when this CPU has AVX-512 BF16, else null.

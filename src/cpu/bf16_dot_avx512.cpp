@@ -94,18 +94,28 @@ MEMATTN_BF16_TARGET void pair_rows_f32(const float* src, size_t ld, size_t keys,
     }
 }
 
-MEMATTN_BF16_TARGET void pair_two_rows(const uint16_t* r0, const uint16_t* r1, size_t n, uint16_t* dst) {
+MEMATTN_BF16_TARGET bool pair_two_rows(const uint16_t* r0, const uint16_t* r1, size_t n, uint16_t* dst) {
+  // A bf16 value is NaN or infinite when its exponent bits (0x7f80) are all set.
+  const __m512i exp_mask = _mm512_set1_epi32(0x7f807f80);
+  __mmask16 bad = 0;
   size_t c = 0;
   for (; c + 16 <= n; c += 16) {
     const __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0 + c)));
     const __m512i hi = r1 ? _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r1 + c)))
                           : _mm512_setzero_si512();
-    _mm512_storeu_si512(dst + 2 * c, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+    const __m512i pair = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
+    const __m512i e = _mm512_and_si512(pair, exp_mask);
+    bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(e, _mm512_set1_epi32(0x7f80)), _mm512_set1_epi32(0x7f80));
+    bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(e, _mm512_set1_epi32(0x7f800000)), _mm512_set1_epi32(0x7f800000));
+    _mm512_storeu_si512(dst + 2 * c, pair);
   }
+  bool finite = bad == 0;
   for (; c < n; ++c) {
     dst[2 * c] = r0[c];
     dst[2 * c + 1] = r1 ? r1[c] : 0;
+    finite &= (dst[2 * c] & 0x7f80u) != 0x7f80u && (dst[2 * c + 1] & 0x7f80u) != 0x7f80u;
   }
+  return finite;
 }
 
 const Bf16DotKernels kKernels{&scores, &pv, &pair_rows_f32, &pair_two_rows};

@@ -45,7 +45,8 @@ bool copy_bf16_row(const bf16* src, int64_t stride, size_t n, uint16_t* dst) {
 // The chunk being processed: query rows [i0, i0 + rows) of (b, h) against keys [j0, j0 + keys).
 struct Chunk {
   int64_t b, h, g, i0, rows, j0, keys;
-  bool full;  // every row sees every key: no mask work, no unread keys
+  bool full;      // every row sees every key: no mask work
+  bool all_read;  // every key is seen by some row: K and V can be read in place
 };
 
 template <typename T>
@@ -65,10 +66,14 @@ class FlashItem {
     // multiples of key_chunk so every row sums its keys in the same order whatever its chunk.
     const int64_t i_last = i0 + rows - 1, ck = p_.key_chunk;
     const int64_t first = p_.key_begin(i0), last = p_.key_end(i_last);
+    // Without a boolean mask each row sees one interval of keys and the intervals move right
+    // together, so the rows see [first, last) without gaps once row i0 sees anything.
+    const bool contiguous = !p_.has_mask && p_.key_end(i0) > p_.key_begin(i0);
     for (c.j0 = first / ck * ck; c.j0 < last; c.j0 += ck) {
-      c.keys = std::min(ck, p_.seq_k - c.j0);
+      c.keys = std::min({ck, p_.seq_k - c.j0, last - c.j0});  // no row sees keys past `last`
       c.full = !p_.has_mask && p_.key_begin(i_last) <= c.j0 && p_.key_end(i0) >= c.j0 + c.keys;
-      if (!c.full && !mark_live_keys(c)) continue;
+      c.all_read = c.full || (contiguous && first <= c.j0);
+      if (!c.all_read && !mark_live_keys(c)) continue;
       scores(c);
       kern_.softmax_step(w_.st, size_t(c.keys), cqp_, scale_in_softmax(c) ? p_.scale : 1.0f,
                          w_.row_max, w_.row_sum, w_.alpha);
@@ -117,12 +122,12 @@ class FlashItem {
     }
     return any;
   }
-  bool key_read(const Chunk& c, int64_t t) const { return c.full || w_.live[t]; }
+  bool key_read(const Chunk& c, int64_t t) const { return c.all_read || w_.live[t]; }
 
   // st[t][r] = score of query r and key t (bias added, masked entries -inf).
   void scores(const Chunk& c) {
     const T* k0 = p_.k.at<T>(c.b, c.j0, c.g);
-    const bool in_place = c.full && p_.k.stride[3] == 1;
+    const bool in_place = c.all_read && p_.k.stride[3] == 1;
     if (bf16_dot_) {
       const uint16_t* a = reinterpret_cast<const uint16_t*>(k0);
       size_t a_row = size_t(p_.k.stride[1]);
@@ -152,15 +157,25 @@ class FlashItem {
       kern_.gemm(s);
     }
     if (bf16_dot_ && !scale_in_softmax(c))
-      for (int64_t t = 0; t < c.keys; ++t)
-        for (int64_t r = 0; r < c.rows; ++r) st(t, r) *= p_.scale;
+      for (size_t i = 0; i < size_t(c.keys) * cqp_; ++i) w_.st[i] *= p_.scale;
     if (p_.has_bias)
       for (int64_t t = 0; t < c.keys; ++t)
         for (int64_t r = 0; r < c.rows; ++r) st(t, r) += bias_at<float>(p_, c.b, c.h, c.i0 + r, c.j0 + t);
-    if (!c.full)
-      for (int64_t t = 0; t < c.keys; ++t)
-        for (int64_t r = 0; r < c.rows; ++r)
-          if (!visible(c, r, t)) st(t, r) = kNegInf;
+    if (!c.full) mask_scores(c);
+  }
+
+  // st = -inf where a row does not see a key: per row its interval's complement, plus the
+  // boolean mask's zeros.
+  void mask_scores(const Chunk& c) {
+    for (int64_t r = 0; r < c.rows; ++r) {
+      const int64_t lo = std::clamp<int64_t>(p_.key_begin(c.i0 + r) - c.j0, 0, c.keys);
+      const int64_t hi = std::clamp<int64_t>(p_.key_end(c.i0 + r) - c.j0, lo, c.keys);
+      for (int64_t t = 0; t < lo; ++t) st(t, r) = kNegInf;
+      for (int64_t t = hi; t < c.keys; ++t) st(t, r) = kNegInf;
+      if (p_.has_mask)
+        for (int64_t t = lo; t < hi; ++t)
+          if (!p_.mask_allows(c.b, c.h, c.i0 + r, c.j0 + t)) st(t, r) = kNegInf;
+    }
   }
 
   // acc[rows x dv] += P V with P = the exponentiated st.
@@ -175,16 +190,16 @@ class FlashItem {
         for (int64_t u = 0; u < 2; ++u)
           if (t + u < c.keys && key_read(c, t + u))
             rows[u] = reinterpret_cast<const uint16_t*>(p_.v.at<T>(c.b, c.j0 + t + u, c.g));
-        pair_value_rows(rows, vp + size_t(t / 2) * 2 * dvp_);
+        finite &= pair_value_rows(rows, vp + size_t(t / 2) * 2 * dvp_);
       }
-      if (!c.full) finite = values_finite(c);
       if (c.full || finite)
         return bk.pv(w_.p_pairs, cqp_, vp, dvp_, w_.acc, size_t(c.rows), size_t(c.keys + 1) / 2);
     } else {
       GemmArgs pv{w_.st, 1, cqp_, w_.v, dvp_, w_.acc, dvp_, size_t(c.rows), dvp_, size_t(c.keys), true};
-      if (std::is_same_v<T, float> && c.full && p_.v.stride[3] == 1 && dv_ == dvp_) {
+      if (std::is_same_v<T, float> && c.all_read && p_.v.stride[3] == 1 && dv_ == dvp_) {
         pv.b = reinterpret_cast<const float*>(p_.v.at<T>(c.b, c.j0, c.g));
         pv.ldb = size_t(p_.v.stride[1]);
+        if (!c.full) finite = kern_.all_finite(pv.b, pv.ldb, size_t(c.keys), dv_);
       } else {
         for (int64_t t = 0; t < c.keys; ++t) {
           float* vt = w_.v + size_t(t) * dvp_;
@@ -207,27 +222,18 @@ class FlashItem {
     }
   }
 
-  // Value rows t and t+1 (null: not read, zero) as bf16 pairs, zero-padded to dvp columns.
-  void pair_value_rows(const uint16_t* const rows[2], uint16_t* dst) {
-    if (p_.v.stride[3] == 1 && rows[0] != nullptr) {
-      kern_.bf16->pair_two_rows(rows[0], rows[1], dv_, dst);
-    } else {
-      for (size_t k = 0; k < dv_; ++k)
-        for (int u = 0; u < 2; ++u)
-          dst[2 * k + u] = rows[u] ? rows[u][int64_t(k) * p_.v.stride[3]] : 0;
-    }
+  // Value rows t and t+1 (null: not read, zero) as bf16 pairs, zero-padded to dvp columns;
+  // false if a value read is NaN or infinite.
+  bool pair_value_rows(const uint16_t* const rows[2], uint16_t* dst) {
     std::fill(dst + 2 * dv_, dst + 2 * dvp_, uint16_t(0));
-  }
-
-  // Are all value rows some row reads finite? (bf16 exponent not all ones.)
-  bool values_finite(const Chunk& c) const {
-    for (int64_t t = 0; t < c.keys; ++t) {
-      if (!key_read(c, t)) continue;
-      const uint16_t* v = reinterpret_cast<const uint16_t*>(p_.v.at<T>(c.b, c.j0 + t, c.g));
-      for (size_t k = 0; k < dv_; ++k)
-        if ((v[int64_t(k) * p_.v.stride[3]] & 0x7f80u) == 0x7f80u) return false;
-    }
-    return true;
+    if (p_.v.stride[3] == 1 && rows[0] != nullptr) return kern_.bf16->pair_two_rows(rows[0], rows[1], dv_, dst);
+    bool finite = true;
+    for (size_t k = 0; k < dv_; ++k)
+      for (int u = 0; u < 2; ++u) {
+        dst[2 * k + u] = rows[u] ? rows[u][int64_t(k) * p_.v.stride[3]] : 0;
+        finite &= (dst[2 * k + u] & 0x7f80u) != 0x7f80u;
+      }
+    return finite;
   }
 
   const Params& p_;

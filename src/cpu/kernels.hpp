@@ -48,6 +48,8 @@ struct Kernels {
   void (*scale_rows)(float* x, size_t ld, size_t rows, size_t cols, const float* alpha);
   // dst[0..n) = src[0..n) converted to f32; returns false if any value is NaN or infinite.
   bool (*to_f32)(const void* src, DType dtype, float* dst, size_t n);
+  // Are x[r * row_stride + c] finite for all r < rows, c < n?
+  bool (*all_finite)(const float* x, size_t row_stride, size_t rows, size_t n);
 };
 
 // Targets compiled into this build that this CPU runs, best first.

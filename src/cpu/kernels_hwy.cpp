@@ -185,6 +185,20 @@ bool ToF32(const void* src, DType dtype, float* dst, size_t n) {
   }
 }
 
+bool AllFinite(const float* x, size_t row_stride, size_t rows, size_t n) {
+  const DF d;
+  const size_t L = hn::Lanes(d);
+  auto bad = hn::Zero(d);
+  for (size_t r = 0; r < rows; ++r) {
+    const float* row = x + r * row_stride;
+    size_t c = 0;
+    for (; c + L <= n; c += L) bad = hn::Or(bad, hn::VecFromMask(d, hn::Not(hn::IsFinite(hn::LoadU(d, row + c)))));
+    for (; c < n; ++c)
+      if (!std::isfinite(row[c])) return false;
+  }
+  return hn::AllTrue(d, hn::Eq(bad, hn::Zero(d)));
+}
+
 const char* TargetLabel() {
   switch (HWY_TARGET) {
 #if HWY_ARCH_X86
@@ -203,7 +217,8 @@ const char* TargetLabel() {
 }
 
 extern const Kernels kKernels;
-const Kernels kKernels = {TargetLabel(), HWY_TARGET, nullptr, &Gemm, &SoftmaxStep, &ScaleRows, &ToF32};
+const Kernels kKernels = {TargetLabel(), HWY_TARGET, nullptr, &Gemm, &SoftmaxStep, &ScaleRows, &ToF32,
+                          &AllFinite};
 
 }  // namespace HWY_NAMESPACE
 }  // namespace memattn::detail
