@@ -1,6 +1,5 @@
 // backward() and backward_workspace_bytes(): validate, plan, take the workspace, dispatch once.
 #include <cstdint>
-#include <optional>
 #include <string>
 
 #include "api/backward_params.hpp"
@@ -40,18 +39,8 @@ void backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o
                                           BackwardRequest{dbias != nullptr});
   plan_backward(p, o);
   const BackwardKernels* bk = p.algorithm == Algorithm::flash ? &backward_kernels(*p.kernels) : nullptr;
-  const size_t need = detail::backward_workspace_bytes(p);
-  if ((ws.data != nullptr || ws.bytes != 0) && ws.bytes < need)
-    fail(ErrorCode::workspace_too_small, "workspace too small: need " + std::to_string(need) +
-                                             " bytes, got " + std::to_string(ws.bytes));
-  if (ws.data == nullptr && ws.bytes != 0)
-    fail(ErrorCode::invalid_argument,
-         "workspace: data is null but bytes is " + std::to_string(ws.bytes));
-  std::optional<Buffer> own;
-  void* base = ws.data;
-  if (base == nullptr && need != 0) base = own.emplace(need, "the backward workspace").data();
-  // Any caller pointer is accepted: the kAlign slack in `need` covers aligning it up.
-  void* aligned = reinterpret_cast<void*>(align_up(reinterpret_cast<uintptr_t>(base)));
+  const CallWorkspace scratch(ws.data, ws.bytes, detail::backward_workspace_bytes(p), "the backward workspace");
+  void* aligned = scratch.aligned();
   switch (p.dtype) {
     case DType::f32: return run_backward<float>(p, bk, aligned);
     case DType::bf16: return run_backward<bf16>(p, bk, aligned);

@@ -1,7 +1,6 @@
 // forward() and workspace_bytes(): validate, plan, take the workspace, dispatch once.
 #include <cstdint>
 #include <limits>
-#include <optional>
 #include <string>
 
 #include "api/validate.hpp"
@@ -56,18 +55,8 @@ void forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& ou
   using namespace detail;
   const Params p = plan(q, k, v, &out, lse, o);
   if (p.empty()) return;
-  const size_t need = forward_workspace_bytes(p);
-  if ((ws.data != nullptr || ws.bytes != 0) && ws.bytes < need)
-    fail(ErrorCode::workspace_too_small, "workspace too small: need " + std::to_string(need) +
-                                             " bytes, got " + std::to_string(ws.bytes));
-  if (ws.data == nullptr && ws.bytes != 0)
-    fail(ErrorCode::invalid_argument,
-         "workspace: data is null but bytes is " + std::to_string(ws.bytes));
-  std::optional<Buffer> own;
-  void* base = ws.data;
-  if (base == nullptr && need != 0) base = own.emplace(need, "the forward workspace").data();
-  // Any caller pointer is accepted: the kAlign slack in `need` covers aligning it up.
-  void* aligned = reinterpret_cast<void*>(align_up(reinterpret_cast<uintptr_t>(base)));
+  const CallWorkspace scratch(ws.data, ws.bytes, forward_workspace_bytes(p), "the forward workspace");
+  void* aligned = scratch.aligned();
   switch (p.dtype) {
     case DType::f32: return run<float>(p, aligned);
     case DType::bf16: return run<bf16>(p, aligned);

@@ -46,6 +46,17 @@ Buffer::Buffer(size_t bytes, const char* what) : bytes_(bytes) {
                 "failed to allocate " + std::to_string(bytes) + " bytes for " + what);
 }
 
+CallWorkspace::CallWorkspace(void* data, size_t bytes, size_t need, const char* what) {
+  if ((data != nullptr || bytes != 0) && bytes < need)
+    throw Error(ErrorCode::workspace_too_small, "workspace too small: need " + std::to_string(need) +
+                                                    " bytes, got " + std::to_string(bytes));
+  if (data == nullptr && bytes != 0)
+    throw Error(ErrorCode::invalid_argument,
+                "workspace: data is null but bytes is " + std::to_string(bytes));
+  if (data == nullptr && need != 0) data = own_.emplace(need, what).data();
+  aligned_ = reinterpret_cast<void*>(align_up(reinterpret_cast<uintptr_t>(data)));
+}
+
 Buffer::~Buffer() {
   if (data_) g_allocator.deallocate(data_, bytes_, g_allocator.context);
 }

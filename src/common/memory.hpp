@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 
 namespace memattn::detail {
 
@@ -34,6 +35,18 @@ class Buffer {
  private:
   void* data_ = nullptr;
   size_t bytes_ = 0;
+};
+
+// The workspace of one call: the caller's (checked against `need`) or one Buffer of `need` bytes
+// from the allocator; aligned() is 64-byte aligned (`need` includes kAlign bytes of slack for it).
+class CallWorkspace {
+ public:
+  CallWorkspace(void* data, size_t bytes, size_t need, const char* what);
+  void* aligned() const { return aligned_; }
+
+ private:
+  std::optional<Buffer> own_;
+  void* aligned_ = nullptr;
 };
 
 // Hands out 64-byte-aligned slices of a workspace in order. Built on a null base it only counts,

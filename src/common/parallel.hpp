@@ -3,6 +3,10 @@
 
 #include <omp.h>
 
+#include <algorithm>
+#include <cstdint>
+#include <utility>
+
 #include "plan/plan.hpp"
 
 namespace memattn::detail {
@@ -12,15 +16,14 @@ namespace memattn::detail {
 // (the results do not depend on the thread count).
 bool in_forked_child();
 
-// Runs fn(item, worker_slice) for item in [0, work_items(p)) on workers(p) threads, each with its
-// own `slice_bytes` slice of the workspace. Items are independent and each is computed whole by one
-// thread, so the result does not depend on the thread count or on which thread runs which item.
+// Runs fn(item, worker_slice) for item in [0, items) on up to `workers` OpenMP threads, each with
+// its own `slice_bytes` slice of the workspace. Items are independent and each is computed whole by
+// one thread, so the result does not depend on the thread count or on which thread runs which item.
 template <typename Fn>
-void parallel_items(const Params& p, void* workspace, size_t slice_bytes, Fn&& fn) {
-  const int64_t items = work_items(p);
-  const int nw = workers(p);
+void parallel_for_items(int64_t items, int workers, void* workspace, size_t slice_bytes, Fn&& fn) {
+  const int nw = int(std::min<int64_t>(workers, items));
   char* base = static_cast<char*>(workspace);
-  if (nw == 1 || in_forked_child()) {
+  if (nw <= 1 || in_forked_child()) {
     for (int64_t it = 0; it < items; ++it) fn(it, base);
     return;
   }
@@ -30,6 +33,12 @@ void parallel_items(const Params& p, void* workspace, size_t slice_bytes, Fn&& f
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < items; ++it) fn(it, slice);
   }
+}
+
+// The forward algorithms' loop: work_items(p) items on workers(p) threads.
+template <typename Fn>
+void parallel_items(const Params& p, void* workspace, size_t slice_bytes, Fn&& fn) {
+  parallel_for_items(work_items(p), workers(p), workspace, slice_bytes, std::forward<Fn>(fn));
 }
 
 }  // namespace memattn::detail

@@ -10,6 +10,7 @@
 // order (deterministic, but Nq x d x Nk/key_chunk floats: memory growing with n^2). Measured at
 // n = 2048, d = 128, B*H = 8, f32, one Zen 5 thread (CPU time): pass 1 (4 GEMMs) 316 ms, pass 2
 // (3 GEMMs) 187 ms; the two recomputed GEMMs cost about 125 ms, 25% of the backward.
+#include "common/parallel.hpp"
 #include "cpu/flash_backward.hpp"
 
 #include "cpu/flash_backward_tile.hpp"
@@ -32,7 +33,7 @@ template <typename T>
 void dkv_pass(const BackwardParams& p, const BackwardKernels& bk, void* ws, size_t slice_bytes) {
   const int64_t cq = p.query_chunk, ck = p.key_chunk;
   const int64_t k_chunks = (p.seq_k + ck - 1) / ck;
-  parallel_backward_items(dkv_items(p), backward_workers(p), ws, slice_bytes, [&](int64_t item, char* slice) {
+  parallel_for_items(dkv_items(p), backward_workers(p), ws, slice_bytes, [&](int64_t item, char* slice) {
     TileWorker<T> x(p, bk, Lanes::keys, slice);
     const FlashBackwardSlices& w = x.w;
     const int64_t bg = item / k_chunks, b = bg / p.heads_kv, g = bg % p.heads_kv;
@@ -93,7 +94,7 @@ void dq_pass(const BackwardParams& p, const BackwardKernels& bk, void* ws, size_
   // broadcast) or all keys.
   const bool one_row = p.bias_broadcast(2), one_col = p.bias_broadcast(3);
   const int64_t db_cols = one_col ? 1 : p.seq_k;
-  parallel_backward_items(own.items(), backward_workers(p), ws, slice_bytes, [&](int64_t item, char* slice) {
+  parallel_for_items(own.items(), backward_workers(p), ws, slice_bytes, [&](int64_t item, char* slice) {
     TileWorker<T> x(p, bk, Lanes::queries, slice);
     const FlashBackwardSlices& w = x.w;
     const int64_t xb = item / (own.heads * own.chunks), xh = item / own.chunks % own.heads;

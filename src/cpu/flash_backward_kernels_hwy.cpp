@@ -69,30 +69,8 @@ namespace memattn::detail {
 const BackwardKernels& backward_kernels(const Kernels& forward) {
   static const std::vector<const BackwardKernels*> compiled = [] {
     std::vector<const BackwardKernels*> l;
-#if HWY_TARGETS & HWY_AVX3_DL
-    l.push_back(&N_AVX3_DL::kBackwardKernels);
-#endif
-#if HWY_TARGETS & HWY_AVX3
-    l.push_back(&N_AVX3::kBackwardKernels);
-#endif
-#if HWY_TARGETS & HWY_AVX2
-    l.push_back(&N_AVX2::kBackwardKernels);
-#endif
-#if HWY_TARGETS & HWY_SSE4
-    l.push_back(&N_SSE4::kBackwardKernels);
-#endif
-#if HWY_TARGETS & HWY_SSSE3
-    l.push_back(&N_SSSE3::kBackwardKernels);
-#endif
-#if HWY_TARGETS & HWY_NEON
-    l.push_back(&N_NEON::kBackwardKernels);
-#endif
-#if HWY_TARGETS & HWY_EMU128
-    l.push_back(&N_EMU128::kBackwardKernels);
-#endif
-#if HWY_TARGETS & HWY_SCALAR
-    l.push_back(&N_SCALAR::kBackwardKernels);
-#endif
+#define MEMATTN_HWY_TARGET(ns) l.push_back(&ns::kBackwardKernels);
+#include "cpu/hwy_targets.inc"
     return l;
   }();
   for (const BackwardKernels* k : compiled)

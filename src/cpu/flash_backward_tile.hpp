@@ -8,6 +8,7 @@
 
 #include "common/rowops.hpp"
 #include "cpu/flash_backward_kernels.hpp"
+#include "cpu/rows.hpp"
 #include "plan/backward_plan.hpp"
 
 namespace memattn::detail {
@@ -20,18 +21,6 @@ constexpr float kPosInf = std::numeric_limits<float>::infinity();
 // entirely and P would come out 8x too large.
 constexpr float kCoarseLse = 256.0f;
 
-constexpr DType dtype_of(float) { return DType::f32; }
-constexpr DType dtype_of(bf16) { return DType::bf16; }
-constexpr DType dtype_of(f16) { return DType::f16; }
-
-// One row of n elements at `src` (element stride `stride`) into f32; false if any is not finite.
-template <typename T>
-bool load_row(const Kernels& kern, const T* src, int64_t stride, size_t n, float* dst) {
-  if (stride == 1) return kern.to_f32(src, dtype_of(T{}), dst, n);
-  bool finite = true;
-  for (size_t c = 0; c < n; ++c) finite &= std::isfinite(dst[c] = Elem<T>::load(src[int64_t(c) * stride]));
-  return finite;
-}
 
 // What the SIMD lanes of the score tiles hold. Pass 1 (one key chunk, many query tiles) keeps
 // keys in the lanes: S = Q K^T against K^T packed once per item, so a query tile is loaded as

@@ -231,30 +231,8 @@ namespace memattn::detail {
 const std::vector<const Kernels*>& compiled_kernels() {
   static const std::vector<const Kernels*> list = [] {
     std::vector<const Kernels*> l;
-#if HWY_TARGETS & HWY_AVX3_DL
-    l.push_back(&N_AVX3_DL::kKernels);
-#endif
-#if HWY_TARGETS & HWY_AVX3
-    l.push_back(&N_AVX3::kKernels);
-#endif
-#if HWY_TARGETS & HWY_AVX2
-    l.push_back(&N_AVX2::kKernels);
-#endif
-#if HWY_TARGETS & HWY_SSE4
-    l.push_back(&N_SSE4::kKernels);
-#endif
-#if HWY_TARGETS & HWY_SSSE3
-    l.push_back(&N_SSSE3::kKernels);
-#endif
-#if HWY_TARGETS & HWY_NEON
-    l.push_back(&N_NEON::kKernels);
-#endif
-#if HWY_TARGETS & HWY_EMU128
-    l.push_back(&N_EMU128::kKernels);
-#endif
-#if HWY_TARGETS & HWY_SCALAR
-    l.push_back(&N_SCALAR::kKernels);
-#endif
+#define MEMATTN_HWY_TARGET(ns) l.push_back(&ns::kKernels);
+#include "cpu/hwy_targets.inc"
     return l;
   }();
   return list;

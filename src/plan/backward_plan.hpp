@@ -2,8 +2,6 @@
 // workspace layouts, and the parallel loop that hands each worker its slice.
 #pragma once
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -79,25 +77,5 @@ struct NaiveBackwardSlices {
   uint8_t* dead;  // seq_q: rows with no visible key or a zero softmax sum
   static NaiveBackwardSlices carve(const BackwardParams& p, Carver& c);
 };
-
-// Runs fn(item, slice) for item in [0, items) on up to `workers` threads, each with its own
-// `slice_bytes` slice of the workspace. Each item is computed whole by one thread, so results do
-// not depend on the thread count or on which thread runs which item.
-template <typename Fn>
-void parallel_backward_items(int64_t items, int workers, void* workspace, size_t slice_bytes,
-                             Fn&& fn) {
-  char* base = static_cast<char*>(workspace);
-  const int nw = int(std::min<int64_t>(workers, items));
-  if (nw <= 1) {
-    for (int64_t it = 0; it < items; ++it) fn(it, base);
-    return;
-  }
-#pragma omp parallel num_threads(nw)
-  {
-    char* slice = base + size_t(omp_get_thread_num()) * slice_bytes;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t it = 0; it < items; ++it) fn(it, slice);
-  }
-}
 
 }  // namespace memattn::detail

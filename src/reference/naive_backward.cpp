@@ -8,6 +8,7 @@
 
 #include "common/rowops.hpp"
 #include "cpu/flash_backward.hpp"
+#include "common/parallel.hpp"
 #include "plan/backward_plan.hpp"
 
 namespace memattn::detail {
@@ -57,7 +58,7 @@ template <typename T>
 void grads_pass(const BackwardParams& p, void* ws, size_t slice_bytes) {
   using Acc = AccOf<T>;
   const Acc scale = Acc(p.scale);
-  parallel_backward_items(naive_items(p), backward_workers(p), ws, slice_bytes, [&](int64_t item, char* slice) {
+  parallel_for_items(naive_items(p), backward_workers(p), ws, slice_bytes, [&](int64_t item, char* slice) {
     Carver c(slice);
     const auto w = NaiveBackwardSlices<Acc>::carve(p, c);
     const int64_t b = item / p.heads_kv, g = item % p.heads_kv;
@@ -99,7 +100,7 @@ template <typename T>
 void dbias_pass(const BackwardParams& p, void* ws, size_t slice_bytes) {
   using Acc = AccOf<T>;
   const int64_t rows = p.bias_shape[2], cols = p.bias_shape[3];
-  parallel_backward_items(naive_dbias_items(p), backward_workers(p), ws, slice_bytes, [&](int64_t item, char* slice) {
+  parallel_for_items(naive_dbias_items(p), backward_workers(p), ws, slice_bytes, [&](int64_t item, char* slice) {
     Carver c(slice);
     const auto w = NaiveBackwardSlices<Acc>::carve(p, c);
     const int64_t xb = item / p.bias_shape[1], xh = item % p.bias_shape[1];
