@@ -46,7 +46,7 @@ class FlashItem {
         cqp_(pad_floats(size_t(p.query_chunk))), dvp_(pad_floats(dv_)), bf16_dot_(uses_bf16_dot(p)) {}
 
   void run(int64_t b, int64_t h, int64_t i0, int64_t rows) {
-    Chunk c{b, h, h / p_.group, i0, rows, 0, 0, false};
+    Chunk c{b, h, h / p_.group, i0, rows, 0, 0, false, false};
     load_queries(c);
     std::fill_n(w_.row_max, cqp_, kNegInf);
     std::fill_n(w_.row_sum, cqp_, 0.0f);
