@@ -1,9 +1,5 @@
 // vdpbf16ps micro-kernels (see bf16_dot.hpp), compiled for AVX-512 BF16 through function target
 // attributes so the rest of the build stays baseline x86-64; used only after a CPUID check.
-// GCC 12 warns of uninitialised __Y inside its own AVX-512 headers when they are used from target
-// attribute functions (a known false positive of _mm512_undefined_*).
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
 
 #include <algorithm>
 #include <array>
@@ -13,6 +9,11 @@
 #include "cpu/bf16_dot.hpp"
 
 #if defined(__x86_64__) && defined(__GNUC__)
+// GCC 12 warns of uninitialised __Y inside its own AVX-512 headers when they are used from target
+// attribute functions (a known false positive of _mm512_undefined_*).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
 #define MEMATTN_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
 
 namespace memattn::detail {
