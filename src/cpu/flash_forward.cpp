@@ -20,7 +20,6 @@
 namespace memattn::detail {
 namespace {
 
-
 // One bf16 row into contiguous bits (copy, or gather when strided); false if any is NaN or Inf.
 bool copy_bf16_row(const bf16* src, int64_t stride, size_t n, uint16_t* dst) {
   bool finite = true;
