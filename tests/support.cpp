@@ -463,15 +463,17 @@ GuardedBytes::GuardedBytes(size_t bytes, Guard flush) {
 
 GuardedBytes::~GuardedBytes() { munmap(map_, map_bytes_); }
 
+Tensor guarded_copy(GuardedSpans& spans, const Buf& b, Guard flush) {
+  spans.push_back(std::make_unique<GuardedBytes>(b.bytes.size(), flush));
+  std::memcpy(spans.back()->data(), b.bytes.data(), b.bytes.size());
+  Tensor t = const_cast<Buf&>(b).view();
+  t.data = spans.back()->data();
+  return t;
+}
+
 void run_guarded(Case& c, Guard flush) {
-  std::vector<std::unique_ptr<GuardedBytes>> spans;
-  const auto guarded = [&](Buf& b) {
-    spans.push_back(std::make_unique<GuardedBytes>(b.bytes.size(), flush));
-    std::memcpy(spans.back()->data(), b.bytes.data(), b.bytes.size());
-    Tensor t = b.view();
-    t.data = spans.back()->data();
-    return t;
-  };
+  GuardedSpans spans;
+  const auto guarded = [&](const Buf& b) { return guarded_copy(spans, b, flush); };
   const Tensor q = guarded(c.q), k = guarded(c.k), v = guarded(c.v), out = guarded(c.out);
   const Tensor lse = guarded(c.lse);
   memattn::Options o = c.options;

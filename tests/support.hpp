@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <random>
 #include <string>
@@ -168,6 +169,10 @@ class GuardedBytes {
   size_t map_bytes_ = 0;
   void* data_ = nullptr;
 };
+
+// A copy of `b` in its own guarded span (kept alive by `spans`), as a view like b.view().
+using GuardedSpans = std::vector<std::unique_ptr<GuardedBytes>>;
+Tensor guarded_copy(GuardedSpans& spans, const Buf& b, Guard flush);
 
 // Runs c's forward with every operand (q, k, v, out, lse, mask, bias) copied into its own guarded
 // span, then copies out and lse back into c.

@@ -17,14 +17,8 @@ namespace {
 // backward() with every operand and gradient copied into its own guarded span; the gradients are
 // copied back into c.
 void run_backward_guarded(BackwardCase& c, Guard flush) {
-  std::vector<std::unique_ptr<GuardedBytes>> spans;
-  const auto guarded = [&](Buf& b) {
-    spans.push_back(std::make_unique<GuardedBytes>(b.bytes.size(), flush));
-    std::memcpy(spans.back()->data(), b.bytes.data(), b.bytes.size());
-    Tensor t = b.view();
-    t.data = spans.back()->data();
-    return t;
-  };
+  GuardedSpans spans;
+  const auto guarded = [&](const Buf& b) { return guarded_copy(spans, b, flush); };
   const Tensor q = guarded(c.q), k = guarded(c.k), v = guarded(c.v), out = guarded(c.out);
   const Tensor dout = guarded(c.dout), lse = guarded(c.lse);
   const Tensor dq = guarded(c.dq), dk = guarded(c.dk), dv = guarded(c.dv);
