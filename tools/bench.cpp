@@ -21,6 +21,7 @@
 
 #include "bench_options.hpp"
 #include "common/half.hpp"
+#include "format.hpp"
 #include "memattn/memattn.hpp"
 #include "peak.hpp"
 
@@ -148,15 +149,6 @@ const char* peak_kind(const Peak& p, DType dt) {
   return p.bf16_is_f32 ? "f32 FMA (no bf16 dot instruction)" : "bf16 dot";
 }
 
-std::string human_bytes(double b) {
-  const char* unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (b >= 1024 && u < 4) b /= 1024, ++u;
-  char buf[32];
-  std::snprintf(buf, sizeof buf, b < 10 && u ? "%.1f %s" : "%.0f %s", b, unit[u]);
-  return buf;
-}
-
 std::string minutes(double s) {
   char buf[32];
   if (s < 90) std::snprintf(buf, sizeof buf, "%.0f s", s);
@@ -261,7 +253,7 @@ void print_table(const std::vector<Row>& rows, const PeakIsa& isa, const std::ma
                 direction_name(r.direction), algorithm_name(r.algorithm), r.target.c_str(),
                 dtype_name(r.s.dtype), r.causal ? "yes" : "no", r.threads, (long long)r.s.n,
                 (long long)r.s.d, (long long)r.s.batch, (long long)r.s.heads, (long long)r.reps, r.ms,
-                r.gflops, r.peak, 100 * r.ratio, human_bytes(double(r.workspace)).c_str());
+                r.gflops, r.peak, 100 * r.ratio, human_bytes(double(r.workspace), true).c_str());
 }
 
 // Times one point and measures the memory it took.

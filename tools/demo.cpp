@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "counting_allocator.hpp"
+#include "format.hpp"
 #include "memattn/memattn.hpp"
 
 namespace memattn::tool {
@@ -30,15 +31,6 @@ struct Row {
   double ms;
   double max_abs_diff;  // NaN: no naive run at this n
 };
-
-std::string human_bytes(double b) {
-  const char* unit[] = {"B", "KB", "MB", "GB", "TB"};
-  int u = 0;
-  while (b >= 1024 && u < 4) b /= 1024, ++u;
-  char buf[32];
-  std::snprintf(buf, sizeof buf, b < 10 && u ? "%.1f%s" : "%.0f%s", b, unit[u]);
-  return buf;
-}
 
 // Times one forward call and returns the peak bytes the library held during it.
 Row measure(CountingAllocator& counter, int64_t n, Algorithm alg, std::vector<float>& q,
@@ -149,7 +141,7 @@ void print_table(const std::vector<Row>& rows, const char* direction, const char
     if (std::isnan(r.max_abs_diff)) std::snprintf(diff, sizeof diff, "-");
     else std::snprintf(diff, sizeof diff, "%.2e", r.max_abs_diff);
     std::printf("%8lld  %-10s  %12s  %12s  %11.2f  %14s\n", (long long)r.n, r.algorithm,
-                human_bytes(double(r.io_bytes)).c_str(), human_bytes(double(r.extra_bytes)).c_str(),
+                human_bytes(double(r.io_bytes), false).c_str(), human_bytes(double(r.extra_bytes), false).c_str(),
                 r.ms, diff);
   }
 }
@@ -233,7 +225,7 @@ int demo_main(int argc, char** argv) {
   print_table(rows, "backward", "inputs+grads", "max |dx-naive|");
   for (const Skipped& k : naive_skipped)
     std::printf("%8lld  %-10s  %12s  %12s  not run: 4x the previous time would exceed --max-seconds\n",
-                (long long)k.n, "naive", "", human_bytes(double(k.extra_bytes)).c_str());
+                (long long)k.n, "naive", "", human_bytes(double(k.extra_bytes), false).c_str());
   return 0;
 }
 

@@ -21,6 +21,15 @@ namespace hn = hwy::HWY_NAMESPACE;
 using DF = hn::ScalableTag<float>;
 using VF = hn::Vec<DF>;
 
+// One vector of the recomputation: p = exp(s - shift) * mul into s, dS = p * (dP - D) into dp.
+// Highway's Exp maps NaN to 0 like everything below its range: NaN is kept (IEEE, as Ref64).
+HWY_INLINE void ProbAndDscore(DF d, float* s, float* dp, VF shift, VF mul, VF dsum) {
+  const VF x = hn::Sub(hn::LoadU(d, s), shift);
+  const VF p = hn::Mul(hn::IfThenElse(hn::IsNaN(x), x, hn::Exp(d, x)), mul);
+  hn::StoreU(p, d, s);
+  hn::StoreU(hn::Mul(p, hn::Sub(hn::LoadU(d, dp), dsum)), d, dp);
+}
+
 void ProbsDscores(float* st, float* dpt, size_t keys, size_t ld, const float* shift,
                   const float* mul, const float* dsum) {
   const DF d;
@@ -28,13 +37,7 @@ void ProbsDscores(float* st, float* dpt, size_t keys, size_t ld, const float* sh
   for (size_t r = 0; r < ld; r += L) {
     const VF sh = hn::LoadU(d, shift + r), m = hn::LoadU(d, mul + r), dd = hn::LoadU(d, dsum + r);
     for (size_t t = 0; t < keys; ++t) {
-      float* s = st + t * ld + r;
-      float* dp = dpt + t * ld + r;
-      const VF x = hn::Sub(hn::LoadU(d, s), sh);
-      // Highway's Exp maps NaN to 0 like everything below its range: keep NaN (IEEE, as Ref64).
-      const VF p = hn::Mul(hn::IfThenElse(hn::IsNaN(x), x, hn::Exp(d, x)), m);
-      hn::StoreU(p, d, s);
-      hn::StoreU(hn::Mul(p, hn::Sub(hn::LoadU(d, dp), dd)), d, dp);
+      ProbAndDscore(d, st + t * ld + r, dpt + t * ld + r, sh, m, dd);
     }
   }
 }
@@ -46,12 +49,7 @@ void ProbsDscoresRows(float* s, float* dpm, size_t rows, size_t ld, const float*
   for (size_t r = 0; r < rows; ++r) {
     const VF sh = hn::Set(d, shift[r]), m = hn::Set(d, mul[r]), dd = hn::Set(d, dsum[r]);
     for (size_t t = 0; t < ld; t += L) {
-      float* sp = s + r * ld + t;
-      float* dp = dpm + r * ld + t;
-      const VF x = hn::Sub(hn::LoadU(d, sp), sh);
-      const VF p = hn::Mul(hn::IfThenElse(hn::IsNaN(x), x, hn::Exp(d, x)), m);
-      hn::StoreU(p, d, sp);
-      hn::StoreU(hn::Mul(p, hn::Sub(hn::LoadU(d, dp), dd)), d, dp);
+      ProbAndDscore(d, s + r * ld + t, dpm + r * ld + t, sh, m, dd);
     }
   }
 }
