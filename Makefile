@@ -1,7 +1,10 @@
 # The two quick-start commands: `make demo` (the main job) and `make test`; both install what
-# they need first. BUILD_DIR and JOBS may be overridden.
+# they need first. BUILD_DIR, JOBS and PYTHON (the interpreter the Python module is built for and
+# tested with; Debian's /usr/bin/python3, which sees Debian's PyTorch) may be overridden.
 BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
+PYTHON ?= /usr/bin/python3
+export PYTHON
 
 .PHONY: all deps build demo test bench clean
 
@@ -11,7 +14,7 @@ deps:
 	@bash scripts/install-deps.sh
 
 build: deps
-	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=Release
+	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE=$(PYTHON)
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
 demo: build

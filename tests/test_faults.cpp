@@ -4,7 +4,10 @@
 // the outputs untouched and the library usable. The ASan build of `make test` adds LSan to this.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <new>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "fault_support.hpp"
@@ -152,4 +155,39 @@ TEST(Faults, fault_alloc_failure_allocator_hook_is_validated) {
   // The refused hook was not installed: the library still allocates normally.
   Case c = make_case({Algorithm::naive, DType::f32});
   EXPECT_NO_THROW(c.run());
+}
+
+// A buffer goes back to the allocator that gave it, even when the caller installs another one
+// while the call runs (issue 7: Python code may swap allocators beside calls in flight).
+TEST(Faults, fault_allocator_swapped_during_a_call_frees_through_the_first) {
+  struct Gate {
+    std::atomic<int> taken{0}, freed{0};
+    std::atomic<bool> release{false};
+  };
+  static Gate first, second;
+  const memattn::Allocator blocking{
+      [](size_t bytes, size_t alignment, void*) -> void* {
+        ++first.taken;
+        while (!first.release) std::this_thread::yield();  // hold the call inside its allocation
+        return ::operator new(bytes, std::align_val_t(alignment));
+      },
+      [](void* p, size_t, void*) { ++first.freed, ::operator delete(p, std::align_val_t(64)); },
+      nullptr};
+  const memattn::Allocator counting{
+      [](size_t bytes, size_t alignment, void*) -> void* {
+        ++second.taken;
+        return ::operator new(bytes, std::align_val_t(alignment));
+      },
+      [](void* p, size_t, void*) { ++second.freed, ::operator delete(p, std::align_val_t(64)); },
+      nullptr};
+  Case c = make_case({Algorithm::flash, DType::f32});
+  const memattn::Allocator previous = memattn::set_allocator(blocking);
+  std::thread call([&] { c.run(); });
+  while (first.taken == 0) std::this_thread::yield();
+  memattn::set_allocator(counting);  // swapped while the call holds the first allocator's memory
+  first.release = true;
+  call.join();
+  memattn::set_allocator(previous);
+  EXPECT_EQ(first.freed.load(), first.taken.load());
+  EXPECT_EQ(second.freed.load(), second.taken.load());
 }

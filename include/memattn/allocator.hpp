@@ -14,7 +14,8 @@ struct Allocator {
 };
 
 // Installs `a` (or the default aligned new/delete when both function pointers are null) and
-// returns the previous one. Do not swap allocators while a memattn call is running.
+// returns the previous one. Safe to call while other threads run memattn calls: each buffer is
+// returned to the allocator that gave it, whichever is installed by then.
 Allocator set_allocator(const Allocator& a);
 
 }  // namespace memattn

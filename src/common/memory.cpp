@@ -1,7 +1,7 @@
 // The process-wide allocator hook and the Buffer that draws from it.
 #include "common/memory.hpp"
 
-#include <atomic>
+#include <mutex>
 #include <new>
 #include <string>
 
@@ -16,19 +16,25 @@ void* default_allocate(size_t bytes, size_t alignment, void*) {
 }
 void default_deallocate(void* p, size_t, void*) { ::operator delete(p, std::align_val_t(detail::kAlign)); }
 
+// Read and swapped under g_allocator_lock, so set_allocator may run beside calls in flight.
 Allocator g_allocator{default_allocate, default_deallocate, nullptr};
+std::mutex g_allocator_lock;
+
+Allocator current_allocator() {
+  std::lock_guard<std::mutex> hold(g_allocator_lock);
+  return g_allocator;
+}
 
 }  // namespace
 
 Allocator set_allocator(const Allocator& a) {
-  Allocator previous = g_allocator;
-  if (a.allocate == nullptr && a.deallocate == nullptr)
-    g_allocator = Allocator{default_allocate, default_deallocate, nullptr};
-  else if (a.allocate == nullptr || a.deallocate == nullptr)
+  if ((a.allocate == nullptr) != (a.deallocate == nullptr))
     throw Error(ErrorCode::invalid_argument,
                 "allocator: allocate and deallocate must both be set or both be null");
-  else
-    g_allocator = a;
+  const Allocator next = a.allocate ? a : Allocator{default_allocate, default_deallocate, nullptr};
+  std::lock_guard<std::mutex> hold(g_allocator_lock);
+  const Allocator previous = g_allocator;
+  g_allocator = next;
   return previous;
 }
 
@@ -38,9 +44,9 @@ void workspace_overflow() {
   throw Error(ErrorCode::size_overflow, "workspace size overflows size_t (tensor size overflows int64)");
 }
 
-Buffer::Buffer(size_t bytes, const char* what) : bytes_(bytes) {
+Buffer::Buffer(size_t bytes, const char* what) : bytes_(bytes), from_(current_allocator()) {
   if (bytes == 0) return;
-  data_ = g_allocator.allocate(bytes, kAlign, g_allocator.context);
+  data_ = from_.allocate(bytes, kAlign, from_.context);
   if (data_ == nullptr)
     throw Error(ErrorCode::out_of_memory,
                 "failed to allocate " + std::to_string(bytes) + " bytes for " + what);
@@ -58,7 +64,7 @@ CallWorkspace::CallWorkspace(void* data, size_t bytes, size_t need, const char* 
 }
 
 Buffer::~Buffer() {
-  if (data_) g_allocator.deallocate(data_, bytes_, g_allocator.context);
+  if (data_) from_.deallocate(data_, bytes_, from_.context);
 }
 
 }  // namespace detail

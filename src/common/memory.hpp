@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <optional>
 
+#include "memattn/allocator.hpp"
+
 namespace memattn::detail {
 
 constexpr size_t kAlign = 64;  // one cache line; also the widest SIMD register
@@ -23,7 +25,9 @@ inline size_t checked_add(size_t a, size_t b) {
   return r;
 }
 
-// Owns `bytes` from the installed allocator; throws ErrorCode::out_of_memory naming `what`.
+// Owns `bytes` from the allocator installed when it was made, and gives them back to that same
+// allocator even if the caller installs another one meanwhile; throws ErrorCode::out_of_memory
+// naming `what`.
 class Buffer {
  public:
   Buffer(size_t bytes, const char* what);
@@ -35,6 +39,7 @@ class Buffer {
  private:
   void* data_ = nullptr;
   size_t bytes_ = 0;
+  Allocator from_;
 };
 
 // The workspace of one call: the caller's (checked against `need`) or one Buffer of `need` bytes
