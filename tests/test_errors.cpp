@@ -125,11 +125,11 @@ TEST(Errors, err_dtype_mix) {
   Buf q_bf16(DType::bf16, {2, 16, 2, 8});
   Call mix(c);
   mix.q = q_bf16.view();
-  expect_call_error(c, mix, ErrorCode::invalid_argument,
+  expect_call_error(c, mix, ErrorCode::wrong_dtype,
                     {"q, k, v must have the same dtype; got q=bf16, k=f16, v=f16"});
 
   Case bytes(Shape{2, 16, 16, 2, 2, 8, 8}, DType::u8);
-  expect_call_error(bytes, Call(bytes), ErrorCode::invalid_argument,
+  expect_call_error(bytes, Call(bytes), ErrorCode::wrong_dtype,
                     {"q: dtype u8 is not supported", "expected one of f32, bf16, f16"});
 
   Case f64(Shape{2, 16, 16, 2, 2, 8, 8}, DType::f64);
@@ -142,18 +142,18 @@ TEST(Errors, err_dtype_mix) {
   Buf out_bf16(DType::bf16, {2, 16, 2, 8}), lse_f16(DType::f16, {2, 2, 16});
   Call out(c);
   out.out = out_bf16.view();
-  expect_call_error(c, out, ErrorCode::invalid_argument, {"out: dtype must match q (f16), got bf16"},
+  expect_call_error(c, out, ErrorCode::wrong_dtype, {"out: dtype must match q (f16), got bf16"},
                     Sizing::not_involved);
   Call lse(c);
   lse.lse = lse_f16.view();
-  expect_call_error(c, lse, ErrorCode::invalid_argument, {"lse: dtype must be f32, got f16"},
+  expect_call_error(c, lse, ErrorCode::wrong_dtype, {"lse: dtype must be f32, got f16"},
                     Sizing::not_involved);
   for (DType bias_dt : {DType::u8, DType::f64}) {
     Buf bias(bias_dt, {1, 1, 16, 16});
     Tensor bias_view = bias.view();
     Call call(c);
     call.options.bias = &bias_view;
-    expect_call_error(c, call, ErrorCode::invalid_argument,
+    expect_call_error(c, call, ErrorCode::wrong_dtype,
                       {"bias: dtype must be one of f32, bf16, f16 (f64 with f64 inputs), got " +
                        std::string(memattn::dtype_name(bias_dt))});
   }
@@ -178,7 +178,7 @@ TEST(Errors, err_mask_shape) {
   Tensor float_mask_view = float_mask.view();
   Call dtype(c);
   dtype.options.mask = &float_mask_view;
-  expect_call_error(c, dtype, ErrorCode::invalid_argument,
+  expect_call_error(c, dtype, ErrorCode::wrong_dtype,
                     {"mask: dtype must be u8 (bool, nonzero = attend), got f32"});
   Buf flat(DType::u8, {128, 128});
   Tensor flat_view = flat.view();

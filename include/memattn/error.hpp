@@ -13,6 +13,7 @@ enum class ErrorCode : int {
   aliasing = 4,          // an output shares memory with another operand
   out_of_memory = 5,     // the allocator returned null
   unsupported = 6,       // a valid request this build or CPU cannot serve
+  wrong_dtype = 7,       // an operand's element type is not one this call accepts
 };
 
 // what() names the argument, what was expected and what was given.

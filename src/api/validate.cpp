@@ -201,16 +201,16 @@ Params make_forward_params(const Tensor& q, const Tensor& k, const Tensor& v, co
   if (out) check_tensor(*out, "out", 4);
 
   if (q.dtype != k.dtype || q.dtype != v.dtype)
-    fail(ErrorCode::invalid_argument,
+    fail(ErrorCode::wrong_dtype,
          cat("q, k, v must have the same dtype; got q=", dtype_name(q.dtype),
              ", k=", dtype_name(k.dtype), ", v=", dtype_name(v.dtype)));
   if (!is_float_dtype(q.dtype))
-    fail(ErrorCode::invalid_argument,
+    fail(ErrorCode::wrong_dtype,
          cat("q: dtype ", dtype_name(q.dtype),
              " is not supported; expected one of f32, bf16, f16 (f64 with the naive, sequential or "
              "chunked algorithm)"));
   if (out && out->dtype != q.dtype)
-    fail(ErrorCode::invalid_argument, cat("out: dtype must match q (", dtype_name(q.dtype), "), got ",
+    fail(ErrorCode::wrong_dtype, cat("out: dtype must match q (", dtype_name(q.dtype), "), got ",
                                           dtype_name(out->dtype)));
 
   Params p;
@@ -260,7 +260,7 @@ Params make_forward_params(const Tensor& q, const Tensor& k, const Tensor& v, co
   if (lse) {
     check_tensor(*lse, "lse", 3);
     if (lse->dtype != DType::f32)
-      fail(ErrorCode::invalid_argument, cat("lse: dtype must be f32, got ", dtype_name(lse->dtype)));
+      fail(ErrorCode::wrong_dtype, cat("lse: dtype must be f32, got ", dtype_name(lse->dtype)));
     if (lse->shape[0] != p.batch || lse->shape[1] != p.heads_q || lse->shape[2] != p.seq_q)
       fail(ErrorCode::invalid_argument, cat("lse: shape ", shape_str(*lse), " expected [", p.batch, ",",
                                             p.heads_q, ",", p.seq_q, "] ([batch, heads_q, seq_q])"));
@@ -270,7 +270,7 @@ Params make_forward_params(const Tensor& q, const Tensor& k, const Tensor& v, co
   }
   if (o.mask) {
     if (o.mask->dtype != DType::u8)
-      fail(ErrorCode::invalid_argument,
+      fail(ErrorCode::wrong_dtype,
            cat("mask: dtype must be u8 (bool, nonzero = attend), got ", dtype_name(o.mask->dtype)));
     p.mask = check_broadcast(*o.mask, "mask", p);
     p.has_mask = true;
@@ -279,7 +279,7 @@ Params make_forward_params(const Tensor& q, const Tensor& k, const Tensor& v, co
     const DType bd = o.bias->dtype;
     if (!(bd == DType::f32 || bd == DType::bf16 || bd == DType::f16 ||
           (bd == DType::f64 && p.dtype == DType::f64)))
-      fail(ErrorCode::invalid_argument,
+      fail(ErrorCode::wrong_dtype,
            cat("bias: dtype must be one of f32, bf16, f16 (f64 with f64 inputs), got ",
                dtype_name(bd)));
     p.bias = check_broadcast(*o.bias, "bias", p);

@@ -31,7 +31,7 @@ void check_like(const Tensor& t, const char* name, DType dtype, const std::vecto
                 const char* what) {
   check_tensor(t, name, int(shape.size()));
   if (t.dtype != dtype)
-    fail(ErrorCode::invalid_argument,
+    fail(ErrorCode::wrong_dtype,
          cat(name, ": dtype must be ", dtype_name(dtype), ", got ", dtype_name(t.dtype)));
   for (size_t i = 0; i < shape.size(); ++i)
     if (t.shape[i] != shape[i])
