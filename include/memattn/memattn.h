@@ -1,0 +1,148 @@
+/* memattn's C API (C11, also valid C++): plain structs and status codes over the C++ API. */
+#ifndef MEMATTN_MEMATTN_H
+#define MEMATTN_MEMATTN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+/* A fixed underlying type lets C++ hold any int a C caller stores (e.g. dtype = 99) without UB;
+ * it has the size of int, as a C enum of these values does. */
+#define MEMATTN_ENUM(name) enum name : int
+#else
+#define MEMATTN_ENUM(name) enum name
+#endif
+
+/* Every function returns MEMATTN_OK or the code of memattn::ErrorCode with the same value.
+ * memattn_last_error() then says which argument was wrong, what was expected and what was given. */
+typedef MEMATTN_ENUM(memattn_status){
+    MEMATTN_OK = 0,
+    MEMATTN_INVALID_ARGUMENT = 1,    /* a shape, dtype value, stride, option or pointer is wrong */
+    MEMATTN_SIZE_OVERFLOW = 2,       /* a size or byte count does not fit in 64 bits */
+    MEMATTN_WORKSPACE_TOO_SMALL = 3, /* the caller's workspace is smaller than *_workspace_bytes */
+    MEMATTN_ALIASING = 4,            /* an output shares memory with another operand */
+    MEMATTN_OUT_OF_MEMORY = 5,       /* the allocator returned null */
+    MEMATTN_UNSUPPORTED = 6,         /* a valid request this build or CPU cannot serve */
+    MEMATTN_WRONG_DTYPE = 7,         /* an operand's element type is not one this call accepts */
+    MEMATTN_INTERNAL = 255           /* anything else (a bug): the message says what was caught */
+} memattn_status;
+
+/* Element types, the same order as memattn::DType. f64 takes the reference algorithms only;
+ * u8 is the type of boolean masks (nonzero = attend). */
+typedef MEMATTN_ENUM(memattn_dtype){
+    MEMATTN_F32 = 0, MEMATTN_BF16 = 1, MEMATTN_F16 = 2, MEMATTN_F64 = 3, MEMATTN_U8 = 4,
+} memattn_dtype;
+
+typedef MEMATTN_ENUM(memattn_algorithm){
+    MEMATTN_ALGORITHM_AUTOMATIC = 0, /* flash, or chunked for f64 */
+    MEMATTN_ALGORITHM_NAIVE = 1,
+    MEMATTN_ALGORITHM_SEQUENTIAL = 2,
+    MEMATTN_ALGORITHM_CHUNKED = 3,
+    MEMATTN_ALGORITHM_FLASH = 4,
+} memattn_algorithm;
+
+/* Where the causal / window diagonal sits when seq_q != seq_k. */
+typedef MEMATTN_ENUM(memattn_align){
+    MEMATTN_ALIGN_TOP_LEFT = 0,     /* query i sees keys j <= i (PyTorch's is_causal) */
+    MEMATTN_ALIGN_BOTTOM_RIGHT = 1, /* query i sees keys j <= i + seq_k - seq_q (FlashAttention) */
+} memattn_align;
+
+#undef MEMATTN_ENUM
+
+/* A strided view of caller memory, never owned or copied. q, k, v, out: [batch, seq, heads, dim];
+ * mask, bias: [batch|1, heads_q|1, seq_q|1, seq_k|1]; lse: [batch, heads_q, seq_q] (ndim 3, f32).
+ * Strides are in elements; entries at and beyond ndim are ignored. */
+typedef struct memattn_tensor {
+  void* data;
+  memattn_dtype dtype;
+  int32_t ndim;
+  int64_t shape[4];
+  int64_t strides[4];
+} memattn_tensor;
+
+/* Start from memattn_options_default() and change fields: new fields may be added at the end. */
+typedef struct memattn_options {
+  float scale;      /* used only when has_scale != 0; any finite value (0, negative) as given */
+  int32_t has_scale; /* 0: scale = 1/sqrt(head_dim) */
+  memattn_algorithm algorithm;
+  int64_t query_chunk, key_chunk; /* 0: chosen by the planner */
+  int32_t causal;                 /* nonzero: keys right of the diagonal are masked */
+  memattn_align align;
+  int64_t window_left, window_right; /* keys allowed at diag-left .. diag+right; -1: unbounded */
+  const memattn_tensor* mask;        /* nullable; u8, nonzero = attend */
+  const memattn_tensor* bias;        /* nullable; added to the scaled scores */
+  int32_t num_threads;               /* 0: all that OpenMP offers */
+  const char* target; /* nullable SIMD target name (see memattn_supported_targets) */
+} memattn_options;
+
+/* Caller scratch memory; {NULL, 0} lets memattn allocate exactly what it needs. */
+typedef struct memattn_workspace {
+  void* data;
+  size_t bytes;
+} memattn_workspace;
+
+/* Where memattn takes its own memory. allocate returns NULL on failure (the call then fails with
+ * MEMATTN_OUT_OF_MEMORY); deallocate gets the same size back. Process-wide, must be thread-safe. */
+typedef struct memattn_allocator {
+  void* (*allocate)(size_t bytes, size_t alignment, void* context);
+  void (*deallocate)(void* ptr, size_t bytes, void* context);
+  void* context;
+} memattn_allocator;
+
+/* Scale unset, automatic algorithm and chunks, no causal/window/mask/bias, top-left alignment,
+ * all threads, the best target. */
+memattn_options memattn_options_default(void);
+
+/* out = softmax(scale * q k^T + bias, masked) v; lse (nullable) receives the row log-sum-exp.
+ * On any error nothing is written to out or lse. */
+memattn_status memattn_forward(const memattn_tensor* q, const memattn_tensor* k,
+                               const memattn_tensor* v, const memattn_tensor* out,
+                               const memattn_tensor* lse, const memattn_options* options,
+                               memattn_workspace workspace);
+
+/* Exact workspace bytes memattn_forward needs; *bytes is written only on success. */
+memattn_status memattn_workspace_bytes(const memattn_tensor* q, const memattn_tensor* k,
+                                       const memattn_tensor* v, const memattn_options* options,
+                                       size_t* bytes);
+
+/* dq, dk, dv (and dbias, nullable, when options->bias is set) from dout and forward's out and lse
+ * (required). On any error nothing is written to the gradients. */
+memattn_status memattn_backward(const memattn_tensor* q, const memattn_tensor* k,
+                                const memattn_tensor* v, const memattn_tensor* out,
+                                const memattn_tensor* dout, const memattn_tensor* lse,
+                                const memattn_tensor* dq, const memattn_tensor* dk,
+                                const memattn_tensor* dv, const memattn_options* options,
+                                const memattn_tensor* dbias, memattn_workspace workspace);
+
+/* Exact workspace bytes memattn_backward needs; bias_grad nonzero when dbias will be passed. */
+memattn_status memattn_backward_workspace_bytes(const memattn_tensor* q, const memattn_tensor* k,
+                                                const memattn_tensor* v,
+                                                const memattn_options* options, int bias_grad,
+                                                size_t* bytes);
+
+/* Installs *allocator (both functions NULL: the default) and stores the one it replaces in
+ * *previous (nullable). Safe beside running calls: each buffer goes back to the allocator that
+ * gave it. */
+memattn_status memattn_set_allocator(const memattn_allocator* allocator,
+                                     memattn_allocator* previous);
+
+/* The message of the last failed call on this thread ("" if none); valid until this thread's next
+ * failing call. A successful call leaves it as it was. Never NULL. */
+const char* memattn_last_error(void);
+
+/* "MEMATTN_OK", "MEMATTN_INVALID_ARGUMENT", ...; "unknown status" for other values. Never NULL. */
+const char* memattn_status_name(memattn_status status);
+
+/* The library version, e.g. "0.1.0". */
+const char* memattn_version(void);
+
+/* SIMD targets this build runs on this CPU, best first, comma-separated (e.g. "avx2,sse4,scalar").
+ * A static string, never NULL. */
+const char* memattn_supported_targets(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MEMATTN_MEMATTN_H */
