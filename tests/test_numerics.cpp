@@ -195,6 +195,10 @@ TEST(Numerics, num_zero_length) {
         const Tensor out = Tensor::contiguous(nullptr, dt, {2, 0, 2, 8});
         const Tensor lse = Tensor::contiguous(nullptr, DType::f32, {2, 2, 0});
         EXPECT_NO_THROW(memattn::forward(q, kv, kv, out, &lse, o));
+        // An empty output with all-zero strides (as numpy makes them) overlaps nothing.
+        const Tensor flat_out = Tensor::strided(nullptr, dt, {2, 0, 2, 8}, {0, 0, 0, 0});
+        const Tensor flat_lse = Tensor::strided(nullptr, DType::f32, {2, 2, 0}, {0, 0, 0});
+        EXPECT_NO_THROW(memattn::forward(q, kv, kv, flat_out, &flat_lse, o));
       }
       // Sk = 0: every row is empty, out exactly +0 and lse -inf (pre-filled with NaN).
       {

@@ -85,6 +85,9 @@ void check_writable(const Tensor& t, const char* name) {
   struct Dim {
     int64_t extent, stride;
   };
+  // An output with no elements writes nothing, so no stride can make it overlap (numpy gives
+  // empty arrays all-zero strides).
+  if (has_zero_extent(t)) return;
   std::vector<Dim> dims;
   for (int i = 0; i < t.ndim; ++i) {
     if (t.shape[i] <= 1) continue;
@@ -94,7 +97,6 @@ void check_writable(const Tensor& t, const char* name) {
                "; an output must not overlap itself (strides ", strides_str(t), ")"));
     dims.push_back({t.shape[i], std::llabs(t.strides[i])});
   }
-  if (has_zero_extent(t)) return;
   // Sorted by stride, each dim must step past everything the smaller dims reach.
   std::sort(dims.begin(), dims.end(), [](Dim a, Dim b) { return a.stride < b.stride; });
   int64_t reach = 0;
