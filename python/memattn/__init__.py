@@ -1,0 +1,153 @@
+"""memattn: exact softmax attention whose extra memory does not grow with the sequence length.
+
+Operands are numpy arrays or CPU torch tensors laid out [batch, seq, heads, head_dim] with any
+strides; memattn reads and writes them in place and never copies them. Errors from the library
+arrive as ValueError, TypeError (wrong dtype) or MemoryError with the library's message and its
+error code name in `.code`. torch is never imported here: `import memattn.torch` for the
+torch.nn integration.
+"""
+import functools
+import numbers
+
+from . import _memattn
+from . import _tensors as _t
+
+__version__ = _memattn.__version__
+
+__all__ = ["attention", "attention_backward", "workspace_bytes", "backward_workspace_bytes",
+           "supported_targets", "selected_target", "__version__"]
+
+
+def _check_type(value, name, types, expected):
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        raise TypeError(f"{name} must be {expected}, got {value!r}")
+
+
+def _window_bound(value, name):
+    if value is None:
+        return -1
+    _check_type(value, name, (numbers.Integral,), "an int >= 0, -1 or None (unbounded)")
+    return int(value)
+
+
+def _options(kind, causal, align, window, mask, bias, scale, algorithm, num_threads, target):
+    """The extension's Options for one call (mask and bias are viewed, never copied)."""
+    _check_type(align, "align", (str,), "'top_left' or 'bottom_right'")
+    _check_type(algorithm, "algorithm", (str,),
+                "one of 'auto', 'naive', 'sequential', 'chunked', 'flash'")
+    _check_type(num_threads, "num_threads", (numbers.Integral,), "an int (0: the default)")
+    if target is not None:
+        _check_type(target, "target", (str,), "None or a name from memattn.supported_targets()")
+    left = right = -1
+    if window is not None:
+        if isinstance(window, (str, bytes)) or not hasattr(window, "__len__") or len(window) != 2:
+            raise TypeError(f"window must be None or a pair (left, right), each an int >= 0 or "
+                            f"None/-1 for unbounded; got {window!r}")
+        left = _window_bound(window[0], "window[0] (left)")
+        right = _window_bound(window[1], "window[1] (right)")
+    flags = (bool(causal), align, left, right, None if scale is None else float(scale), algorithm,
+             _t.default_threads(kind, int(num_threads)), target)
+    if mask is None and bias is None:
+        return _plain_options(*flags)
+    return _make_options(*flags, _t.operand(mask, "mask") if mask is not None else None,
+                         _t.operand(bias, "bias") if bias is not None else None)
+
+
+def _make_options(causal, align, left, right, scale, algorithm, num_threads, target, mask=None,
+                  bias=None):
+    return _memattn.Options(causal=causal, align=align, window_left=left, window_right=right,
+                            mask=mask, bias=bias, scale=scale, algorithm=algorithm,
+                            num_threads=num_threads, target=target)
+
+
+# Options without mask or bias point at nothing the caller owns and are never modified, so calls
+# with the same flags share one (building it costs ~3 us, a sixth of a small call).
+_plain_options = functools.lru_cache(maxsize=64)(_make_options)
+
+
+def _check_rank4(q, k, v):
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(f"q, k, v must be 4-D [batch, seq, heads, head_dim]; got q "
+                         f"{tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+
+
+def attention(q, k, v, *, causal=False, align="top_left", window=None, mask=None, bias=None,
+              scale=None, algorithm="auto", return_lse=False, num_threads=0, out=None,
+              target=None):
+    """softmax(scale * q k^T + bias, masked) v, exactly, for q [B, Sq, Hq, d], k [B, Sk, Hkv, d],
+    v [B, Sk, Hkv, dv] (Hq a multiple of Hkv). Returns out [B, Sq, Hq, dv] (q's dtype; `out` itself
+    when given), or (out, lse) with return_lse, lse float32 [B, Hq, Sq]. The GIL is released while
+    the kernel runs."""
+    kind = _t.common_kind({"q": q, "k": k, "v": v, "mask": mask, "bias": bias, "out": out})
+    options = _options(kind, causal, align, window, mask, bias, scale, algorithm, num_threads,
+                       target)
+    _check_rank4(q, k, v)
+    if out is None:
+        out = _t.empty(kind, (q.shape[0], q.shape[1], q.shape[2], v.shape[3]), q)
+    lse = _t.empty_f32(kind, (q.shape[0], q.shape[2], q.shape[1])) if return_lse else None
+    _memattn.forward(_t.operand(q, "q"), _t.operand(k, "k"), _t.operand(v, "v"),
+                     _t.operand(out, "out"), None if lse is None else _t.operand(lse, "lse"),
+                     options)
+    return (out, lse) if return_lse else out
+
+
+def attention_backward(q, k, v, out, dout, lse, *, causal=False, align="top_left", window=None,
+                       mask=None, bias=None, scale=None, algorithm="auto", num_threads=0, dq=None,
+                       dk=None, dv=None, bias_grad=False, dbias=None, target=None):
+    """Gradients of attention() given dout = dLoss/dout, recomputed from q, k, v, out and lse (the
+    forward's outputs for the same arguments). Returns (dq, dk, dv) shaped and typed like q, k, v,
+    or (dq, dk, dv, dbias) when bias_grad=True or dbias is given; dbias has the bias's own shape
+    and dtype and is summed over its broadcast dimensions. Given dq, dk, dv, dbias are written in
+    place and returned."""
+    kind = _t.common_kind({"q": q, "k": k, "v": v, "out": out, "dout": dout, "lse": lse,
+                           "mask": mask, "bias": bias, "dq": dq, "dk": dk, "dv": dv,
+                           "dbias": dbias})
+    options = _options(kind, causal, align, window, mask, bias, scale, algorithm, num_threads,
+                       target)
+    _check_rank4(q, k, v)
+    want_dbias = bool(bias_grad) or dbias is not None
+    if want_dbias and bias is None:
+        raise ValueError("bias_grad=True (or dbias) needs bias: there is no bias to differentiate")
+    dq = _t.empty(kind, q.shape, q) if dq is None else dq
+    dk = _t.empty(kind, k.shape, k) if dk is None else dk
+    dv = _t.empty(kind, v.shape, v) if dv is None else dv
+    if want_dbias and dbias is None:
+        dbias = _t.empty(kind, bias.shape, bias)
+    _memattn.backward(
+        _t.operand(q, "q"), _t.operand(k, "k"), _t.operand(v, "v"), _t.operand(out, "out"),
+        _t.operand(dout, "dout"), _t.operand(lse, "lse"), _t.operand(dq, "dq"),
+        _t.operand(dk, "dk"), _t.operand(dv, "dv"),
+        _t.operand(dbias, "dbias") if want_dbias else None, options)
+    return (dq, dk, dv, dbias) if want_dbias else (dq, dk, dv)
+
+
+def workspace_bytes(q, k, v, *, causal=False, align="top_left", window=None, mask=None, bias=None,
+                    scale=None, algorithm="auto", num_threads=0, target=None):
+    """Exact scratch bytes attention() allocates for these operands and options (validated as
+    attention() would)."""
+    kind = _t.common_kind({"q": q, "k": k, "v": v, "mask": mask, "bias": bias})
+    options = _options(kind, causal, align, window, mask, bias, scale, algorithm, num_threads,
+                       target)
+    return _memattn.workspace_bytes(_t.operand(q, "q"), _t.operand(k, "k"),
+                                    _t.operand(v, "v"), options)
+
+
+def backward_workspace_bytes(q, k, v, bias_grad=False, *, causal=False, align="top_left",
+                             window=None, mask=None, bias=None, scale=None, algorithm="auto",
+                             num_threads=0, target=None):
+    """Exact scratch bytes attention_backward() allocates for these operands and options."""
+    kind = _t.common_kind({"q": q, "k": k, "v": v, "mask": mask, "bias": bias})
+    options = _options(kind, causal, align, window, mask, bias, scale, algorithm, num_threads,
+                       target)
+    return _memattn.backward_workspace_bytes(_t.operand(q, "q"), _t.operand(k, "k"),
+                                             _t.operand(v, "v"), options, bool(bias_grad))
+
+
+def supported_targets():
+    """SIMD targets this build runs on this CPU, best first (e.g. ['avx512', 'avx2', ...])."""
+    return list(_memattn.supported_targets())
+
+
+def selected_target(target=None):
+    """The target a call with this `target` option would use (None: MEMATTN_TARGET or the best)."""
+    return _memattn.selected_target(target)
