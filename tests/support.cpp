@@ -253,8 +253,9 @@ RefProblem Case::problem() const {
   p.q = q.values();
   p.k = k.values();
   p.v = v.values();
-  // As the library resolves it: 1/sqrt(d) rounded to float, and 1 when d = 0.
-  p.scale = options.scale ? double(*options.scale) : s.D > 0 ? double(float(1.0 / std::sqrt(double(s.D)))) : 1.0;
+  // As the library resolves it: 1/sqrt(d) (1 when d = 0), rounded to float unless inputs are f64.
+  const double scale = options.scale ? *options.scale : s.D > 0 ? 1.0 / std::sqrt(double(s.D)) : 1.0;
+  p.scale = dtype == DType::f64 ? scale : double(float(scale));
   p.causal = options.causal;
   p.align = options.align;
   p.window_left = options.window_left;

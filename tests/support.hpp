@@ -52,7 +52,7 @@ struct Shape {
 struct RefProblem {
   Shape s;
   std::vector<double> q, k, v;
-  double scale = 0;  // as the library resolves it (a float)
+  double scale = 0;  // as the library resolves it (a float unless the inputs are f64)
   bool causal = false;
   memattn::Align align = memattn::Align::top_left;
   int64_t window_left = -1, window_right = -1;

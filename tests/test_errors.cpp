@@ -278,6 +278,19 @@ TEST(Errors, err_scale_nonfinite_negative_scale_matches_ref64) {
     }
 }
 
+// f64 inputs get the scale exactly (0.1 and 1/sqrt(24) are not floats): Ref64 uses the double,
+// so a scale rounded to float would miss the f64 accuracy floor by about 1e-8.
+TEST(Errors, err_scale_is_exact_for_f64_inputs) {
+  for (std::optional<double> scale : {std::optional<double>(0.1), std::optional<double>()})
+    for (Algorithm alg : {Algorithm::naive, Algorithm::sequential, Algorithm::chunked}) {
+      Case c(Shape{2, 9, 13, 2, 1, 24, 24}, DType::f64, 12);
+      c.options.algorithm = alg;
+      c.options.scale = scale;
+      SCOPED_TRACE(std::string(memattn::algorithm_name(alg)) + (scale ? " scale 0.1" : " default"));
+      expect_accurate(c);
+    }
+}
+
 TEST(Errors, err_size_overflow) {
   Buf small(DType::f32, {16});
   TestAllocator allocator;

@@ -63,7 +63,8 @@ typedef struct memattn_tensor {
 
 /* Start from memattn_options_default() and change fields: new fields may be added at the end. */
 typedef struct memattn_options {
-  float scale;      /* used only when has_scale != 0; any finite value (0, negative) as given */
+  double scale;      /* used only when has_scale != 0; any finite value (0, negative) as given,
+                       exactly for f64 inputs, rounded to float for the others */
   int32_t has_scale; /* 0: scale = 1/sqrt(head_dim) */
   memattn_algorithm algorithm;
   int64_t query_chunk, key_chunk; /* 0: chosen by the planner */

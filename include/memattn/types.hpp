@@ -44,7 +44,9 @@ const char* algorithm_name(Algorithm);
 enum class Align : uint8_t { top_left, bottom_right };
 
 struct Options {
-  std::optional<float> scale;  // unset: 1/sqrt(head_dim); any finite value (0, negative) is used as is
+  // unset: 1/sqrt(head_dim); any finite value (0, negative) is used as is: exactly with f64
+  // inputs, rounded to float with f32, bf16 and f16 inputs (whose scores are f32).
+  std::optional<double> scale;
   Algorithm algorithm = Algorithm::automatic;
   int64_t query_chunk = 0, key_chunk = 0;  // 0: chosen by the planner
   bool causal = false;                     // keys right of the diagonal are masked

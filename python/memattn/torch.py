@@ -133,11 +133,6 @@ def _attention_bshd(q, k, v, mask=None, bias=None, causal=False, scale=None) -> 
     mask: bool, True = attend; bias: float, added to the scores; both broadcastable as
     [B|1, H|1, L|1, S|1]. Gradients reach q, k, v and the bias.
     """
-    if q.dtype == torch.float64:
-        # memattn's scale is a float32 (Options.scale), which would cost f64 inputs 1e-8 of
-        # relative accuracy; scaling q in f64 (a copy) keeps the whole computation in f64.
-        q = q * (1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
-        scale = 1.0
     return _attention_bshd_impl(q, k, v, mask, bias, causal, scale)[0]
 
 

@@ -52,7 +52,7 @@ class CallOptions {
     options_.window_right = window_right;
     options_.mask = mask_ ? &*mask_ : nullptr;
     options_.bias = bias_ ? &*bias_ : nullptr;
-    if (scale) options_.scale = float(*scale);
+    if (scale) options_.scale = *scale;
     options_.algorithm = parse_choice(
         algorithm, "algorithm",
         {std::pair{"auto", Algorithm::automatic}, std::pair{"naive", Algorithm::naive},

@@ -118,17 +118,19 @@ class _Torch:
         return x.sum(-1, keepdim=True)
 
 
-def library_scale(d, scale):
-    """The scale memattn applies: a float32 (Options.scale), 1/sqrt(d) rounded when unset."""
-    return float(np.float32(1.0 / np.sqrt(d) if scale is None else scale))
+def library_scale(d, scale, exact=False):
+    """The scale memattn applies (1/sqrt(d) when unset): exact for float64 inputs (exact=True),
+    rounded to float32 for the others, whose scores are float32."""
+    scale = 1.0 / np.sqrt(d) if scale is None else scale
+    return float(scale) if exact else float(np.float32(scale))
 
 
-def reference(q, k, v, vis, bias=None, scale=None, xp=None):
+def reference(q, k, v, vis, bias=None, scale=None, xp=None, exact_scale=False):
     """softmax(scale q k^T + bias over visible keys) v and lse, in the precision of the inputs
     (float64 for the reference); fully masked rows give 0 and -inf. q [B,Sq,Hq,d] etc."""
     xp = xp or _Numpy
     group = q.shape[2] // k.shape[2] if k.shape[2] else 1
-    scale = library_scale(q.shape[3], scale)
+    scale = library_scale(q.shape[3], scale, exact_scale)
     s = xp.einsum("bqhd,bkhd->bhqk", q, xp.repeat_heads(k, group)) * scale
     if bias is not None:
         s = s + bias.reshape((1,) * (4 - bias.ndim) + tuple(bias.shape))
@@ -165,7 +167,7 @@ def baseline(q, k, v, vis, bias, scale, dtype):
     """Naive attention in the operands' precision: f32 scores, softmax and P V (f64 for f64);
     for f16/bf16 the scores and probabilities are also rounded to the dtype."""
     if dtype == "f64":
-        return reference(q, k, v, vis, bias, scale)[0]
+        return reference(q, k, v, vis, bias, scale, exact_scale=True)[0]
     f32 = np.float32
     group = q.shape[2] // k.shape[2]
     scale = f32(library_scale(q.shape[3], scale))

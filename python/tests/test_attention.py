@@ -52,7 +52,7 @@ def check_forward(rng, kind, dtype, shape, options, algorithm="auto"):
     vis = visible(shape[1], shape[2], options.get("causal", False), options.get("align", "top_left"),
                   options.get("window"), options.get("mask"))
     bias, scale = options.get("bias"), options.get("scale")
-    ref, ref_lse = reference(q, k, v, vis, bias, scale)
+    ref, ref_lse = reference(q, k, v, vis, bias, scale, exact_scale=dtype == "f64")
     base = baseline(q, k, v, vis, bias, scale, dtype)
     call = dict(options)
     if "mask" in call:

@@ -35,7 +35,8 @@ struct Params {
   bool has_lse = false;
   View mask, bias;
   bool has_mask = false, has_bias = false;
-  float scale = 1.0f;
+  float scale = 1.0f;     // what the f32-accumulating kernels multiply by
+  double scale64 = 1.0;   // the same for f64 inputs, unrounded; double(scale) otherwise
   bool causal = false;
   int64_t diag = 0;  // key index of query 0's diagonal: 0 top-left, seq_k - seq_q bottom-right
   int64_t window_left = -1, window_right = -1;

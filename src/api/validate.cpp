@@ -290,7 +290,9 @@ Params make_forward_params(const Tensor& q, const Tensor& k, const Tensor& v, co
 
   if (o.scale && !std::isfinite(*o.scale))
     fail(ErrorCode::invalid_argument, cat("scale must be finite, got ", *o.scale));
-  p.scale = o.scale ? *o.scale : (p.dim > 0 ? float(1.0 / std::sqrt(double(p.dim))) : 1.0f);
+  const double scale = o.scale ? *o.scale : (p.dim > 0 ? 1.0 / std::sqrt(double(p.dim)) : 1.0);
+  p.scale = float(scale);
+  p.scale64 = p.dtype == DType::f64 ? scale : double(p.scale);
 
   for (const auto& [value, name] :
        {std::pair{o.window_left, "window_left"}, std::pair{o.window_right, "window_right"}})

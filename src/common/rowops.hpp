@@ -45,7 +45,7 @@ inline bool key_visible(const Params& p, int64_t b, int64_t h, int64_t i, int64_
 template <typename Acc, typename T>
 Acc score(const Params& p, int64_t b, int64_t h, int64_t i, int64_t j) {
   const int64_t g = h / p.group;
-  Acc s = Acc(p.scale) * dot<Acc>(p.q.at<T>(b, i, h), p.q.stride[3], p.k.at<T>(b, j, g), p.k.stride[3],
+  Acc s = Acc(p.scale64) * dot<Acc>(p.q.at<T>(b, i, h), p.q.stride[3], p.k.at<T>(b, j, g), p.k.stride[3],
                                   p.dim);
   if (p.has_bias) s += bias_at<Acc>(p, b, h, i, j);
   return s;

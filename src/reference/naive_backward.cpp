@@ -57,7 +57,7 @@ void row_dscores(const BackwardParams& p, int64_t b, int64_t h, int64_t i,
 template <typename T>
 void grads_pass(const BackwardParams& p, void* ws, size_t slice_bytes) {
   using Acc = AccOf<T>;
-  const Acc scale = Acc(p.scale);
+  const Acc scale = Acc(p.scale64);
   parallel_for_items(naive_items(p), backward_workers(p), ws, slice_bytes, [&](int64_t item, char* slice) {
     Carver c(slice);
     const auto w = NaiveBackwardSlices<Acc>::carve(p, c);
