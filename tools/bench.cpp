@@ -14,7 +14,6 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <string_view>
 #include <thread>
 #include <tuple>
 #include <vector>
@@ -291,17 +290,7 @@ double elapsed_since(std::chrono::steady_clock::time_point t0) {
 
 }  // namespace
 
-int bench_main(int argc, char** argv) {
-  for (int i = 0; i < argc; ++i)
-    if (std::string_view(argv[i]) == "--help" || std::string_view(argv[i]) == "-h")
-      return bench_usage(stdout);
-  Config c;
-  try {
-    c = parse_bench_options(argc, argv);
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "memattn bench: %s\n", e.message.c_str());
-    return 2;
-  }
+int bench_main(const Config& c) {
   const PeakIsa isa = detect_peak_isa();
   std::map<int, Peak> peaks;
   for (int64_t t : c.threads) peaks[int(t)] = measure_peak(int(t));

@@ -1,12 +1,15 @@
-// Options of `memattn bench`: what the sweep covers, parsed and validated from the command line.
+// Options of `memattn bench`: what the sweep covers, declared on its CLI11 subcommand.
 #pragma once
 
 #include <cstdint>
-#include <cstdio>
 #include <string>
 #include <vector>
 
 #include "memattn/types.hpp"
+
+namespace CLI {
+class App;
+}
 
 namespace memattn::tool {
 
@@ -25,15 +28,9 @@ struct Config {
   std::vector<std::string> targets{""};  // "": the library's choice (MEMATTN_TARGET, else the best)
 };
 
-// A bad command line: the message names the option and the value.
-struct UsageError {
-  std::string message;
-};
-
-// argv excludes "memattn bench"; throws UsageError. --help is handled by the caller.
-Config parse_bench_options(int argc, char** argv);
-
-// The option summary, to `to`; returns the exit code (0 for stdout, 2 for stderr).
-int bench_usage(FILE* to);
+// Adds the `bench` subcommand to `app`; parsing fills `c` (list options: the first use replaces the
+// default, commas and later uses add values, duplicates dropped). A bad value, or an unknown
+// MEMATTN_TARGET, is a CLI::ValidationError naming the option, the value and what was expected.
+CLI::App* add_bench_command(CLI::App& app, Config& c);
 
 }  // namespace memattn::tool

@@ -8,7 +8,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -148,17 +147,8 @@ void print_table(const std::vector<Row>& rows, const char* direction, const char
 
 }  // namespace
 
-int demo_main(int argc, char** argv) {
-  bool json = false;
-  double budget_s = 30;
-  for (int i = 0; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--json")) json = true;
-    else if (!std::strcmp(argv[i], "--max-seconds") && i + 1 < argc) budget_s = std::atof(argv[++i]);
-    else {
-      std::fprintf(stderr, "memattn demo: unknown option '%s' (expected --json, --max-seconds S)\n", argv[i]);
-      return 2;
-    }
-  }
+int demo_main(const DemoConfig& config) {
+  const double budget_s = config.max_seconds;
   CountingAllocator counter;
   set_allocator(counter.hook());
   std::vector<Row> rows;
@@ -198,7 +188,7 @@ int demo_main(int argc, char** argv) {
   differentiation_table(counter, budget_s, rows, naive_skipped);
   set_allocator({});
 
-  if (json) {
+  if (config.json) {
     std::printf("[\n");
     for (size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];

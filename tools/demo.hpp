@@ -1,6 +1,13 @@
-// `memattn demo`: the paper's Table 2 (inference) measured on this machine.
+// `memattn demo`: the paper's Tables 2 and 3 measured on this machine.
 #pragma once
 
 namespace memattn::tool {
-int demo_main(int argc, char** argv);
-}
+
+struct DemoConfig {
+  bool json = false;         // a JSON list instead of the tables
+  double max_seconds = 30;   // time budget for the sizes past 2^14
+};
+
+int demo_main(const DemoConfig& config);
+
+}  // namespace memattn::tool

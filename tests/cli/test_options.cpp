@@ -1,0 +1,110 @@
+// The tool's command line: help, version, commands, and bench and demo options parsed by CLI11.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "cli_support.hpp"
+
+namespace memattn::cli_test {
+namespace {
+
+void expect_contains(const std::string& text, const std::vector<std::string>& parts) {
+  for (const std::string& p : parts) EXPECT_NE(text.find(p), std::string::npos) << "'" << p << "' not in:\n" << text;
+}
+
+TEST(CliOptions, Version) {
+  const ToolResult r = run_tool({"--version"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_EQ(r.out, "memattn " MEMATTN_VERSION "\n");
+}
+
+TEST(CliOptions, HelpListsTheCommands) {
+  for (const char* form : {"--help", "-h", "help"}) {
+    const ToolResult r = run_tool({form});
+    EXPECT_EQ(r.exit_code, 0) << form;
+    expect_contains(r.out, {"Usage: memattn", "demo", "bench", "run", "--version"});
+  }
+}
+
+TEST(CliOptions, RunHelpIsComplete) {
+  const ToolResult r = run_tool({"run", "--help"});
+  EXPECT_EQ(r.exit_code, 0);
+  expect_contains(r.out, {"Usage: memattn run", "--q", "--k", "--v", "--mask", "--bias", "--causal",
+                          "--align top_left|bottom_right", "--window L,R", "--scale", "--algorithm auto|naive|sequential|chunked|flash",
+                          "--threads", "-o,--out", "--lse", "--backward", "--dout", "--dq", "--dk", "--dv", "Exit codes"});
+  EXPECT_EQ(run_tool({"help", "run"}).out, r.out);
+}
+
+TEST(CliOptions, BenchHelpIsComplete) {
+  const ToolResult r = run_tool({"bench", "--help"});
+  EXPECT_EQ(r.exit_code, 0);
+  expect_contains(r.out, {"Usage: memattn bench", "--n", "--d", "--batch", "--heads", "--threads", "--causal", "--dtype",
+                          "--algorithm", "--direction", "--target", "--reps", "--min-seconds", "--quick", "--backward",
+                          "--json", "--peak", "512,1024,2048,4096,8192,16384"});
+}
+
+TEST(CliOptions, DemoHelpIsComplete) {
+  const ToolResult r = run_tool({"demo", "--help"});
+  EXPECT_EQ(r.exit_code, 0);
+  expect_contains(r.out, {"Usage: memattn demo", "--json", "--max-seconds S=30"});
+}
+
+TEST(CliOptions, UsageErrorsExitWith2) {
+  struct Bad {
+    std::vector<std::string> args;
+    std::string message;
+  };
+  const Bad cases[] = {
+      {{}, "memattn: A subcommand is required"},
+      {{"frobnicate"}, "memattn: unknown command or option 'frobnicate' (expected demo, bench, run or help)"},
+      {{"--bogus"}, "memattn: unknown command or option '--bogus' (expected demo, bench, run or help)"},
+      {{"bench", "--n", "0"}, "memattn bench: --n: '0' is not a positive integer"},
+      {{"bench", "--n", "512,x"}, "memattn bench: --n: 'x' is not a positive integer"},
+      {{"bench", "--d"}, "--d"},
+      {{"bench", "--dtype", "f64"}, "memattn bench: --dtype: 'f64' is not f32, bf16 or f16"},
+      {{"bench", "--causal", "2"}, "memattn bench: --causal: '2' is not 0 or 1"},
+      {{"bench", "--algorithm", "fast"}, "memattn bench: --algorithm: 'fast' is not flash, chunked, naive, sequential or auto"},
+      {{"bench", "--direction", "sideways"}, "memattn bench: --direction: 'sideways' is not forward or backward"},
+      {{"bench", "--target", "nope"}, "memattn bench: --target: 'nope' is not one of this CPU's targets:"},
+      {{"bench", "--reps", "-1"}, "memattn bench: --reps: '-1' is not a positive integer"},
+      {{"bench", "--min-seconds", "3600"}, "memattn bench: --min-seconds: '3600' is not a number of seconds in [0, 3600)"},
+      {{"bench", "--frob"}, "memattn bench: The following argument was not expected: --frob"},
+      {{"demo", "--max-seconds", "soon"}, "memattn demo: --max-seconds: 'soon' is not a number of seconds >= 0"},
+      {{"run", "--q", "q.npy"}, "memattn run: --k is required"},
+  };
+  for (const Bad& b : cases) {
+    const ToolResult r = run_tool(b.args);
+    EXPECT_EQ(r.exit_code, 2) << b.message;
+    EXPECT_EQ(r.out, "");
+    expect_contains(r.err, {b.message});
+  }
+}
+
+TEST(CliOptions, UnknownSimdTargetInTheEnvironment) {
+  const ToolResult r = run_tool({"bench", "--peak"}, ".", {"MEMATTN_TARGET=nonesuch"});
+  EXPECT_EQ(r.exit_code, 2);
+  expect_contains(r.err, {"memattn bench: MEMATTN_TARGET: ", "nonesuch"});
+}
+
+// One tiny end-to-end sweep: list options replace their defaults, commas and repeats add values,
+// duplicates count once, and --backward adds the backward direction.
+TEST(CliOptions, BenchListOptions) {
+  const ToolResult r = run_tool({"bench", "--n", "48,32", "--n", "48", "--d", "16", "--heads", "1", "--dtype", "f32",
+                                 "--causal", "1", "--threads", "1", "--reps", "1", "--json", "--backward"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto count = [&](const std::string& s) {
+    size_t n = 0;
+    for (size_t at = r.out.find(s); at != std::string::npos; at = r.out.find(s, at + 1)) ++n;
+    return n;
+  };
+  EXPECT_EQ(count("{\"direction\""), 4u) << r.out;  // n = 48, 32 x forward, backward
+  EXPECT_EQ(count("\"n\": 32,"), 2u);
+  EXPECT_EQ(count("\"n\": 48,"), 2u);
+  EXPECT_EQ(count("\"direction\": \"backward\""), 2u);
+  EXPECT_EQ(count("\"causal\": true"), 4u);
+  EXPECT_EQ(count("\"reps\": 1,"), 4u);
+}
+
+}  // namespace
+}  // namespace memattn::cli_test

@@ -1,0 +1,38 @@
+// One attention call on strided views, run whole or as per-(batch element, kv head) pieces.
+#pragma once
+
+#include <optional>
+#include <vector>
+
+#include "memattn/types.hpp"
+#include "progress.hpp"
+
+namespace memattn::tool {
+
+struct Gradients {
+  Tensor dout, dq, dk, dv;  // dout: input; dq, dk, dv: outputs
+};
+
+// forward() (and backward() when `grads` is set) on these views. `options.mask` and `options.bias`
+// are ignored: the views here are the ones used.
+struct AttentionCall {
+  Tensor q, k, v, out;
+  std::optional<Tensor> lse, mask, bias;
+  std::optional<Gradients> grads;
+  Options options;
+
+  void forward() const;
+  void backward() const;  // needs lse and grads
+
+  // The sub-call of batch element b and kv head g (with the query heads that read it): every view
+  // cut to that batch element and group of heads; mask and bias dims of size 1 stay broadcast.
+  AttentionCall piece(int64_t b, int64_t g) const;
+};
+
+// The forward pieces of every (batch element, kv head), then, with grads, the backward ones. Run in
+// that order they write bitwise what call.forward() and call.backward() write: the planner's chunk
+// sizes do not depend on batch or heads, each output element is computed by one work item, and the
+// dk, dv of a kv head sum over its own group of query heads only.
+std::vector<Piece> pieces_by_kv_head(const AttentionCall& call);
+
+}  // namespace memattn::tool

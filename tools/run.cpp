@@ -1,0 +1,145 @@
+// `memattn run`: reads the .npy inputs, calls memattn, writes the outputs all together or not at all.
+#include "run.hpp"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <utility>
+#include <vector>
+
+#include "attention_call.hpp"
+#include "memattn/memattn.hpp"
+#include "npy.hpp"
+#include "output_files.hpp"
+
+namespace memattn::tool {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A path option and its value, for messages and the overlap check.
+struct NamedPath {
+  const char* option;
+  const std::string& path;
+};
+
+bool same_file(const std::string& a, const std::string& b) {
+  std::error_code ec1, ec2;
+  if (fs::equivalent(a, b, ec1)) return true;  // both exist: hard links and symlinks included
+  // Either may not exist yet: compare the absolute paths with what exists of them resolved.
+  const fs::path ca = fs::weakly_canonical(fs::absolute(a, ec1), ec1);
+  const fs::path cb = fs::weakly_canonical(fs::absolute(b, ec2), ec2);
+  return !ec1 && !ec2 && ca == cb;
+}
+
+// The first output that names an input or an earlier output, as a message; "" when there is none.
+std::string coinciding_paths(const RunConfig& c) {
+  const NamedPath inputs[] = {{"--q", c.q}, {"--k", c.k}, {"--v", c.v}, {"--mask", c.mask}, {"--bias", c.bias},
+                              {"--dout", c.dout}};
+  const NamedPath outputs[] = {{"-o", c.out}, {"--lse", c.lse}, {"--dq", c.dq}, {"--dk", c.dk}, {"--dv", c.dv}};
+  for (size_t i = 0; i < std::size(outputs); ++i) {
+    const NamedPath& o = outputs[i];
+    if (o.path.empty()) continue;
+    for (const NamedPath& in : inputs)
+      if (!in.path.empty() && same_file(o.path, in.path))
+        return std::string(o.option) + " " + o.path + " is the input " + in.option + " " + in.path +
+               ": refusing to overwrite an input";
+    for (size_t j = 0; j < i; ++j)
+      if (!outputs[j].path.empty() && same_file(o.path, outputs[j].path))
+        return std::string(o.option) + " " + o.path + " and " + outputs[j].option + " " + outputs[j].path +
+               " name the same file";
+  }
+  return "";
+}
+
+std::string dims_text(const std::vector<int64_t>& d) {
+  std::string s = "(";
+  for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
+  return s + ")";
+}
+
+// backward() would refuse a dout unlike out too, but the pieces slice dout by out's shape first.
+void check_dout(const NpyArray& dout, const NpyArray& q, const std::vector<int64_t>& out_shape) {
+  if (dout.dtype() != q.dtype())
+    throw NpyError(dout.path() + ": dtype '" + dout.descr() + "' does not match q's '" + q.descr() +
+                   "' (dout has the dtype of out, which is q's)");
+  if (dout.shape() != out_shape)
+    throw NpyError(dout.path() + ": shape " + dims_text(dout.shape()) + " does not match out's shape " +
+                   dims_text(out_shape) + " [batch, seq_q, heads_q, dim_v]");
+}
+
+constexpr auto kFloats = {DType::f32, DType::f16, DType::f64};
+constexpr const char* kMaskDims = "[batch|1, heads_q|1, seq_q|1, seq_k|1]";
+
+// Computes and commits; throws NpyError, memattn::Error or std::runtime_error.
+void run_files(const RunConfig& c) {
+  const NpyArray q = read_npy(c.q, {kFloats, 4, "[batch, seq_q, heads_q, dim]"});
+  const NpyArray k = read_npy(c.k, {kFloats, 4, "[batch, seq_k, heads_kv, dim]"});
+  const NpyArray v = read_npy(c.v, {kFloats, 4, "[batch, seq_k, heads_kv, dim_v]"});
+  std::optional<NpyArray> mask, bias, dout;
+  if (!c.mask.empty()) mask = read_npy(c.mask, {{DType::u8}, 4, kMaskDims});
+  if (!c.bias.empty()) bias = read_npy(c.bias, {kFloats, 4, kMaskDims});
+  if (c.backward) dout = read_npy(c.dout, {kFloats, 4, "[batch, seq_q, heads_q, dim_v]"});
+
+  AttentionCall call;
+  call.q = q.tensor(), call.k = k.tensor(), call.v = v.tensor();
+  if (mask) call.mask = mask->tensor();
+  if (bias) call.bias = bias->tensor();
+  Options& o = call.options;
+  o.causal = c.causal, o.align = c.align, o.window_left = c.window_left, o.window_right = c.window_right;
+  o.scale = c.scale, o.algorithm = c.algorithm, o.num_threads = c.threads;
+  o.mask = call.mask ? &*call.mask : nullptr;
+  o.bias = call.bias ? &*call.bias : nullptr;
+  workspace_bytes(call.q, call.k, call.v, o);  // the library's own checks of the whole call, first
+  if (c.backward) backward_workspace_bytes(call.q, call.k, call.v, o);
+
+  const auto& qs = q.shape();
+  const int64_t batch = qs[0], seq_q = qs[1], heads_q = qs[2];
+  const std::vector<int64_t> out_shape{batch, seq_q, heads_q, v.shape()[3]};
+  if (dout) check_dout(*dout, q, out_shape);
+
+  OutputFiles files;
+  call.out = files.add(c.out, q.dtype(), out_shape);
+  std::vector<float> lse_memory;  // backward needs lse even when it is not saved
+  if (!c.lse.empty()) call.lse = files.add(c.lse, DType::f32, {batch, heads_q, seq_q});
+  else if (c.backward) {
+    lse_memory.resize(size_t(batch * heads_q * seq_q));
+    call.lse = Tensor::contiguous(lse_memory.data(), DType::f32, {batch, heads_q, seq_q});
+  }
+  if (c.backward)
+    call.grads = Gradients{dout->tensor(), files.add(c.dq, q.dtype(), q.shape()), files.add(c.dk, q.dtype(), k.shape()),
+                           files.add(c.dv, q.dtype(), v.shape())};
+
+  // The test hook (docs/cli.md): MEMATTN_FORCE_PROGRESS=1 splits and draws as on a terminal, at once.
+  const char* force = std::getenv("MEMATTN_FORCE_PROGRESS");
+  if (force && std::strcmp(force, "1") == 0)
+    run_with_progress(pieces_by_kv_head(call), "memattn run:", BarWhen::always, stderr);
+  else if (::isatty(STDERR_FILENO))
+    run_with_progress(pieces_by_kv_head(call), "memattn run:", BarWhen::after_one_second, stderr);
+  else {
+    call.forward();
+    if (call.grads) call.backward();
+  }
+  files.commit();
+}
+
+}  // namespace
+
+int run_main(const RunConfig& c) {
+  if (const std::string clash = coinciding_paths(c); !clash.empty()) {
+    std::fprintf(stderr, "memattn run: %s\n", clash.c_str());
+    return 2;
+  }
+  try {
+    run_files(c);
+    return 0;
+  } catch (const std::exception& e) {  // the file or the library says what and where
+    std::fprintf(stderr, "memattn run: %s\n", e.what());
+    return 1;
+  }
+}
+
+}  // namespace memattn::tool

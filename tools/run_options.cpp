@@ -1,0 +1,77 @@
+// `memattn run`'s options on CLI11: the .npy files, the attention options and the gradients.
+#include <cfloat>
+#include <charconv>
+
+#include "cli_values.hpp"
+#include "run.hpp"
+
+namespace memattn::tool {
+namespace {
+
+// "L,R": two integers >= -1 (-1: unbounded on that side).
+std::optional<std::pair<int64_t, int64_t>> parse_window(const std::string& s) {
+  int64_t w[2];
+  const char* p = s.data();
+  const char* const end = s.data() + s.size();
+  for (int i = 0; i < 2; ++i) {
+    const auto [next, ec] = std::from_chars(p, end, w[i]);
+    if (ec != std::errc() || next == p || w[i] < -1) return std::nullopt;
+    p = next;
+    if (i == 0 && (p == end || *p++ != ',')) return std::nullopt;
+  }
+  if (p != end) return std::nullopt;
+  return std::pair{w[0], w[1]};
+}
+
+}  // namespace
+
+CLI::App* add_run_command(CLI::App& app, RunConfig& c) {
+  CLI::App* sub = app.add_subcommand("run", "Attention on .npy files: out = softmax(scale q k^T + bias, masked) v");
+  sub->footer(
+      "Arrays are [batch, seq, heads, dim] like the C++ API, in f32 (<f4), f16 (<f2) or f64 (<f8, with\n"
+      "the naive, sequential or chunked algorithm), C or Fortran order; mask and bias broadcast over\n"
+      "[batch|1, heads_q|1, seq_q|1, seq_k|1]. Outputs appear only when everything succeeded.\n"
+      "Exit codes: 0 done, 1 an unusable file or a call memattn refused, 2 a bad command line.\n"
+      "Example: memattn run --q q.npy --k k.npy --v v.npy --causal -o out.npy --lse lse.npy");
+  sub->add_option("--q", c.q, "queries [batch, seq_q, heads_q, dim]")->required()->type_name("FILE.npy");
+  sub->add_option("--k", c.k, "keys [batch, seq_k, heads_kv, dim]")->required()->type_name("FILE.npy");
+  sub->add_option("--v", c.v, "values [batch, seq_k, heads_kv, dim_v]")->required()->type_name("FILE.npy");
+  sub->add_option("--mask", c.mask, "boolean mask, bool (|b1) or uint8 (|u1), nonzero = attend")
+      ->type_name("FILE.npy");
+  sub->add_option("--bias", c.bias, "additive bias, f32 or f16 (f64 with f64 inputs)")->type_name("FILE.npy");
+  sub->add_flag("--causal", c.causal, "query i sees keys up to its diagonal only");
+  sub->add_option("--align", c.align, "diagonal of --causal and --window when seq_q != seq_k")
+      ->transform(one_of({enum_name("top_left", Align::top_left), enum_name("bottom_right", Align::bottom_right)},
+                         "top_left or bottom_right"))
+      ->type_name("top_left|bottom_right")->default_str("top_left");
+  sub->add_option_function<std::string>(
+         "--window", [&c](const std::string& s) { std::tie(c.window_left, c.window_right) = *parse_window(s); },
+         "sliding window: keys diag-L .. diag+R visible (-1: unbounded)")
+      ->check(CLI::Validator(
+          [](std::string& s) -> std::string {
+            return parse_window(s) ? "" : "'" + s + "' is not L,R: two integers >= -1 (-1 = unbounded), e.g. 128,0";
+          },
+          "", "window"))
+      ->type_name("L,R");
+  sub->add_option_function<double>("--scale", [&c](const double& s) { c.scale = s; }, "score scale (default 1/sqrt(dim))")
+      ->check(number_in(-DBL_MAX, DBL_MAX, "a finite number"))->type_name("S");
+  sub->add_option("--algorithm", c.algorithm, "memattn algorithm (auto: flash, or chunked for f64)")
+      ->transform(algorithm_names())->type_name("auto|naive|sequential|chunked|flash")->default_str("auto");
+  sub->add_option("--threads", c.threads, "threads (default: all that OpenMP offers)")
+      ->check(positive_integer())->type_name("N");
+  sub->add_option("-o,--out", c.out, "output [batch, seq_q, heads_q, dim_v], dtype of q")->required()
+      ->type_name("FILE.npy");
+  sub->add_option("--lse", c.lse, "log-sum-exp of each row, f32 [batch, heads_q, seq_q]")->type_name("FILE.npy");
+  CLI::Option* backward = sub->add_flag("--backward", c.backward, "also compute dq, dk, dv from --dout");
+  const auto grad = [&](const char* name, std::string& path, const char* help) {
+    CLI::Option* o = sub->add_option(name, path, help)->type_name("FILE.npy")->needs(backward);
+    backward->needs(o);
+  };
+  grad("--dout", c.dout, "with --backward: dLoss/dout, the shape and dtype of out");
+  grad("--dq", c.dq, "with --backward: output dLoss/dq, the shape and dtype of q");
+  grad("--dk", c.dk, "with --backward: output dLoss/dk, the shape and dtype of k");
+  grad("--dv", c.dv, "with --backward: output dLoss/dv, the shape and dtype of v");
+  return sub;
+}
+
+}  // namespace memattn::tool
