@@ -6,8 +6,6 @@ reorders data: an operand is described exactly as it lies in memory, or rejected
 """
 import sys
 
-import numpy as np
-
 NUMPY = "numpy"
 TORCH = "torch"
 
@@ -28,9 +26,20 @@ def _torch():
     return sys.modules.get("torch")
 
 
+def _numpy():
+    """The numpy module if the caller has imported it: a caller holding numpy arrays has, and
+    one using only torch tensors (or nothing yet) need not have numpy installed at all."""
+    return sys.modules.get("numpy")
+
+
+def _is_ndarray(x):
+    np = _numpy()
+    return np is not None and isinstance(x, np.ndarray)
+
+
 def kind_of(x, name):
     """NUMPY or TORCH for an operand; TypeError for anything else."""
-    if isinstance(x, np.ndarray):
+    if _is_ndarray(x):
         return NUMPY
     torch = _torch()
     if torch is not None and isinstance(x, torch.Tensor):
@@ -62,7 +71,7 @@ def operand(x, name):
     """What the extension takes for `x`: a numpy array itself (read in C++, where its dtype,
     strides and writability are checked), or a torch tensor's descriptor
     (data address, dtype name, shape, element strides). Neither copies anything."""
-    return x if isinstance(x, np.ndarray) else _describe_torch(x, name)
+    return x if _is_ndarray(x) else _describe_torch(x, name)
 
 
 def _describe_torch(x, name):
@@ -86,13 +95,14 @@ def _describe_torch(x, name):
 def empty(kind, shape, like):
     """A new contiguous array of `shape` and `like`'s dtype, of the given kind."""
     if kind == NUMPY:
-        return np.empty(shape, dtype=like.dtype)
+        return _numpy().empty(shape, dtype=like.dtype)
     return _torch().empty(shape, dtype=like.dtype)
 
 
 def empty_f32(kind, shape):
     """A new contiguous float32 array of the given kind (for lse)."""
     if kind == NUMPY:
+        np = _numpy()
         return np.empty(shape, dtype=np.float32)
     torch = _torch()
     return torch.empty(shape, dtype=torch.float32)

@@ -161,3 +161,14 @@ def test_import_does_not_import_torch():
     """memattn works without torch: importing it must not pull torch in."""
     code = "import sys, memattn; assert 'torch' not in sys.modules, 'memattn imported torch'"
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ))
+
+
+def test_import_needs_no_numpy():
+    """`import memattn` works where numpy is absent (blocked here): numpy is needed only by
+    callers that pass numpy arrays, who have it."""
+    code = ("import sys; sys.modules['numpy'] = None\n"  # any `import numpy` now fails
+            "import memattn; assert memattn.supported_targets() and memattn.__version__\n"
+            "try:\n    memattn.attention([1.0], [1.0], [1.0])\nexcept TypeError as e:\n"
+            "    assert 'numpy.ndarray or a torch.Tensor' in str(e), e\n"
+            "else:\n    sys.exit('a list was accepted')\n")
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ))
