@@ -122,6 +122,17 @@ memattn_status memattn_backward_workspace_bytes(const memattn_tensor* q, const m
                                                 const memattn_options* options, int bias_grad,
                                                 size_t* bytes);
 
+/* The exact result over the union of `parts` disjoint key sets from each set's (out, lse) pair:
+ * lse = log sum_p exp(lses[p]), out = sum_p exp(lses[p] - lse) outs[p], row by row, parts in order.
+ * outs[p] [batch, seq_q, heads, head_dim_v], one dtype; lses[p] f32 [batch, heads, seq_q]; out of
+ * the parts' shape (any float dtype for f32/bf16/f16 parts, f64 for f64 parts); lse nullable.
+ * outs and lses may be NULL when parts is 0 (every row then gives out = 0, lse = -inf). Parts with
+ * lse -inf are not read. out (lse) may be the very same view as a part (an lse) to merge in place.
+ * Threads: all that OpenMP offers; results do not depend on the count. On error nothing is
+ * written. */
+memattn_status memattn_merge(const memattn_tensor* outs, const memattn_tensor* lses, size_t parts,
+                             const memattn_tensor* out, const memattn_tensor* lse);
+
 /* Installs *allocator (both functions NULL: the default) and stores the one it replaces in
  * *previous (nullable). Safe beside running calls: each buffer goes back to the allocator that
  * gave it. */

@@ -5,6 +5,7 @@
 
 #include "memattn/allocator.hpp"
 #include "memattn/error.hpp"
+#include "memattn/merge.hpp"
 #include "memattn/targets.hpp"
 #include "memattn/types.hpp"
 

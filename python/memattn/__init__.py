@@ -14,8 +14,8 @@ from . import _tensors as _t
 
 __version__ = _memattn.__version__
 
-__all__ = ["attention", "attention_backward", "workspace_bytes", "backward_workspace_bytes",
-           "supported_targets", "selected_target", "__version__"]
+__all__ = ["attention", "attention_backward", "merge", "workspace_bytes",
+           "backward_workspace_bytes", "supported_targets", "selected_target", "__version__"]
 
 
 def _check_type(value, name, types, expected):
@@ -119,6 +119,45 @@ def attention_backward(q, k, v, out, dout, lse, *, causal=False, align="top_left
         _t.operand(dk, "dk"), _t.operand(dv, "dv"),
         _t.operand(dbias, "dbias") if want_dbias else None, options)
     return (dq, dk, dv, dbias) if want_dbias else (dq, dk, dv)
+
+
+def _parts(value, name):
+    """A sequence of parts as a list: a list or tuple, or any iterable such as a stacked array,
+    whose items are views (never copies)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of arrays (one per part), got {value!r}")
+    return list(value)
+
+
+def merge(outs, lses, *, out=None, return_lse=False, num_threads=0):
+    """The exact attention result over the union of disjoint key sets from each set's (out, lse)
+    pair, as attention(..., return_lse=True) returns them: lse = log sum_p exp(lses[p]) and
+    out = sum_p exp(lses[p] - lse) * outs[p], row by row, parts in the order given.
+
+    outs: parts [B, Sq, H, dv], all of one dtype; lses: float32 [B, H, Sq], one per part. Returns
+    out (a new array of the parts' dtype, or `out` itself when given: any float dtype for float32
+    / float16 / bfloat16 parts, so float32 partials can be written once as bfloat16), or
+    (out, lse) with return_lse. Parts whose lse is -inf are not read; rows where every part is
+    -inf (and all rows when there are no parts, which needs `out`) give out = 0, lse = -inf.
+    `out` may be one of the parts (merge in place). The GIL is released while it runs."""
+    outs, lses = _parts(outs, "outs"), _parts(lses, "lses")
+    operands = {f"outs[{i}]": x for i, x in enumerate(outs)}
+    operands.update({f"lses[{i}]": x for i, x in enumerate(lses)})
+    operands["out"] = out
+    kind = _t.common_kind(operands)
+    _check_type(num_threads, "num_threads", (numbers.Integral,), "an int (0: the default)")
+    if out is None:
+        if not outs:
+            raise ValueError("merge of no parts needs out= (it gives the result's shape and dtype)")
+        out = _t.empty(kind, tuple(outs[0].shape), outs[0])
+    if return_lse and len(out.shape) != 4:
+        raise ValueError(f"out must be 4-D [batch, seq_q, heads, head_dim_v]; got {tuple(out.shape)}")
+    lse = _t.empty_f32(kind, (out.shape[0], out.shape[2], out.shape[1])) if return_lse else None
+    _memattn.merge([_t.operand(x, f"outs[{i}]") for i, x in enumerate(outs)],
+                   [_t.operand(x, f"lses[{i}]") for i, x in enumerate(lses)],
+                   _t.operand(out, "out"), None if lse is None else _t.operand(lse, "lse"),
+                   _t.default_threads(kind, int(num_threads)))
+    return (out, lse) if return_lse else out
 
 
 def workspace_bytes(q, k, v, *, causal=False, align="top_left", window=None, mask=None, bias=None,

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "memattn/memattn.hpp"
 #include "operands.hpp"
@@ -121,6 +123,22 @@ void backward(py::handle q, py::handle k, py::handle v, py::handle out, py::hand
                     tdbias ? &*tdbias : nullptr);
 }
 
+// memattn::merge over sequences of parts; each part is named by its index in messages.
+void merge(const py::sequence& outs, const py::sequence& lses, py::handle out, py::handle lse,
+           int num_threads) {
+  std::vector<Tensor> touts, tlses;
+  for (const auto& [parts, name, tensors] :
+       {std::tuple{&outs, "outs", &touts}, std::tuple{&lses, "lses", &tlses}})
+    for (size_t i = 0; i < parts->size(); ++i) {
+      const std::string indexed = std::string(name) + "[" + std::to_string(i) + "]";
+      tensors->push_back(to_tensor((*parts)[i], indexed.c_str(), Access::read));
+    }
+  const Tensor tout = to_tensor(out, "out", Access::write);
+  const std::optional<Tensor> tlse = optional_tensor(lse, "lse", Access::write);
+  py::gil_scoped_release unlocked;  // the Python layer holds the parts until we return
+  memattn::merge(touts, tlses, tout, tlse ? &*tlse : nullptr, {num_threads});
+}
+
 // The view memattn would get for an operand: (address, dtype, shape, strides); for the zero-copy
 // tests and for debugging.
 py::tuple inspect_operand(py::handle operand, const std::string& name, bool broadcast) {
@@ -160,6 +178,8 @@ PYBIND11_MODULE(_memattn, m) {
   m.def("backward", &backward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
         py::arg("dout"), py::arg("lse"), py::arg("dq"), py::arg("dk"), py::arg("dv"),
         py::arg("dbias"), py::arg("options"), "memattn::backward; the GIL is released while it runs.");
+  m.def("merge", &merge, py::arg("outs"), py::arg("lses"), py::arg("out"), py::arg("lse"),
+        py::arg("num_threads"), "memattn::merge; the GIL is released while it runs.");
   m.def(
       "workspace_bytes",
       [](py::handle q, py::handle k, py::handle v, const CallOptions& options) {

@@ -8,6 +8,7 @@
 #include <new>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "memattn/memattn.hpp"
 
@@ -213,6 +214,25 @@ memattn_status memattn_backward_workspace_bytes(const memattn_tensor* q, const m
     const CppOptions o(options);
     size_t& result = required(bytes, "bytes");
     result = memattn::backward_workspace_bytes(cq, ck, cv, o.options, {bias_grad != 0});
+  });
+}
+
+memattn_status memattn_merge(const memattn_tensor* outs, const memattn_tensor* lses, size_t parts,
+                             const memattn_tensor* out, const memattn_tensor* lse) {
+  return guarded([&] {
+    if (parts != 0) {  // with no parts the arrays are never read, so NULL is fine
+      required(outs, "outs");
+      required(lses, "lses");
+    }
+    std::vector<Tensor> couts, clses;
+    for (size_t i = 0; i < parts; ++i) {
+      const std::string index = "[" + std::to_string(i) + "]";
+      couts.push_back(to_tensor(outs + i, ("outs" + index).c_str()));
+      clses.push_back(to_tensor(lses + i, ("lses" + index).c_str()));
+    }
+    const Tensor cout = to_tensor(out, "out");
+    const std::optional<Tensor> clse = to_optional_tensor(lse, "lse");
+    memattn::merge(couts, clses, cout, pointer_to(clse));
   });
 }
 
