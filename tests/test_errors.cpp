@@ -4,8 +4,10 @@
 // zero-size tensors with null data) give the right answer. Cases 8 and 9: test_errors_layout.cpp.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <tuple>
 
 #include "fault_support.hpp"
 #include "support.hpp"
@@ -289,6 +291,77 @@ TEST(Errors, err_scale_is_exact_for_f64_inputs) {
       SCOPED_TRACE(std::string(memattn::algorithm_name(alg)) + (scale ? " scale 0.1" : " default"));
       expect_accurate(c);
     }
+}
+
+// Scores are f32 for f32, bf16 and f16 inputs; whether flash multiplies the queries or the dot
+// products by the scale must not make finite scores overflow (docs/api.md, "scale").
+namespace {
+
+// q of magnitude `q_sigma` clamped to +-q_limit (so that every element is a finite float), k of
+// magnitude `k_sigma`: scores of about scale * q_sigma * k_sigma * sqrt(D).
+Case magnitude_case(DType dt, double scale, double q_sigma, double q_limit, double k_sigma) {
+  Case c(Shape{2, 19, 37, 2, 1, 16, 16}, dt, 71);
+  fill_randn(c.q, 72, q_sigma);
+  for (int64_t i = 0; i < c.q.numel(); ++i) c.q.set(i, std::clamp(c.q.get(i), -q_limit, q_limit));
+  fill_randn(c.k, 73, k_sigma);
+  c.options.scale = scale;
+  c.options.key_chunk = 16;  // steady-state and boundary chunks, with and without causal
+  return c;
+}
+
+double max_abs(const std::vector<double>& x) {
+  double m = 0;
+  for (double e : x) m = std::max(m, std::fabs(e));
+  return m;
+}
+
+}  // namespace
+
+// |scale| > 1: scale * q may exceed FLT_MAX while every score is finite (the case: scale
+// 1e20, q ~ 1e20, k ~ 1e-38, scores ~ 1e2); at scale 2 with |q| up to 3e38 the pre-scaled query
+// overflows by a factor of 2 only. Every algorithm and target must match Ref64.
+TEST(Errors, err_scale_large_with_huge_queries_is_exact) {
+  const double flt_max = std::numeric_limits<float>::max();
+  for (bool causal : {false, true}) {
+    for (auto [scale, q_sigma, q_limit, k_sigma] :
+         {std::tuple{1e20, 1e20, flt_max, 1e-38}, std::tuple{2.0, 1e38, 3e38, 1e-38},
+          std::tuple{1.0, 1e38, 3e38, 1e-38}}) {
+      Case c = magnitude_case(DType::f32, scale, q_sigma, q_limit, k_sigma);
+      c.options.causal = causal;
+      const double scores = scale * max_abs(c.q.values()) * max_abs(c.k.values());
+      ASSERT_GT(scores, 1.0) << "the scores must matter";
+      if (scale > 1) ASSERT_GT(scale * max_abs(c.q.values()), flt_max) << "the premise: scale * q overflows";
+      SCOPED_TRACE(describe(c));
+      expect_accurate_all(c);
+    }
+    // bf16 keeps f32's exponent range; k is kept normal (|k| >= 2e-38), since the avx512_bf16
+    // dot product flushes subnormals.
+    Case b = magnitude_case(DType::bf16, 1e18, 1e21, flt_max, 1e-37);
+    for (int64_t i = 0; i < b.k.numel(); ++i) b.k.set(i, b.k.get(i) + std::copysign(2e-38, b.k.get(i)));
+    ASSERT_GT(1e18 * max_abs(b.q.values()), flt_max) << "the premise: scale * q overflows";
+    b.options.causal = causal;
+    SCOPED_TRACE(describe(b));
+    expect_accurate_all(b);
+  }
+}
+
+// |scale| <= 1: the queries are pre-scaled, which cannot overflow, so flash stays exact where the
+// unscaled q.k would not be a float (1e-38 * (1e30 x 1e9) * 16 terms: q.k ~ 1e40, scores ~ 10).
+// The reference algorithms multiply the dot product and need it finite (docs/api.md).
+TEST(Errors, err_scale_small_with_overflowing_dot_products_is_exact) {
+  for (bool causal : {false, true}) {
+    Case c = magnitude_case(DType::f32, 1e-38, 1e30, 1e31, 1e9);
+    c.options.causal = causal;
+    c.options.algorithm = Algorithm::flash;
+    c.run();
+    const RefResult ref = reference64(c.problem());
+    const std::vector<double> out = c.out_values(), lse = c.lse.values();
+    ASSERT_GT(max_abs(ref.lse), 5.0) << "the scores must matter";
+    for (size_t i = 0; i < out.size(); ++i)
+      ASSERT_NEAR(out[i], ref.out[i], 1e-4 * (1 + std::fabs(ref.out[i]))) << "element " << i;
+    for (size_t i = 0; i < lse.size(); ++i)
+      ASSERT_NEAR(lse[i], ref.lse[i], 1e-5 * std::max(1.0, std::fabs(ref.lse[i]))) << "row " << i;
+  }
 }
 
 TEST(Errors, err_size_overflow) {

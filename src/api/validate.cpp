@@ -5,7 +5,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <initializer_list>
 #include <sstream>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace memattn::detail {
@@ -41,6 +44,22 @@ static bool has_zero_extent(const Tensor& t) {
   return false;
 }
 
+static const char* align_name(Align a) {
+  return a == Align::top_left ? "top_left" : a == Align::bottom_right ? "bottom_right" : "unknown";
+}
+
+// An enum field holds whatever its caller stored (a C caller or a binding can put any byte there):
+// throws invalid_argument naming `owner` + `field` unless `value` is one of the enum's values
+// 0..last, which the message lists by name.
+template <typename E>
+static void check_enum(E value, const char* owner, const char* field, E last, const char* (*name)(E)) {
+  if (int(value) >= 0 && int(value) <= int(last)) return;
+  std::string expected;
+  for (int i = 0; i <= int(last); ++i) expected += cat(i ? ", " : "", name(E(i)));
+  fail(ErrorCode::invalid_argument,
+       cat(owner, field, ": expected one of ", expected, ", got ", int(value)));
+}
+
 void check_tensor(const Tensor& t, const char* name, int ndim) {
   if (t.ndim != ndim)
     fail(ErrorCode::invalid_argument,
@@ -49,6 +68,7 @@ void check_tensor(const Tensor& t, const char* name, int ndim) {
     if (t.shape[i] < 0)
       fail(ErrorCode::invalid_argument,
            cat(name, ": shape[", i, "] must be >= 0, got ", t.shape[i], " (shape ", shape_str(t), ")"));
+  check_enum(t.dtype, name, ".dtype", DType::u8, dtype_name);
   byte_span(t, name);  // throws on 64-bit overflow
   if (t.data == nullptr && !has_zero_extent(t))
     fail(ErrorCode::invalid_argument,
@@ -191,6 +211,44 @@ static View check_broadcast(const Tensor& t, const char* name, const Params& p) 
   return make_view(t);
 }
 
+// Fails with size_overflow unless every prefix product of `factors` (name, value) fits in int64,
+// naming the first that does not. A zero factor makes every later product zero.
+static void check_products(std::initializer_list<std::pair<const char*, int64_t>> factors) {
+  int64_t product = 1;
+  for (auto f = factors.begin(); f != factors.end(); ++f) {
+    if (!__builtin_mul_overflow(product, f->second, &product)) continue;
+    std::string names, values;
+    for (auto g = factors.begin(); g != f + 1; ++g) {
+      names += cat(g == factors.begin() ? "" : " * ", g->first);
+      values += cat(g == factors.begin() ? "" : ", ", g->first, " ", g->second);
+    }
+    fail(ErrorCode::size_overflow, cat(names, " overflows int64 (", values, ")"));
+  }
+}
+
+// Every size the planners and kernels derive in int64 from the shapes, checked once here so that
+// none of them can overflow later. Inputs with zero strides (and tensors with a zero dimension)
+// take no memory, so their shapes are bounded by nothing else.
+static void check_derived_sizes(const Params& p) {
+  // Work items and row counts: (batch, head) pairs, then times the query or key chunks (at most
+  // seq_q or seq_k of them).
+  check_products({{"batch", p.batch}, {"heads_q", p.heads_q}, {"seq_q", p.seq_q}});
+  check_products({{"batch", p.batch}, {"heads_kv", p.heads_kv}, {"seq_k", p.seq_k}});
+  // Chunk counts (seq + chunk - 1 with chunk <= seq) and the key bounds of causal and window masks
+  // (i + diag +- window +- 1, see the window clamp) stay within +-2 max(seq_q, seq_k).
+  int64_t reach;
+  if (__builtin_mul_overflow(std::max(p.seq_q, p.seq_k), int64_t(2), &reach))
+    fail(ErrorCode::size_overflow, cat("2 * max(seq_q, seq_k) overflows int64 (seq_q ", p.seq_q,
+                                       ", seq_k ", p.seq_k, ")"));
+  // The flash planners size key chunks by the f32 bytes of one key's K row, V row and score.
+  int64_t key_bytes;
+  if (__builtin_add_overflow(p.dim, p.dim_v, &key_bytes) ||
+      __builtin_add_overflow(key_bytes, int64_t(1), &key_bytes) ||
+      __builtin_mul_overflow(key_bytes, int64_t(4), &key_bytes))
+    fail(ErrorCode::size_overflow, cat("4 * (dim + dim_v + 1) overflows int64 (dim ", p.dim,
+                                       ", dim_v ", p.dim_v, ")"));
+}
+
 Params make_forward_params(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* out,
                            const Tensor* lse, const Options& o) {
   if (q.ndim != 4 || k.ndim != 4 || v.ndim != 4)
@@ -245,6 +303,7 @@ Params make_forward_params(const Tensor& q, const Tensor& k, const Tensor& v, co
   if (k.shape[3] != p.dim)
     fail(ErrorCode::invalid_argument,
          cat("q.shape[-1] (", p.dim, ") != k.shape[-1] (", k.shape[3], ")"));
+  check_derived_sizes(p);
   const int64_t want_out[4] = {p.batch, p.seq_q, p.heads_q, p.dim_v};
   if (out) {
     for (int i = 0; i < 4; ++i)
@@ -271,20 +330,20 @@ Params make_forward_params(const Tensor& q, const Tensor& k, const Tensor& v, co
     p.has_lse = true;
   }
   if (o.mask) {
+    p.mask = check_broadcast(*o.mask, "mask", p);
     if (o.mask->dtype != DType::u8)
       fail(ErrorCode::wrong_dtype,
            cat("mask: dtype must be u8 (bool, nonzero = attend), got ", dtype_name(o.mask->dtype)));
-    p.mask = check_broadcast(*o.mask, "mask", p);
     p.has_mask = true;
   }
   if (o.bias) {
+    p.bias = check_broadcast(*o.bias, "bias", p);
     const DType bd = o.bias->dtype;
     if (!(bd == DType::f32 || bd == DType::bf16 || bd == DType::f16 ||
           (bd == DType::f64 && p.dtype == DType::f64)))
       fail(ErrorCode::wrong_dtype,
            cat("bias: dtype must be one of f32, bf16, f16 (f64 with f64 inputs), got ",
                dtype_name(bd)));
-    p.bias = check_broadcast(*o.bias, "bias", p);
     p.has_bias = true;
   }
 
@@ -306,10 +365,14 @@ Params make_forward_params(const Tensor& q, const Tensor& k, const Tensor& v, co
   if (o.num_threads < 0)
     fail(ErrorCode::invalid_argument,
          cat("num_threads must be 0 (all) or > 0, got ", o.num_threads));
+  check_enum(o.algorithm, "options", ".algorithm", Algorithm::flash, algorithm_name);
+  check_enum(o.align, "options", ".align", Align::bottom_right, align_name);
   p.causal = o.causal;
   p.diag = o.align == Align::bottom_right ? p.seq_k - p.seq_q : 0;
-  // Windows wider than both sequences act as unbounded; clamping keeps index arithmetic in range.
-  const int64_t wide = p.seq_q + p.seq_k + 1;
+  // A window of max(seq_q, seq_k) already reaches every key from every diagonal (|j - diag_i| <
+  // max(seq_q, seq_k) for all i, j under either alignment), so wider ones are clamped to it: then
+  // i + diag +- window +- 1 stays within +-2 max(seq_q, seq_k), which check_derived_sizes bounds.
+  const int64_t wide = std::max(p.seq_q, p.seq_k);
   p.window_left = o.window_left < 0 ? -1 : std::min(o.window_left, wide);
   p.window_right = o.window_right < 0 ? -1 : std::min(o.window_right, wide);
 

@@ -42,7 +42,8 @@ class FlashItem {
  public:
   FlashItem(const Params& p, const FlashSlices& w)
       : p_(p), w_(w), kern_(*p.kernels), d_(size_t(p.dim)), dv_(size_t(p.dim_v)),
-        cqp_(pad_floats(size_t(p.query_chunk))), dvp_(pad_floats(dv_)), bf16_dot_(uses_bf16_dot(p)) {}
+        cqp_(pad_floats(size_t(p.query_chunk))), dvp_(pad_floats(dv_)), bf16_dot_(uses_bf16_dot(p)),
+        scale_after_dot_(bf16_dot_ || std::fabs(p.scale) > 1.0f) {}
 
   void run(int64_t b, int64_t h, int64_t i0, int64_t rows) {
     Chunk c{b, h, h / p_.group, i0, rows, 0, 0, false, false};
@@ -78,11 +79,12 @@ class FlashItem {
     return j >= p_.key_begin(i) && j < p_.key_end(i) && p_.mask_allows(c.b, c.h, i, j);
   }
   float& st(int64_t t, int64_t r) const { return w_.st[size_t(t) * cqp_ + size_t(r)]; }
-  // The bf16 path multiplies the scores by scale after the GEMM: fused into the softmax step in
-  // the steady state, before bias and masking (-inf must stay -inf) otherwise.
-  bool scale_in_softmax(const Chunk& c) const { return bf16_dot_ && c.full && !p_.has_bias; }
+  // Scores multiplied by scale after the GEMM (see scale_after_dot_): fused into the softmax step
+  // in the steady state, before bias and masking (-inf must stay -inf) otherwise.
+  bool scale_in_softmax(const Chunk& c) const { return scale_after_dot_ && c.full && !p_.has_bias; }
 
-  // Q^T with queries in the lanes: f32 rows times scale, or (bf16 path) unscaled bf16 pairs.
+  // Q^T with queries in the lanes: f32 rows, times scale unless it comes after the dot product,
+  // or (bf16 path) unscaled bf16 pairs.
   void load_queries(const Chunk& c) {
     std::fill_n(w_.qt, d_ * cqp_, 0.0f);
     uint16_t* pairs = reinterpret_cast<uint16_t*>(w_.qt);
@@ -94,7 +96,8 @@ class FlashItem {
           continue;
         }
       load_row(kern_, q, p_.q.stride[3], d_, w_.q_row);
-      for (size_t k = 0; k < d_; ++k) w_.qt[k * cqp_ + size_t(r)] = p_.scale * w_.q_row[k];
+      const float scale = scale_after_dot_ ? 1.0f : p_.scale;
+      for (size_t k = 0; k < d_; ++k) w_.qt[k * cqp_ + size_t(r)] = scale * w_.q_row[k];
     }
   }
 
@@ -144,7 +147,7 @@ class FlashItem {
       }
       kern_.gemm(s);
     }
-    if (bf16_dot_ && !scale_in_softmax(c))
+    if (scale_after_dot_ && !scale_in_softmax(c))
       for (size_t i = 0; i < size_t(c.keys) * cqp_; ++i) w_.st[i] *= p_.scale;
     if (p_.has_bias)
       for (int64_t t = 0; t < c.keys; ++t)
@@ -229,6 +232,12 @@ class FlashItem {
   const Kernels& kern_;
   const size_t d_, dv_, cqp_, dvp_;
   const bool bf16_dot_;
+  // Pre-scaled f32 queries overflow where |scale| > 1 meets |q| > FLT_MAX / |scale| although the
+  // scores are finite (scale 1e20, q ~ 1e20, k ~ 1e-38); such a scale multiplies the dot products
+  // instead, which are then smaller than the scores. |scale| <= 1 (the common case) pre-scales,
+  // which cannot overflow, and stays exact where the unscaled q.k is not a float (scale 1e-38,
+  // q ~ 1e30, k ~ 1e9). The bf16 dot product path always scales after.
+  const bool scale_after_dot_;
 };
 
 }  // namespace

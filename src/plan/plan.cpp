@@ -58,7 +58,9 @@ void plan_forward(Params& p, const Options& o) {
   p.query_chunk = std::max<int64_t>(1, std::min(cq ? cq : p.seq_q, p.seq_q));
   p.key_chunk = std::max<int64_t>(1, std::min(ck ? ck : p.seq_k, p.seq_k));
   p.threads = o.num_threads > 0 ? o.num_threads : omp_get_max_threads();
-  if (p.algorithm == Algorithm::flash) p.kernels = &select_kernels(o.target);
+  // Bound whatever the algorithm: a target name this build does not run is an error on every
+  // path, and no path can reach a flash driver without its kernels.
+  p.kernels = &select_kernels(o.target);
 }
 
 int64_t work_items(const Params& p) {
@@ -76,7 +78,8 @@ int workers(const Params& p) {
   // worker at least ~4 MFLOP of score and value work. The result does not depend on the count.
   const double flops = 2.0 * double(p.batch) * double(p.heads_q) * double(p.seq_q) * double(p.seq_k) *
                        double(p.dim + p.dim_v);
-  const int64_t by_work = std::max<int64_t>(1, int64_t(flops / 4e6));
+  // Capped at the thread count before the conversion: huge (stride-0) problems exceed int64.
+  const int64_t by_work = std::max<int64_t>(1, int64_t(std::min(flops / 4e6, double(p.threads))));
   return int(std::max<int64_t>(1, std::min({int64_t(p.threads), work_items(p), by_work})));
 }
 
