@@ -1,5 +1,8 @@
-// flash backward driver (FlashAttention-2's recomputation from lse, no Nq x Nk matrix), in two
+// flash backward driver (FlashAttention-2's recomputation from lse, no Nq x Nk matrix), in
 // passes so that every gradient element is summed by one thread in a fixed order:
+//   lse pass, per (batch, head, query chunk) holding a row whose f32 lse is too coarse (large
+//           |lse|, rare at ordinary scales): each such row's correction to it, from one sweep of
+//           S over its keys (about one GEMM of the seven), parked in the row's dq until pass 2;
 //   pass 1, per (batch, kv head, key chunk): dK and dV of the chunk over every query row of the
 //           group's heads that sees it;
 //   pass 2, per (batch, head, query chunk): dQ of the chunk (and the item's dbias rows),
@@ -30,6 +33,19 @@ int64_t first_row(int64_t n, Pred pred) {
 }
 
 template <typename T>
+void lse_pass(const BackwardParams& p, const BackwardKernels& bk, void* ws, size_t slice_bytes) {
+  const int64_t cq = p.query_chunk, q_chunks = (p.seq_q + cq - 1) / cq;
+  parallel_for_items(lse_items(p), backward_workers(p), ws, slice_bytes, [&](int64_t item, char* slice) {
+    TileWorker<T> x(p, bk, Lanes::queries, slice);
+    const int64_t b = item / (p.heads_q * q_chunks), h = item / q_chunks % p.heads_q;
+    const int64_t i0 = item % q_chunks * cq, rows = std::min(cq, p.seq_q - i0);
+    if (!x.any_coarse_lse(b, h, i0, rows)) return;
+    x.load_queries(b, h, i0, rows);
+    x.park_lse_corrections();
+  });
+}
+
+template <typename T>
 void dkv_pass(const BackwardParams& p, const BackwardKernels& bk, void* ws, size_t slice_bytes) {
   const int64_t cq = p.query_chunk, ck = p.key_chunk;
   const int64_t k_chunks = (p.seq_k + ck - 1) / ck;
@@ -52,6 +68,7 @@ void dkv_pass(const BackwardParams& p, const BackwardKernels& bk, void* ws, size
     for (int64_t h = g * p.group; h < (g + 1) * p.group; ++h)
       for (int64_t i0 = i_lo / cq * cq; i0 < i_hi; i0 += cq) {
         x.load_queries(b, h, i0, std::min(cq, p.seq_q - i0));
+        x.read_lse_corrections();
         bool full;
         if (!x.find_live(j0, keys, full)) continue;
         // Keys are loaded the first time a row sees them: keys nobody sees are never read.
@@ -109,6 +126,7 @@ void dq_pass(const BackwardParams& p, const BackwardKernels& bk, void* ws, size_
         for (int64_t qc = all_q ? 0 : xq; qc < (all_q ? q_chunks : xq + 1); ++qc) {
           const int64_t i0 = qc * cq, g = h / p.group;
           x.load_queries(b, h, i0, std::min(cq, p.seq_q - i0));
+          x.read_lse_corrections();  // before this item overwrites them with the dq rows
           const size_t rows = size_t(x.rows);
           std::fill_n(w.acc_k, rows * x.dp, 0.0f);
           const int64_t first = p.key_begin(i0), last = p.key_end(i0 + x.rows - 1);
@@ -160,6 +178,7 @@ template <typename T>
 void flash_backward(const BackwardParams& p, const BackwardKernels& bk, void* workspace) {
   Carver sizer;
   FlashBackwardSlices::carve(p, sizer);
+  lse_pass<T>(p, bk, workspace, sizer.used());
   dkv_pass<T>(p, bk, workspace, sizer.used());
   dq_pass<T>(p, bk, workspace, sizer.used());
 }

@@ -21,35 +21,37 @@ namespace hn = hwy::HWY_NAMESPACE;
 using DF = hn::ScalableTag<float>;
 using VF = hn::Vec<DF>;
 
-// One vector of the recomputation: p = exp(s - shift) * mul into s, dS = p * (dP - D) into dp.
-// Highway's Exp maps NaN to 0 like everything below its range: NaN is kept (IEEE, as Ref64).
-HWY_INLINE void ProbAndDscore(DF d, float* s, float* dp, VF shift, VF mul, VF dsum) {
-  const VF x = hn::Sub(hn::LoadU(d, s), shift);
-  const VF p = hn::Mul(hn::IfThenElse(hn::IsNaN(x), x, hn::Exp(d, x)), mul);
+// One vector of the recomputation: p = exp((s - shift) - corr) into s, dS = p * (dP - D) into dp.
+// s - shift is exact for the row's large scores (Sterbenz), so the correction is not lost to a
+// rounding at the lse's magnitude. Highway's Exp maps NaN to 0 like everything below its range:
+// NaN is kept (IEEE, as Ref64).
+HWY_INLINE void ProbAndDscore(DF d, float* s, float* dp, VF shift, VF corr, VF dsum) {
+  const VF x = hn::Sub(hn::Sub(hn::LoadU(d, s), shift), corr);
+  const VF p = hn::IfThenElse(hn::IsNaN(x), x, hn::Exp(d, x));
   hn::StoreU(p, d, s);
   hn::StoreU(hn::Mul(p, hn::Sub(hn::LoadU(d, dp), dsum)), d, dp);
 }
 
 void ProbsDscores(float* st, float* dpt, size_t keys, size_t ld, const float* shift,
-                  const float* mul, const float* dsum) {
+                  const float* corr, const float* dsum) {
   const DF d;
   const size_t L = hn::Lanes(d);
   for (size_t r = 0; r < ld; r += L) {
-    const VF sh = hn::LoadU(d, shift + r), m = hn::LoadU(d, mul + r), dd = hn::LoadU(d, dsum + r);
+    const VF sh = hn::LoadU(d, shift + r), c = hn::LoadU(d, corr + r), dd = hn::LoadU(d, dsum + r);
     for (size_t t = 0; t < keys; ++t) {
-      ProbAndDscore(d, st + t * ld + r, dpt + t * ld + r, sh, m, dd);
+      ProbAndDscore(d, st + t * ld + r, dpt + t * ld + r, sh, c, dd);
     }
   }
 }
 
 void ProbsDscoresRows(float* s, float* dpm, size_t rows, size_t ld, const float* shift,
-                      const float* mul, const float* dsum) {
+                      const float* corr, const float* dsum) {
   const DF d;
   const size_t L = hn::Lanes(d);
   for (size_t r = 0; r < rows; ++r) {
-    const VF sh = hn::Set(d, shift[r]), m = hn::Set(d, mul[r]), dd = hn::Set(d, dsum[r]);
+    const VF sh = hn::Set(d, shift[r]), c = hn::Set(d, corr[r]), dd = hn::Set(d, dsum[r]);
     for (size_t t = 0; t < ld; t += L) {
-      ProbAndDscore(d, s + r * ld + t, dpm + r * ld + t, sh, m, dd);
+      ProbAndDscore(d, s + r * ld + t, dpm + r * ld + t, sh, c, dd);
     }
   }
 }

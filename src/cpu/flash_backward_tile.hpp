@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "common/rowops.hpp"
 #include "cpu/flash_backward_kernels.hpp"
@@ -14,13 +15,18 @@
 namespace memattn::detail {
 
 constexpr float kPosInf = std::numeric_limits<float>::infinity();
-// An f32 lse is off by up to |lse| u, which P = exp(s - lse) inherits as a relative error. Past
-// this magnitude (256 u, about 1.5e-5) a tile recomputes its rows' exact max and sum with one
-// more sweep of S over its keys (in pass 1 once per key chunk: slow, but only for such extreme
-// rows): bf16 q = k = v = 133120 gives scores near 7e10, where log(sum) vanishes from lse
-// entirely and P would come out 8x too large.
-constexpr float kCoarseLse = 256.0f;
 
+// An f32 lse L is off by up to |L| u (u = 2^-24), and P = exp(s - lse) inherits that as one
+// relative error shared by the whole row; the naive backward's P is off by a few u. Past
+// |L| = 16 (8 u) a row is given a correction c = L - lse, from one sweep over its keys before
+// the gradient passes: in 40 seeds of issue 10's example (|L| up to 235) dV's error was up to 48x
+// the naive backward's (median 7x) without it, and 1x (median) with it.
+// The threshold scales with the dtype's own rounding, which P's error is measured against: bf16
+// and f16 rows need the correction only from |L| = 2^20 and 2^17 (bf16 q = k = v = 133120 puts
+// L near 7e10, where log(sum) vanishes from the lse entirely and P would come out 8x too large).
+template <typename T>
+constexpr float kCoarseLse =
+    std::is_same_v<T, bf16> ? 0x1p20f : std::is_same_v<T, f16> ? 0x1p17f : 16.0f;
 
 // What the SIMD lanes of the score tiles hold. Pass 1 (one key chunk, many query tiles) keeps
 // keys in the lanes: S = Q K^T against K^T packed once per item, so a query tile is loaded as
@@ -61,8 +67,9 @@ struct TileWorker {
   }
 
   // Loads rows [i0, i0 + rows) of (b, h): scale * Q and dO (rows, or transposed when queries are
-  // the lanes), the softmax shift (lse) and D. A fully masked row (lse = -inf) stays all zero with
-  // shift +inf, so its P and dS are exactly 0 and nothing it holds can reach a gradient.
+  // the lanes), the softmax shift (lse, with correction 0) and D. A fully masked row (lse = -inf)
+  // stays all zero with shift +inf, so its P and dS are exactly 0 and nothing it holds can reach a
+  // gradient.
   void load_queries(int64_t b_, int64_t h_, int64_t i0_, int64_t rows_) {
     b = b_, h = h_, i0 = i0_, rows = rows_;
     const bool transposed = lanes == Lanes::queries;
@@ -74,10 +81,9 @@ struct TileWorker {
       std::fill_n(w.dout, size_t(rows) * dvp, 0.0f);
     }
     std::fill_n(w.shift, cqp, kPosInf);
-    std::fill_n(w.mul, cqp, 1.0f);
+    std::fill_n(w.corr, cqp, 0.0f);
     std::fill_n(w.dsum, cqp, 0.0f);
     tile_finite = true;
-    bool coarse = false;
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t i = i0 + r;
       const float lse = *p.lse.at<float>(b, h, i);
@@ -100,9 +106,62 @@ struct TileWorker {
       w.shift[r] = lse;
       w.dsum[r] = dsum;
       tile_finite &= std::isfinite(lse) && std::isfinite(dsum);
-      coarse |= std::fabs(lse) > kCoarseLse && std::isfinite(lse);
     }
-    if (coarse) exact_row_stats();
+  }
+
+  // Does a row with this lse get a correction? It is parked in the row's first dq element (dq is
+  // written only by the last pass), so that its memory stays constant in n: with dim = 0 there is
+  // nowhere to park it.
+  bool coarse_lse(float lse) const {
+    return p.dim > 0 && std::fabs(lse) > kCoarseLse<T> && std::isfinite(lse);
+  }
+  T* parked_correction(int64_t r) const { return const_cast<T*>(p.dq.at<T>(b, i0 + r, h)); }
+
+  // Whether any row of the tile (b, h, [i0, i0 + rows)) gets a correction.
+  bool any_coarse_lse(int64_t b_, int64_t h_, int64_t i0_, int64_t rows_) const {
+    for (int64_t i = i0_; i < i0_ + rows_; ++i)
+      if (coarse_lse(*p.lse.at<float>(b_, h_, i))) return true;
+    return false;
+  }
+
+  // The gradient passes: the corrections parked by the lse pass, for the tile loaded.
+  void read_lse_corrections() const {
+    for (int64_t r = 0; r < rows; ++r)
+      if (coarse_lse(w.shift[r])) w.corr[r] = Elem<T>::load(*parked_correction(r));
+  }
+
+  // The lse pass (queries in the lanes), on the tile loaded: c = L - lse, L the row's log-sum-exp
+  // over the scores this backward computes, for every row that gets one, parked in its dq row.
+  // One online-softmax sweep (the forward's softmax step) with the running max started at the
+  // lse: then c = (max(lse, max s) - lse) + log(sum exp(s - max)), both terms near 0 where the lse
+  // is merely rounded (no cancellation of two terms of size log Sk), and nothing overflows where
+  // it is far off. The scores come from the GEMM pass 2 uses, so the corrected probabilities of a
+  // row sum to 1 within the sum's own rounding, whatever rounding the forward's scores had.
+  // Rounded to T when parked: for bf16 and f16 that adds at most |c| u_T, below the rounding of a
+  // score of magnitude past their threshold. A correction that is not finite (NaN scores, or an
+  // lse above every score by more than exp's range, which no forward gives) is 0: the lse as given.
+  void park_lse_corrections() const {
+    std::copy_n(w.shift, cqp, w.row_max);
+    std::fill_n(w.row_sum, cqp, 0.0f);
+    const int64_t ck = p.key_chunk, g = h / p.group;
+    for (int64_t j0 = p.key_begin(i0) / ck * ck; j0 < p.key_end(i0 + rows - 1); j0 += ck) {
+      const int64_t keys = std::min(ck, p.seq_k - j0);
+      bool full;
+      if (!find_live(j0, keys, full)) continue;
+      for (int64_t t = 0; t < keys; ++t) {
+        float* k = w.k + size_t(t) * dp;
+        if (w.live[t]) load_row(kern, p.k.at<T>(b, j0 + t, g), p.k.stride[3], d, k);
+        else std::fill_n(k, dp, 0.0f);
+      }
+      kern.gemm({w.k, dp, 1, w.qt, cqp, w.st, cqp, size_t(keys), cqp, d, false});
+      mask_and_bias(Lanes::queries, j0, keys, full);
+      kern.softmax_step(w.st, size_t(keys), cqp, 1.0f, w.row_max, w.row_sum, w.alpha);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      if (!coarse_lse(w.shift[r])) continue;
+      const float c = (w.row_max[r] - w.shift[r]) + std::log(w.row_sum[r]);
+      *parked_correction(r) = Elem<T>::store(std::isfinite(c) ? c : 0.0f);
+    }
   }
 
   // Marks in w.live the keys of [j0, j0 + keys) that some live row of the tile sees; returns
@@ -150,34 +209,6 @@ struct TileWorker {
       }
   }
 
-  // Replaces the shift of every row with a finite lse by its exact max, with mul = 1 / sum, from
-  // one online-softmax sweep over the tile's keys (the forward's softmax step, queries in lanes).
-  void exact_row_stats() const {
-    if (lanes == Lanes::keys) {
-      std::fill_n(w.qt, d * cqp, 0.0f);
-      for (int64_t r = 0; r < rows; ++r)
-        for (size_t c = 0; c < d; ++c) w.qt[c * cqp + size_t(r)] = w.q[size_t(r) * dp + c];
-    }
-    std::fill_n(w.row_max, cqp, kNegInf);
-    std::fill_n(w.row_sum, cqp, 0.0f);
-    const int64_t ck = p.key_chunk, g = h / p.group;
-    for (int64_t j0 = p.key_begin(i0) / ck * ck; j0 < p.key_end(i0 + rows - 1); j0 += ck) {
-      const int64_t keys = std::min(ck, p.seq_k - j0);
-      bool full;
-      if (!find_live(j0, keys, full)) continue;
-      for (int64_t t = 0; t < keys; ++t) {
-        float* k = w.stat_k + size_t(t) * d;
-        if (w.live[t]) load_row(kern, p.k.at<T>(b, j0 + t, g), p.k.stride[3], d, k);
-        else std::fill_n(k, d, 0.0f);
-      }
-      kern.gemm({w.stat_k, d, 1, w.qt, cqp, w.st, cqp, size_t(keys), cqp, d, false});
-      mask_and_bias(Lanes::queries, j0, keys, full);
-      kern.softmax_step(w.st, size_t(keys), cqp, 1.0f, w.row_max, w.row_sum, w.alpha);
-    }
-    for (int64_t r = 0; r < rows; ++r)
-      if (std::isfinite(w.shift[r])) w.shift[r] = w.row_max[r], w.mul[r] = 1.0f / w.row_sum[r];
-  }
-
   // Scores with bias and masks, dP = dO V^T, then P and dS in place (w.st, w.dpt).
   void probs_and_dscores(int64_t j0, int64_t keys, bool full) const {
     const size_t kn = size_t(keys), rn = size_t(rows);
@@ -185,12 +216,12 @@ struct TileWorker {
       kern.gemm({w.k, dp, 1, w.qt, cqp, w.st, cqp, kn, cqp, d, false});
       mask_and_bias(lanes, j0, keys, full);
       kern.gemm({w.v, dvp, 1, w.doutt, cqp, w.dpt, cqp, kn, cqp, dv, false});
-      bk.probs_dscores(w.st, w.dpt, kn, cqp, w.shift, w.mul, w.dsum);
+      bk.probs_dscores(w.st, w.dpt, kn, cqp, w.shift, w.corr, w.dsum);
     } else {
       kern.gemm({w.q, dp, 1, w.kt, ckp, w.st, ckp, rn, ckp, d, false});
       mask_and_bias(lanes, j0, keys, full);
       kern.gemm({w.dout, dvp, 1, w.vt, ckp, w.dpt, ckp, rn, ckp, dv, false});
-      bk.probs_dscores_rows(w.st, w.dpt, rn, ckp, w.shift, w.mul, w.dsum);
+      bk.probs_dscores_rows(w.st, w.dpt, rn, ckp, w.shift, w.corr, w.dsum);
     }
   }
 };

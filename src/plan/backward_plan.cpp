@@ -34,13 +34,18 @@ void plan_backward(BackwardParams& p, const Options& o) {
   // each key chunk (pass 2) fewer times: 128 x 256 ran about 20% faster than 64 x 128 at
   // n = 2048, d = 128. The sizes never depend on the thread count.
   int64_t ck_auto = 256;
-  while (ck_auto > 32 && ck_auto * (p.dim + p.dim_v) > 65536) ck_auto /= 2;
+  while (ck_auto > 32 && p.dim + p.dim_v > 65536 / ck_auto) ck_auto /= 2;  // no product: huge dims
   const int64_t cq = o.query_chunk ? o.query_chunk : 128;
   const int64_t ck = o.key_chunk ? o.key_chunk : ck_auto;
   p.query_chunk = std::max<int64_t>(1, std::min(cq, p.seq_q));
   p.key_chunk = std::max<int64_t>(1, std::min(ck, p.seq_k));
   p.threads = o.num_threads > 0 ? o.num_threads : omp_get_max_threads();
-  if (p.algorithm == Algorithm::flash) p.kernels = &select_kernels(o.target);
+  // Bound whatever the algorithm, as in plan_forward: an unknown target is an error on every path.
+  p.kernels = &select_kernels(o.target);
+}
+
+int64_t lse_items(const BackwardParams& p) {
+  return p.batch * p.heads_q * ceil_div(p.seq_q, p.query_chunk);
 }
 
 int64_t dkv_items(const BackwardParams& p) {
@@ -64,7 +69,7 @@ int64_t naive_dbias_items(const BackwardParams& p) {
 int backward_workers(const BackwardParams& p) {
   const int64_t items = p.algorithm == Algorithm::naive
                             ? std::max(naive_items(p), naive_dbias_items(p))
-                            : std::max(dkv_items(p), dq_owners(p).items());
+                            : std::max({lse_items(p), dkv_items(p), dq_owners(p).items()});
   return int(std::max<int64_t>(1, std::min<int64_t>(p.threads, items)));
 }
 
@@ -78,12 +83,11 @@ FlashBackwardSlices FlashBackwardSlices::carve(const BackwardParams& p, Carver& 
   w.dout = c.take<float>(checked_mul(cq, dvp));
   w.doutt = c.take<float>(checked_mul(dv, cqp));
   w.shift = c.take<float>(cqp);
-  w.mul = c.take<float>(cqp);
+  w.corr = c.take<float>(cqp);
   w.dsum = c.take<float>(cqp);
   w.row_max = c.take<float>(cqp);
   w.row_sum = c.take<float>(cqp);
   w.alpha = c.take<float>(cqp);
-  w.stat_k = c.take<float>(checked_mul(ck, d));
   w.row = c.take<float>(std::max(d, dv));
   w.k = c.take<float>(checked_mul(ck, dp));
   w.v = c.take<float>(checked_mul(ck, dvp));

@@ -16,6 +16,9 @@ namespace memattn::detail {
 // function of the shapes, the options and the target: never of the thread count.
 void plan_backward(BackwardParams& p, const Options& o);
 
+// Flash lse pass (the corrections of coarse lse rows): one item per (batch, head, query chunk).
+int64_t lse_items(const BackwardParams& p);
+
 // Flash pass 1 (dK, dV): one item per (batch, kv head, key chunk).
 int64_t dkv_items(const BackwardParams& p);
 
@@ -33,7 +36,7 @@ DqOwners dq_owners(const BackwardParams& p);
 int64_t naive_items(const BackwardParams& p);
 int64_t naive_dbias_items(const BackwardParams& p);
 
-// Workers that get a workspace slice: min(threads, the larger pass's items), at least 1.
+// Workers that get a workspace slice: min(threads, the largest pass's items), at least 1.
 int backward_workers(const BackwardParams& p);
 // Exact bytes backward needs: a slice per worker plus kAlign slack to align a caller's pointer.
 size_t backward_workspace_bytes(const BackwardParams& p);
@@ -45,14 +48,14 @@ struct FlashBackwardSlices {
   float* dout;    // query_chunk x pad(dim_v): dO rows (pass 1: A of dP, B of dV += P^T dO)
   float* doutt;   // dim_v x pad(query_chunk): dO transposed (pass 2: B of dP^T = V dO^T)
   float* shift;   // pad(query_chunk): per lane, lse; +inf for fully masked rows (P = 0)
-  float* mul;     // pad(query_chunk): per lane, 1; 1 / row sum where shift is the row max
+  float* corr;    // pad(query_chunk): per lane, the correction to a coarse lse, else 0
   float* dsum;    // pad(query_chunk): D = rowsum(dO * O) per lane
-  float* row_max;  // pad(query_chunk): exact row statistics where lse is too coarse
-  float* row_sum;  // pad(query_chunk)
+  float* row_max;  // pad(query_chunk): the lse pass's running max (started at the lse)
+  float* row_sum;  // pad(query_chunk): the lse pass's running sum of exp(s - row_max)
   float* alpha;    // pad(query_chunk): softmax_step's rescaling, unused
-  float* stat_k;   // key_chunk x dim: keys of the statistics sweep
   float* row;     // max(dim, dim_v): one row converted to f32
-  float* k;       // key_chunk x pad(dim): the key chunk (pass 2: A of S^T, B of dQ += dS K)
+  float* k;       // key_chunk x pad(dim): the key chunk (lse pass, pass 2: A of S^T; pass 2: B of
+                  // dQ += dS K)
   float* v;       // key_chunk x pad(dim_v): the value chunk (pass 2: A of dP^T)
   float* kt;      // dim x pad(key_chunk): the key chunk transposed (pass 1: B of S = Q K^T)
   float* vt;      // dim_v x pad(key_chunk): the values transposed (pass 1: B of dP = dO V^T)
