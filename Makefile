@@ -6,7 +6,7 @@ JOBS ?= $(shell nproc)
 PYTHON ?= /usr/bin/python3
 export PYTHON
 
-.PHONY: all deps build demo test bench clean
+.PHONY: all deps build demo test bench fuzz clean
 
 all: build
 
@@ -25,6 +25,11 @@ test: build
 
 bench: build
 	./$(BUILD_DIR)/memattn bench
+
+# The libFuzzer harnesses (clang, in $(BUILD_DIR)/fuzz), FUZZ_SECONDS each; ctest's fuzz_smoke runs them 35 s each.
+FUZZ_SECONDS ?= 300
+fuzz: deps
+	bash fuzz/run-fuzzers.sh $(FUZZ_SECONDS) $(BUILD_DIR)/fuzz
 
 clean:
 	rm -rf $(BUILD_DIR)
