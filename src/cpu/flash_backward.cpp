@@ -75,9 +75,10 @@ void dkv_pass(const BackwardParams& p, const BackwardKernels& bk, void* ws, size
         for (int64_t t = 0; t < keys; ++t)
           if (w.live[t] && !w.packed[t]) keys_finite &= x.load_key(g, j0, t), w.packed[t] = 1;
         x.probs_and_dscores(j0, keys, full);
+        x.scale_tile(w.dpt, keys);
         const size_t rows = size_t(x.rows);
         if (x.tile_finite && keys_finite) {
-          // dV += P^T dO and dK += dS^T (scale Q), P and dS read transposed.
+          // dV += P^T dO and dK += dS^T Q, P and dS read transposed; dS or Q carries the scale.
           x.kern.gemm({w.st, 1, x.ckp, w.dout, x.dvp, w.acc_v, x.dvp, kn, x.dvp, rows, true});
           x.kern.gemm({w.dpt, 1, x.ckp, w.q, x.dp, w.acc_k, x.dp, kn, x.dp, rows, true});
           continue;
@@ -140,29 +141,31 @@ void dq_pass(const BackwardParams& p, const BackwardKernels& bk, void* ws, size_
               else std::fill_n(w.k + size_t(t) * x.dp, x.dp, 0.0f), std::fill_n(w.v + size_t(t) * x.dvp, x.dvp, 0.0f);
             }
             x.probs_and_dscores(j0, keys, full);
-            if (x.tile_finite && keys_finite) {
-              // dQ += dS K, dS read transposed (scale applied at the store).
-              x.kern.gemm({w.dpt, 1, x.cqp, w.k, x.dp, w.acc_k, x.dp, rows, x.dp, size_t(keys), true});
-            } else {
+            // dbias is dS itself: summed before dS takes the scale.
+            if (p.has_dbias)
               for (int64_t r = 0; r < x.rows; ++r) {
                 if (x.dead(r)) continue;
-                for (int64_t t = std::max<int64_t>(x.key_lo(r, j0), 0); t < std::min(x.key_hi(r, j0), keys); ++t) {
-                  if (!p.mask_allows(b, h, i0 + r, j0 + t)) continue;
-                  const float ds = w.dpt[x.at(r, t)];
-                  for (size_t c = 0; c < x.d; ++c) w.acc_k[size_t(r) * x.dp + c] += ds * w.k[size_t(t) * x.dp + c];
-                }
+                float* row = w.dbias + size_t((one_row ? 0 : r) * db_cols);
+                for (int64_t t = std::max<int64_t>(x.key_lo(r, j0), 0); t < std::min(x.key_hi(r, j0), keys); ++t)
+                  if (p.mask_allows(b, h, i0 + r, j0 + t)) row[one_col ? 0 : j0 + t] += w.dpt[x.at(r, t)];
               }
+            x.scale_tile(w.dpt, keys);
+            if (x.tile_finite && keys_finite) {
+              // dQ += dS K, dS read transposed (the scale in dS, or applied at the store).
+              x.kern.gemm({w.dpt, 1, x.cqp, w.k, x.dp, w.acc_k, x.dp, rows, x.dp, size_t(keys), true});
+              continue;
             }
-            if (!p.has_dbias) continue;
             for (int64_t r = 0; r < x.rows; ++r) {
               if (x.dead(r)) continue;
-              float* row = w.dbias + size_t((one_row ? 0 : r) * db_cols);
-              for (int64_t t = std::max<int64_t>(x.key_lo(r, j0), 0); t < std::min(x.key_hi(r, j0), keys); ++t)
-                if (p.mask_allows(b, h, i0 + r, j0 + t)) row[one_col ? 0 : j0 + t] += w.dpt[x.at(r, t)];
+              for (int64_t t = std::max<int64_t>(x.key_lo(r, j0), 0); t < std::min(x.key_hi(r, j0), keys); ++t) {
+                if (!p.mask_allows(b, h, i0 + r, j0 + t)) continue;
+                const float ds = w.dpt[x.at(r, t)];
+                for (size_t c = 0; c < x.d; ++c) w.acc_k[size_t(r) * x.dp + c] += ds * w.k[size_t(t) * x.dp + c];
+              }
             }
           }
           for (int64_t r = 0; r < x.rows; ++r)
-            store_grad_row<T>(p.dq, b, i0 + r, h, w.acc_k + size_t(r) * x.dp, p.dim, p.scale);
+            store_grad_row<T>(p.dq, b, i0 + r, h, w.acc_k + size_t(r) * x.dp, p.dim, x.dq_scale());
         }
     if (!p.has_dbias) return;
     const int64_t bb = p.bias_broadcast(0) ? 0 : xb, bh = p.bias_broadcast(1) ? 0 : xh;

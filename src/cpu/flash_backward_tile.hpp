@@ -1,5 +1,6 @@
-// The flash backward's per-worker tile state: one query tile (scale * Q, dO, the softmax shift and
-// D = rowsum(dO * O)) against one key chunk, and the recomputation of P and dS on it.
+// The flash backward's per-worker tile state: one query tile (Q, pre-scaled when |scale| <= 1; dO,
+// the softmax shift and D = rowsum(dO * O)) against one key chunk, and the recomputation of P and
+// dS on it.
 #pragma once
 
 #include <algorithm>
@@ -44,9 +45,19 @@ struct TileWorker {
   size_t d, dv, dp, dvp, cqp, ckp;
   int64_t b = 0, h = 0, i0 = 0, rows = 0;  // the query tile held
   bool tile_finite = true;                 // every live row's Q, dO, lse and D is finite
+  // Where the scale enters, by the forward's rule (flash_forward.cpp's scale_after_dot_): with
+  // |scale| <= 1 the queries are pre-scaled, which cannot overflow (S = (scale Q) K^T,
+  // dK += dS^T (scale Q), dQ = scale (dS K) at the store). With |scale| > 1, scale * q may
+  // overflow where the scores are finite (scale 1e20, q ~ 1e20, k ~ 1e-38), so the queries stay
+  // unscaled and the scale multiplies two tiles instead: S after Q K^T (smaller than the scores),
+  // and dS before dK += dS^T Q and dQ += dS K, as Base_f32 does. Every term of those sums is then
+  // a term of the gradient itself, finite where it is, and scale * dS is no smaller than dS;
+  // scaling dS K at the store instead would first drop dq to f32 subnormals (dS * 1e-38 there).
+  const bool scale_after_dot;
 
   TileWorker(const BackwardParams& p_, const BackwardKernels& bk_, Lanes lanes_, char* slice)
-      : p(p_), kern(*p_.kernels), bk(bk_), lanes(lanes_) {
+      : p(p_), kern(*p_.kernels), bk(bk_), lanes(lanes_),
+        scale_after_dot(std::fabs(p_.scale) > 1.0f) {
     Carver c(slice);
     w = FlashBackwardSlices::carve(p, c);
     d = size_t(p.dim), dv = size_t(p.dim_v);
@@ -66,10 +77,10 @@ struct TileWorker {
     return t >= key_lo(r, j0) && t < key_hi(r, j0) && p.mask_allows(b, h, i0 + r, j0 + t);
   }
 
-  // Loads rows [i0, i0 + rows) of (b, h): scale * Q and dO (rows, or transposed when queries are
-  // the lanes), the softmax shift (lse, with correction 0) and D. A fully masked row (lse = -inf)
-  // stays all zero with shift +inf, so its P and dS are exactly 0 and nothing it holds can reach a
-  // gradient.
+  // Loads rows [i0, i0 + rows) of (b, h): Q (times the scale unless it comes after the dot
+  // products) and dO (rows, or transposed when queries are the lanes), the softmax shift (lse, with
+  // correction 0) and D. A fully masked row (lse = -inf) stays all zero with shift +inf, so its P
+  // and dS are exactly 0 and nothing it holds can reach a gradient.
   void load_queries(int64_t b_, int64_t h_, int64_t i0_, int64_t rows_) {
     b = b_, h = h_, i0 = i0_, rows = rows_;
     const bool transposed = lanes == Lanes::queries;
@@ -84,6 +95,7 @@ struct TileWorker {
     std::fill_n(w.corr, cqp, 0.0f);
     std::fill_n(w.dsum, cqp, 0.0f);
     tile_finite = true;
+    const float q_scale = scale_after_dot ? 1.0f : p.scale;
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t i = i0 + r;
       const float lse = *p.lse.at<float>(b, h, i);
@@ -91,7 +103,7 @@ struct TileWorker {
       float* q = transposed ? w.row : w.q + size_t(r) * dp;
       tile_finite &= load_row(kern, p.q.at<T>(b, i, h), p.q.stride[3], d, q);
       for (size_t c = 0; c < d; ++c) {
-        q[c] *= p.scale;
+        q[c] *= q_scale;
         tile_finite &= std::isfinite(q[c]);
         if (transposed) w.qt[c * cqp + size_t(r)] = q[c];
       }
@@ -154,6 +166,7 @@ struct TileWorker {
         else std::fill_n(k, dp, 0.0f);
       }
       kern.gemm({w.k, dp, 1, w.qt, cqp, w.st, cqp, size_t(keys), cqp, d, false});
+      scale_tile(w.st, keys);
       mask_and_bias(Lanes::queries, j0, keys, full);
       kern.softmax_step(w.st, size_t(keys), cqp, 1.0f, w.row_max, w.row_sum, w.alpha);
     }
@@ -198,6 +211,17 @@ struct TileWorker {
     return finite;
   }
 
+  // The scale applied after the dot products (see scale_after_dot), to a tile of the worker's
+  // layout over `keys` keys: the scores before the bias is added, or dS.
+  void scale_tile(float* t, int64_t keys) const {
+    if (!scale_after_dot) return;
+    const size_t n = lanes == Lanes::queries ? size_t(keys) * cqp : size_t(rows) * ckp;
+    for (size_t i = 0; i < n; ++i) t[i] *= p.scale;
+  }
+
+  // What dS K is multiplied by when dQ is stored.
+  float dq_scale() const { return scale_after_dot ? 1.0f : p.scale; }
+
   // Adds the bias to a score tile of layout l and sets masked pairs to -inf.
   void mask_and_bias(Lanes l, int64_t j0, int64_t keys, bool full) const {
     if (full && !p.has_bias) return;
@@ -209,16 +233,19 @@ struct TileWorker {
       }
   }
 
-  // Scores with bias and masks, dP = dO V^T, then P and dS in place (w.st, w.dpt).
+  // Scores with bias and masks, dP = dO V^T, then P and dS in place (w.st, w.dpt); dS does not
+  // carry the scale yet.
   void probs_and_dscores(int64_t j0, int64_t keys, bool full) const {
     const size_t kn = size_t(keys), rn = size_t(rows);
     if (lanes == Lanes::queries) {
       kern.gemm({w.k, dp, 1, w.qt, cqp, w.st, cqp, kn, cqp, d, false});
+      scale_tile(w.st, keys);
       mask_and_bias(lanes, j0, keys, full);
       kern.gemm({w.v, dvp, 1, w.doutt, cqp, w.dpt, cqp, kn, cqp, dv, false});
       bk.probs_dscores(w.st, w.dpt, kn, cqp, w.shift, w.corr, w.dsum);
     } else {
       kern.gemm({w.q, dp, 1, w.kt, ckp, w.st, ckp, rn, ckp, d, false});
+      scale_tile(w.st, keys);
       mask_and_bias(lanes, j0, keys, full);
       kern.gemm({w.dout, dvp, 1, w.vt, ckp, w.dpt, ckp, rn, ckp, dv, false});
       bk.probs_dscores_rows(w.st, w.dpt, rn, ckp, w.shift, w.corr, w.dsum);

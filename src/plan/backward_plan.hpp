@@ -43,7 +43,8 @@ size_t backward_workspace_bytes(const BackwardParams& p);
 
 // f32 tiles padded to kPadFloats lanes; "t" marks transposed tiles whose lanes are query rows.
 struct FlashBackwardSlices {
-  float* q;       // query_chunk x pad(dim): scale * Q rows (pass 1: A of S, B of dK += dS^T Q)
+  float* q;       // query_chunk x pad(dim): Q rows, times the scale if |scale| <= 1 (pass 1: A
+                  // of S, B of dK += dS^T Q)
   float* qt;      // dim x pad(query_chunk): the same, transposed (pass 2: B of S^T = K Q^T)
   float* dout;    // query_chunk x pad(dim_v): dO rows (pass 1: A of dP, B of dV += P^T dO)
   float* doutt;   // dim_v x pad(query_chunk): dO transposed (pass 2: B of dP^T = V dO^T)
@@ -60,7 +61,7 @@ struct FlashBackwardSlices {
   float* kt;      // dim x pad(key_chunk): the key chunk transposed (pass 1: B of S = Q K^T)
   float* vt;      // dim_v x pad(key_chunk): the values transposed (pass 1: B of dP = dO V^T)
   float* st;      // S^T (key_chunk x pad(query_chunk)) or S (query_chunk x pad(key_chunk)), then P
-  float* dpt;     // dP^T or dP, like st, then dS
+  float* dpt;     // dP^T or dP, like st, then dS (then times the scale if |scale| > 1)
   float* acc_k;   // max(key_chunk, query_chunk) x pad(dim): dK (pass 1) or dQ (pass 2)
   float* acc_v;   // key_chunk x pad(dim_v): dV (pass 1)
   float* dbias;   // (1 or query_chunk) x (1 or seq_k): the item's dbias rows (pass 2, on request)
