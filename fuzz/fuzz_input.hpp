@@ -169,7 +169,7 @@ struct ValueSource {
 // Byte layout of a view: memory order, padding, flipped and zero strides, and rare raw strides
 // (which may overlap or interleave, and must then be refused for outputs).
 inline Operand make_operand(FuzzedDataProvider& in, DType dtype, int ndim, std::array<int64_t, 4> shape,
-                            bool negative_strides = true, bool null_when_empty = true) {
+                            bool negative_strides = true) {
   Operand op;
   op.present = true;
   op.view.dtype = dtype, op.view.ndim = ndim, op.view.shape = shape;
@@ -202,7 +202,7 @@ inline Operand make_operand(FuzzedDataProvider& in, DType dtype, int ndim, std::
     (extent < 0 ? lo : hi) += extent;
     numel *= shape[size_t(d)];
   }
-  if (numel == 0 && (kind & 128) && null_when_empty) return op;  // a null pointer is allowed on an empty tensor
+  if (numel == 0 && (kind & 128)) return op;  // a null pointer is allowed on an empty tensor
   const size_t elem = element_bytes(dtype);
   op.store = std::make_shared<Bytes>(size_t(hi - lo + 1) * elem, kPoison);
   op.view.data = op.store->data() + size_t(-lo) * elem;
@@ -214,19 +214,6 @@ inline void fill(const Operand& op, ValueSource& values) {
   for_each_index(op.view, [&](const auto& i) { op.set(i, values.next(n++)); });
 }
 
-// Known bug (fuzz/README.md, "negative k strides"): the flash kernels take k's strides as size_t, so a
-// negative one wraps and UBSan reports a pointer overflow in kernels_hwy.cpp. Until that is fixed,
-// k and v get non-negative strides; set this to true to fuzz them again.
-constexpr bool kNegativeKvStrides = false;
-// Known bug (fuzz/README.md, "null q/k with head_dim 0"): head_dim 0 is accepted, and every algorithm
-// then offsets q's and k's data pointers, which may be null on tensors without elements (UBSan:
-// applying non-zero offset to null pointer, params.hpp; backward too, through dq and dk). Until
-// fixed, q, k, dq and dk keep storage when D = 0.
-constexpr bool kNullQkWithZeroDim = false;
-// Known bug (fuzz/README.md, "NaN in exp on emu128"): on Highway's emu128 target the softmax's exp
-// converts NaN to int (UBSan: float-cast-overflow, kernels_hwy.cpp ExpNonPositive). NaN reaches it
-// from finite inputs too (a fully masked row: -inf - -inf), so until fixed emu128 is not fuzzed.
-constexpr bool kFuzzEmu128 = false;
 
 // One decoded call: operands, options and what to run. Not copyable: options point into it.
 struct Problem {
@@ -283,7 +270,6 @@ inline void decode(FuzzedDataProvider& in, Problem& p, const std::vector<std::st
   const bool mismatch = in.ConsumeIntegralInRange(0, 15) == 0;
   if (mismatch) v_shape[size_t(in.ConsumeIntegralInRange(0, 2))] += 1;  // dim 3 is dv, free to differ
 
-  const bool null_qk = p.D != 0 || kNullQkWithZeroDim;
   const bool packed = in.ConsumeIntegralInRange(0, 7) == 0 && p.Sq == p.Sk && p.Hq == p.Hkv && p.D == p.Dv && !p.huge;
   if (packed) {  // q, k, v, out as slots of one [B, S, 4, H, D] buffer: disjoint, must be accepted
     const size_t elem = element_bytes(p.dtype);
@@ -297,15 +283,15 @@ inline void decode(FuzzedDataProvider& in, Problem& p, const std::vector<std::st
     }
   } else {
     // Huge sequences are laid out at length 1, then stretched with stride 0: no memory for any length.
-    const auto laid_out = [&](std::array<int64_t, 4> s, size_t seq_dim, bool negative, bool null_when_empty = true) {
+    const auto laid_out = [&](std::array<int64_t, 4> s, size_t seq_dim, bool negative) {
       const int64_t length = s[seq_dim];
       if (p.huge) s[seq_dim] = 1;
-      Operand op = make_operand(in, p.dtype, 4, s, negative, null_when_empty);
+      Operand op = make_operand(in, p.dtype, 4, s, negative);
       if (p.huge) op.view.shape[seq_dim] = length, op.view.strides[seq_dim] = 0;
       return op;
     };
-    p.q = laid_out(q_shape, 1, true, null_qk), p.k = laid_out(k_shape, 1, kNegativeKvStrides, null_qk);
-    p.v = laid_out(v_shape, 1, kNegativeKvStrides);
+    p.q = laid_out(q_shape, 1, true), p.k = laid_out(k_shape, 1, true);
+    p.v = laid_out(v_shape, 1, true);
     p.out = laid_out({q_shape[0], q_shape[1], q_shape[2], v_shape[3]}, 1, true);
     if (in.ConsumeIntegralInRange(0, 15) == 0) p.out.view = p.q.view, p.out.store = p.q.store;  // aliasing: refused
   }
@@ -329,7 +315,7 @@ inline void decode(FuzzedDataProvider& in, Problem& p, const std::vector<std::st
   const size_t target = in.ConsumeIntegralInRange<size_t>(0, targets.size() + 1);
   if (target > 0) {
     p.target_storage = target <= targets.size() ? targets[target - 1] : "no_such_target";
-    if (kFuzzEmu128 || p.target_storage != "emu128") o.target = p.target_storage.c_str();
+    o.target = p.target_storage.c_str();
   }
 
   // Mask and bias: each dim the full size or 1 (broadcast), rarely one more (refused).
@@ -367,8 +353,8 @@ inline void decode(FuzzedDataProvider& in, Problem& p, const std::vector<std::st
   p.backward = in.ConsumeBool() && !p.huge;
   if (p.backward) {
     p.dout = make_operand(in, p.dtype, 4, p.out.view.shape);
-    p.dq = make_operand(in, p.dtype, 4, q_shape, true, null_qk);
-    p.dk = make_operand(in, p.dtype, 4, k_shape, true, null_qk);
+    p.dq = make_operand(in, p.dtype, 4, q_shape);
+    p.dk = make_operand(in, p.dtype, 4, k_shape);
     p.dv = make_operand(in, p.dtype, 4, v_shape);
     if (p.bias.present && in.ConsumeBool()) p.dbias = make_operand(in, p.bias.view.dtype, 4, p.bias.view.shape);
   }

@@ -282,6 +282,22 @@ TEST(Errors, err_scale_nonfinite_negative_scale_matches_ref64) {
 
 // f64 inputs get the scale exactly (0.1 and 1/sqrt(24) are not floats): Ref64 uses the double,
 // so a scale rounded to float would miss the f64 accuracy floor by about 1e-8.
+// A finite double scale that float cannot hold would make every score infinite: refused for
+// f32/bf16/f16 inputs (whose scores are float), used as given with f64 inputs (found by fuzzing).
+TEST(Errors, err_scale_beyond_float_range) {
+  for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
+    Case c(Shape{1, 4, 4, 1, 1, 8, 8}, dt, 3);
+    c.options.scale = -1e39;
+    expect_call_error(c, Call(c), ErrorCode::invalid_argument,
+                      {"scale -1e+39 is beyond the float range of the scores for " +
+                       std::string(memattn::dtype_name(dt)) + " inputs"});
+  }
+  Case f64(Shape{1, 4, 4, 1, 1, 8, 8}, DType::f64, 3, 1e-40);
+  f64.options.scale = 1e39;
+  f64.options.algorithm = Algorithm::naive;
+  expect_accurate(f64);
+}
+
 TEST(Errors, err_scale_is_exact_for_f64_inputs) {
   for (std::optional<double> scale : {std::optional<double>(0.1), std::optional<double>()})
     for (Algorithm alg : {Algorithm::naive, Algorithm::sequential, Algorithm::chunked}) {

@@ -419,3 +419,27 @@ TEST(ErrorsHostile, err_window_clamp_is_exact) {
         }
       }
 }
+
+// head_dim 0 with null q and k (legal: they have no elements): every score is 0, so out is the
+// mean of v over the keys, and the gradients of q and k are empty while dv is dout / Sk; no
+// address is formed from the null bases (UBSan, found by fuzzing).
+TEST(Errors, err_null_and_empty_head_dim_0_with_null_q_and_k) {
+  const int64_t S = 3, Dv = 2;
+  std::vector<float> v{1, 2, 3, 4, 5, 6}, out(S * Dv, -1.0f), lse(S), dout(S * Dv, 1.0f), dv(S * Dv);
+  const Tensor q = Tensor::contiguous(nullptr, DType::f32, {1, S, 1, 0});
+  const Tensor vt = Tensor::contiguous(v.data(), DType::f32, {1, S, 1, Dv});
+  const Tensor ot = Tensor::contiguous(out.data(), DType::f32, {1, S, 1, Dv});
+  const Tensor lt = Tensor::contiguous(lse.data(), DType::f32, {1, 1, S});
+  for (Algorithm alg : {Algorithm::naive, Algorithm::sequential, Algorithm::chunked, Algorithm::flash}) {
+    SCOPED_TRACE(memattn::algorithm_name(alg));
+    Options o;
+    o.algorithm = alg;
+    memattn::forward(q, q, vt, ot, &lt, o);
+    for (int64_t i = 0; i < S; ++i)
+      for (int64_t e = 0; e < Dv; ++e) EXPECT_FLOAT_EQ(out[size_t(i * Dv + e)], (v[size_t(e)] + v[size_t(Dv + e)] + v[size_t(2 * Dv + e)]) / 3);
+    if (alg != Algorithm::naive && alg != Algorithm::flash) continue;
+    memattn::backward(q, q, vt, ot, Tensor::contiguous(dout.data(), DType::f32, {1, S, 1, Dv}), lt, q, q,
+                      Tensor::contiguous(dv.data(), DType::f32, {1, S, 1, Dv}), o);
+    for (float g : dv) EXPECT_FLOAT_EQ(g, 1.0f);  // each key gets 1/3 of each of the 3 rows' dout
+  }
+}

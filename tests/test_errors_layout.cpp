@@ -141,6 +141,15 @@ TEST(Errors, err_stride_constraints_negative_strides_work) {
       memattn::forward(q.placed.view(), k.placed.view(), v.placed.view(), out.placed.view(), &lse_view, o);
       EXPECT_EQ(out.placed.read().bytes, want.out);
       EXPECT_EQ(lse.placed.read().bytes, want.lse);
+
+      // Keys and values in reverse sequence order with contiguous rows: the layout the flash
+      // path would read in place, were it not for the negative row pitch (UB found by fuzzing).
+      Relaid k_rows(c.k, {s.Sk * s.Hkv * s.D, -s.Hkv * s.D, s.D, 1}, 0);
+      Relaid v_rows(c.v, {s.Sk * s.Hkv * s.Dv, -s.Hkv * s.Dv, s.Dv, 1}, 0);
+      Relaid out2(c.out, {s.Sq * s.Hq * s.Dv, s.Hq * s.Dv, s.Dv, 1}, -7.25);
+      memattn::forward(c.q.view(), k_rows.placed.view(), v_rows.placed.view(), out2.placed.view(),
+                       nullptr, o);
+      EXPECT_EQ(out2.placed.read().bytes, want.out);
     }
 }
 

@@ -40,7 +40,10 @@ std::string descr_of(DType t) {
 // numpy's name for a simple descr ("<i4" -> "int32, little-endian"), for messages; "" if unknown.
 std::string numpy_name(std::string_view d) {
   if (d.size() < 3 || std::string_view("<>|=").find(d[0]) == std::string_view::npos) return "";
-  const std::string bits = std::to_string(std::atoi(std::string(d.substr(2)).c_str()) * 8);
+  // The item size in bytes, as digits only and small enough that its bit count is meaningful.
+  const std::string_view size = d.substr(2);
+  if (size.size() > 4 || size.find_first_not_of("0123456789") != std::string_view::npos) return "";
+  const std::string bits = std::to_string(std::stoi(std::string(size)) * 8);
   std::string name;
   switch (d[1]) {
     case 'f': name = "float" + bits; break;

@@ -195,7 +195,10 @@ View make_view(const Tensor& t) {
   View v;
   v.data = t.data;
   v.dtype = t.dtype;
-  for (int i = 0; i < t.ndim; ++i) v.stride[i] = t.shape[i] == 1 ? 0 : t.strides[i];
+  // A tensor without elements is never dereferenced, but kernels still form row addresses from
+  // it (q and k with head_dim 0): zero strides keep those at its base, which may be null.
+  const bool empty = has_zero_extent(t);
+  for (int i = 0; i < t.ndim; ++i) v.stride[i] = empty || t.shape[i] == 1 ? 0 : t.strides[i];
   return v;
 }
 
@@ -351,6 +354,10 @@ Params make_forward_params(const Tensor& q, const Tensor& k, const Tensor& v, co
     fail(ErrorCode::invalid_argument, cat("scale must be finite, got ", *o.scale));
   const double scale = o.scale ? *o.scale : (p.dim > 0 ? 1.0 / std::sqrt(double(p.dim)) : 1.0);
   p.scale = float(scale);
+  if (p.dtype != DType::f64 && !std::isfinite(p.scale))
+    fail(ErrorCode::invalid_argument,
+         cat("scale ", scale, " is beyond the float range of the scores for ", dtype_name(p.dtype),
+             " inputs (|scale| <= 3.4e38; f64 inputs take any finite scale)"));
   p.scale64 = p.dtype == DType::f64 ? scale : double(p.scale);
 
   for (const auto& [value, name] :

@@ -23,11 +23,12 @@ using VF = hn::Vec<DF>;
 
 // One vector of the recomputation: p = exp((s - shift) - corr) into s, dS = p * (dP - D) into dp.
 // s - shift is exact for the row's large scores (Sterbenz), so the correction is not lost to a
-// rounding at the lse's magnitude. Highway's Exp maps NaN to 0 like everything below its range:
-// NaN is kept (IEEE, as Ref64).
+// rounding at the lse's magnitude. NaN is kept (IEEE, as Ref64) and never enters Highway's Exp,
+// whose float-to-int step is a plain C++ cast (undefined for NaN) on the emu128/scalar targets.
 HWY_INLINE void ProbAndDscore(DF d, float* s, float* dp, VF shift, VF corr, VF dsum) {
   const VF x = hn::Sub(hn::Sub(hn::LoadU(d, s), shift), corr);
-  const VF p = hn::IfThenElse(hn::IsNaN(x), x, hn::Exp(d, x));
+  const auto nan = hn::IsNaN(x);
+  const VF p = hn::IfThenElse(nan, x, hn::Exp(d, hn::IfThenZeroElse(nan, x)));
   hn::StoreU(p, d, s);
   hn::StoreU(hn::Mul(p, hn::Sub(hn::LoadU(d, dp), dsum)), d, dp);
 }

@@ -118,7 +118,8 @@ class FlashItem {
   // st[t][r] = score of query r and key t (bias added, masked entries -inf).
   void scores(const Chunk& c) {
     const T* k0 = p_.k.at<T>(c.b, c.j0, c.g);
-    const bool in_place = c.all_read && p_.k.stride[3] == 1;
+    // In place only with forward rows: the GEMM steps rows by an unsigned pitch.
+    const bool in_place = c.all_read && p_.k.stride[3] == 1 && p_.k.stride[1] >= 0;
     if (bf16_dot_) {
       const uint16_t* a = reinterpret_cast<const uint16_t*>(k0);
       size_t a_row = size_t(p_.k.stride[1]);
@@ -187,7 +188,8 @@ class FlashItem {
         return bk.pv(w_.p_pairs, cqp_, vp, dvp_, w_.acc, size_t(c.rows), size_t(c.keys + 1) / 2);
     } else {
       GemmArgs pv{w_.st, 1, cqp_, w_.v, dvp_, w_.acc, dvp_, size_t(c.rows), dvp_, size_t(c.keys), true};
-      if (std::is_same_v<T, float> && c.all_read && p_.v.stride[3] == 1 && dv_ == dvp_) {
+      if (std::is_same_v<T, float> && c.all_read && p_.v.stride[3] == 1 && p_.v.stride[1] >= 0 &&
+          dv_ == dvp_) {
         pv.b = reinterpret_cast<const float*>(p_.v.at<T>(c.b, c.j0, c.g));
         pv.ldb = size_t(p_.v.stride[1]);
         if (!c.full) finite = kern_.all_finite(pv.b, pv.ldb, size_t(c.keys), dv_);

@@ -99,7 +99,14 @@ HWY_INLINE VF ExpNonPositive(DF d, VF x) {
   q = hn::MulAdd(q, r, hn::Set(d, 0.166666671633720397949219f));
   q = hn::MulAdd(q, r, hn::Set(d, 0.5f));
   const VF e_r = hn::Add(hn::MulAdd(q, hn::Mul(r, r), r), hn::Set(d, 1.0f));
-  const auto scaled = hn::Add(hn::BitCast(di, e_r), hn::ShiftLeft<23>(hn::ConvertTo(di, n)));
+#if HWY_TARGET == HWY_EMU128 || HWY_TARGET == HWY_SCALAR
+  // These targets convert with a plain C++ cast, undefined for NaN and -inf (x of a fully masked
+  // row is -inf - -inf); such lanes are replaced below anyway, so any exponent does.
+  const VF n_int = hn::IfThenElse(hn::Ge(n, hn::Set(d, -128.0f)), n, hn::Set(d, -128.0f));
+#else
+  const VF n_int = n;  // the SIMD conversions are defined for every input
+#endif
+  const auto scaled = hn::Add(hn::BitCast(di, e_r), hn::ShiftLeft<23>(hn::ConvertTo(di, n_int)));
   const VF y = hn::IfThenZeroElse(hn::Lt(x, hn::Set(d, -87.0f)), hn::BitCast(d, scaled));
   return hn::IfThenElse(hn::IsNaN(x), x, y);
 }

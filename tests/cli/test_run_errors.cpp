@@ -120,6 +120,9 @@ TEST_F(CliRunErrors, UnsupportedDtype) {
   expect_error({}, 1, {"q.npy: dtype '<i4' (int32) is not supported here; expected '<f4' (f32), '<f2' (f16) or '<f8' (f64)"});
   write_q(npy_bytes("{'descr': '>f4', 'fortran_order': False, 'shape': (2, 5, 4, 8), }", 1280));
   expect_error({}, 1, {"q.npy: dtype '>f4' (float32, big-endian) is not supported"});
+  // An item size whose bit count overflows int is named as given, without a bit count (fuzzing).
+  write_q(npy_bytes("{'descr': '<i999999999', 'fortran_order': False, 'shape': (2, 5, 4, 8), }", 1280));
+  expect_error({}, 1, {"q.npy: dtype '<i999999999' is not supported here"});
 }
 
 TEST_F(CliRunErrors, MaskOfFloats) {
