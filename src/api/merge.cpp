@@ -18,13 +18,6 @@ namespace memattn {
 namespace detail {
 namespace {
 
-template <typename... A>
-std::string cat(const A&... a) {
-  std::ostringstream s;
-  (s << ... << a);
-  return s.str();
-}
-
 bool is_float_dtype(DType d) {
   return d == DType::f32 || d == DType::bf16 || d == DType::f16 || d == DType::f64;
 }

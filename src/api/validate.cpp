@@ -31,13 +31,6 @@ static std::string strides_str(const Tensor& t) {
   return s.str();
 }
 
-template <typename... A>
-static std::string cat(const A&... a) {
-  std::ostringstream s;
-  (s << ... << a);
-  return s.str();
-}
-
 static bool has_zero_extent(const Tensor& t) {
   for (int i = 0; i < t.ndim; ++i)
     if (t.shape[i] == 0) return true;

@@ -2,6 +2,7 @@
 // argument, what was expected and what was given, before any output is touched.
 #pragma once
 
+#include <sstream>
 #include <string>
 
 #include "api/params.hpp"
@@ -11,6 +12,13 @@
 namespace memattn::detail {
 
 [[noreturn]] void fail(ErrorCode code, const std::string& message);
+// The pieces of an error message, streamed one after the other.
+template <typename... A>
+std::string cat(const A&... a) {
+  std::ostringstream s;
+  (s << ... << a);
+  return s.str();
+}
 std::string shape_str(const Tensor& t);
 
 // Element span of a view in bytes, or throws size_overflow naming `name`.

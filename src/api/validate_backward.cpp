@@ -11,13 +11,6 @@
 namespace memattn::detail {
 namespace {
 
-template <typename... A>
-std::string cat(const A&... a) {
-  std::ostringstream s;
-  (s << ... << a);
-  return s.str();
-}
-
 std::string dims_str(const std::vector<int64_t>& d) {
   std::ostringstream s;
   s << '[';
