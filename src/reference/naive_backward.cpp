@@ -1,6 +1,6 @@
 // naive backward: per (batch, head) the whole seq_q x seq_k softmax recomputed from scratch, then
-// the textbook gradients dP = dO V^T, dS = P * (dP - rowsum(P * dP)), dQ = scale dS K,
-// dK = scale dS^T Q, dV = P^T dO. The O(n^2)-memory baseline, and the reference the flash path is
+// the textbook gradients dP = dO V^T, dS = P * (dP - rowsum(P * dP)), dQ = (scale dS) K,
+// dK = (scale dS)^T Q, dV = P^T dO. The O(n^2)-memory baseline, and the reference the flash path is
 // checked against; it reads neither out nor lse.
 #include <algorithm>
 #include <cmath>
@@ -74,17 +74,19 @@ void grads_pass(const BackwardParams& p, void* ws, size_t slice_bytes) {
           const T* dout = p.dout.at<T>(b, i, h);
           for (int64_t j = 0; j < p.seq_k; ++j) {
             if (!key_visible(p, b, h, i, j)) continue;
-            const Acc pr = w.probs[i * p.seq_k + j], ds = w.ds[j];
+            // scale dS, never scale (dS K): with |scale| > 1 the products then stay terms of the
+            // true gradients, where dS K alone may sink into subnormals (scale 1e20, k ~ 1e-38).
+            const Acc pr = w.probs[i * p.seq_k + j], sds = scale * w.ds[j];
             const T* k = p.k.at<T>(b, j, g);
             for (int64_t c = 0; c < p.dim; ++c) {
-              w.dq[c] += ds * Acc(Elem<T>::load(k[c * p.k.stride[3]]));
-              w.dk[j * p.dim + c] += scale * ds * Acc(Elem<T>::load(q[c * p.q.stride[3]]));
+              w.dq[c] += sds * Acc(Elem<T>::load(k[c * p.k.stride[3]]));
+              w.dk[j * p.dim + c] += sds * Acc(Elem<T>::load(q[c * p.q.stride[3]]));
             }
             for (int64_t c = 0; c < p.dim_v; ++c)
               w.dv[j * p.dim_v + c] += pr * Acc(Elem<T>::load(dout[c * p.dout.stride[3]]));
           }
         }
-        store_grad_row<T>(p.dq, b, i, h, w.dq, p.dim, scale);
+        store_grad_row<T>(p.dq, b, i, h, w.dq, p.dim, Acc(1));
       }
     }
     for (int64_t j = 0; j < p.seq_k; ++j) {
