@@ -1,4 +1,4 @@
-// The memattn command-line tool: `memattn demo`, `memattn bench`, `memattn run`, parsed with CLI11.
+// The memattn command-line tool: `memattn demo`, `bench`, `run` and `merge`, parsed with CLI11.
 #include <cmath>
 #include <cstdio>
 #include <exception>
@@ -11,6 +11,7 @@
 #include "cli_values.hpp"
 #include "demo.hpp"
 #include "memattn/error.hpp"
+#include "merge_cmd.hpp"
 #include "run.hpp"
 
 using namespace memattn::tool;
@@ -33,10 +34,12 @@ int main(int argc, char** argv) {
   CLI::App* bench_cmd = add_bench_command(app, bench);
   RunConfig run;
   CLI::App* run_cmd = add_run_command(app, run);
+  MergeConfig merge;
+  CLI::App* merge_cmd = add_merge_command(app, merge);
   std::string help_topic;
   CLI::App* help_cmd = app.add_subcommand("help", "This text, or a command's help (memattn help run)");
   help_cmd->add_option("command", help_topic, "the command to describe")
-      ->check(CLI::IsMember({"demo", "bench", "run"}));
+      ->check(CLI::IsMember({"demo", "bench", "run", "merge"}));
   app.footer("Each command has its own --help, e.g. memattn run --help. Usage errors exit with 2.");
 
   try {
@@ -47,7 +50,7 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     if (app.get_subcommands().empty() && argc > 1) {  // CLI11 would only say a command is required
-      std::fprintf(stderr, "memattn: unknown command or option '%s' (expected demo, bench, run or help)\n", argv[1]);
+      std::fprintf(stderr, "memattn: unknown command or option '%s' (expected demo, bench, run, merge or help)\n", argv[1]);
       return 2;
     }
     std::string command = "memattn";
@@ -60,6 +63,7 @@ int main(int argc, char** argv) {
     if (*demo_cmd) return demo_main(demo);
     if (*bench_cmd) return bench_main(bench);
     if (*run_cmd) return run_main(run);
+    if (*merge_cmd) return merge_main(merge);
     const CLI::App* topic = help_topic.empty() ? &app : app.get_subcommand(help_topic);
     std::cout << app.get_formatter()->make_help(topic, topic == &app ? "memattn" : "memattn " + help_topic,
                                                  CLI::AppFormatMode::Normal);

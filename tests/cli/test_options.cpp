@@ -57,8 +57,8 @@ TEST(CliOptions, UsageErrorsExitWith2) {
   };
   const Bad cases[] = {
       {{}, "memattn: A subcommand is required"},
-      {{"frobnicate"}, "memattn: unknown command or option 'frobnicate' (expected demo, bench, run or help)"},
-      {{"--bogus"}, "memattn: unknown command or option '--bogus' (expected demo, bench, run or help)"},
+      {{"frobnicate"}, "memattn: unknown command or option 'frobnicate' (expected demo, bench, run, merge or help)"},
+      {{"--bogus"}, "memattn: unknown command or option '--bogus' (expected demo, bench, run, merge or help)"},
       {{"bench", "--n", "0"}, "memattn bench: --n: '0' is not a positive integer"},
       {{"bench", "--n", "512,x"}, "memattn bench: --n: 'x' is not a positive integer"},
       {{"bench", "--d"}, "--d"},
