@@ -3,10 +3,9 @@
 
 #include <CLI/CLI.hpp>
 
-#include <cstdio>
-#include <exception>
-#include <filesystem>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "memattn/memattn.hpp"
 #include "npy.hpp"
@@ -31,20 +30,18 @@ CLI::App* add_merge_command(CLI::App& app, MergeConfig& c) {
 
 namespace {
 
-// The first output that names an input, as a message; "" when there is none.
-std::string coinciding_paths(const MergeConfig& c) {
-  namespace fs = std::filesystem;
+// What makes the command line unusable (unpaired parts, an output that is an input); "" if nothing.
+std::string usage_problem(const MergeConfig& c) {
+  if (c.outs.size() != c.lses.size())
+    return std::to_string(c.outs.size()) + " --out but " + std::to_string(c.lses.size()) +
+           " --part-lse: each part needs both";
   std::vector<std::string> inputs = c.outs;
   inputs.insert(inputs.end(), c.lses.begin(), c.lses.end());
-  for (const std::string* o : {&c.out, &c.lse}) {
-    if (o->empty()) continue;
-    for (const std::string& in : inputs) {
-      std::error_code ec;
-      if (fs::equivalent(*o, in, ec))
+  for (const std::string* o : {&c.out, &c.lse})
+    for (const std::string& in : inputs)
+      if (!o->empty() && same_file(*o, in))
         return *o + " is an input: refusing to overwrite it (merge in place through the library)";
-    }
-  }
-  return c.lse.empty() || c.lse != c.out ? "" : "-o and --lse name the same file";
+  return !c.lse.empty() && same_file(c.lse, c.out) ? "-o and --lse name the same file" : "";
 }
 
 void merge_files(const MergeConfig& c) {
@@ -70,22 +67,7 @@ void merge_files(const MergeConfig& c) {
 }  // namespace
 
 int merge_main(const MergeConfig& c) {
-  if (c.outs.size() != c.lses.size()) {
-    std::fprintf(stderr, "memattn merge: %zu --out but %zu --part-lse: each part needs both\n", c.outs.size(),
-                 c.lses.size());
-    return 2;
-  }
-  if (const std::string clash = coinciding_paths(c); !clash.empty()) {
-    std::fprintf(stderr, "memattn merge: %s\n", clash.c_str());
-    return 2;
-  }
-  try {
-    merge_files(c);
-    return 0;
-  } catch (const std::exception& e) {  // the file or the library says what and where
-    std::fprintf(stderr, "memattn merge: %s\n", e.what());
-    return 1;
-  }
+  return run_file_command("memattn merge", usage_problem(c), [&] { merge_files(c); });
 }
 
 }  // namespace memattn::tool

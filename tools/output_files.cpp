@@ -8,7 +8,9 @@
 
 #include <cerrno>
 #include <csignal>
+#include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <limits.h>
 #include <stdexcept>
 
@@ -138,6 +140,30 @@ void OutputFiles::commit() {
     }
     g_temp_live[i] = 0;
     f.temp.clear();
+  }
+}
+
+bool same_file(const std::string& a, const std::string& b) {
+  namespace fs = std::filesystem;
+  std::error_code ec1, ec2;
+  if (fs::equivalent(a, b, ec1)) return true;  // both exist: hard links and symlinks included
+  // Either may not exist yet: compare the absolute paths with what exists of them resolved.
+  const fs::path ca = fs::weakly_canonical(fs::absolute(a, ec1), ec1);
+  const fs::path cb = fs::weakly_canonical(fs::absolute(b, ec2), ec2);
+  return !ec1 && !ec2 && ca == cb;
+}
+
+int run_file_command(const char* command, const std::string& usage_problem, const std::function<void()>& work) {
+  if (!usage_problem.empty()) {
+    std::fprintf(stderr, "%s: %s\n", command, usage_problem.c_str());
+    return 2;
+  }
+  try {
+    work();
+    return 0;
+  } catch (const std::exception& e) {  // the file or the library says what and where
+    std::fprintf(stderr, "%s: %s\n", command, e.what());
+    return 1;
   }
 }
 

@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstddef>
+#include <exception>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -39,5 +41,13 @@ class OutputFiles {
   std::vector<File> files_;
   void remove_temporaries();
 };
+
+// True when paths a and b name one file (links included), or would once the missing one exists.
+bool same_file(const std::string& a, const std::string& b);
+
+// The exit code of a file command: 2 with `usage_problem` (a command line that cannot work: an
+// output that is an input, unpaired parts) when it is not empty; else runs `work`, 0 when it
+// returns, 1 with its message when it throws. Every message is one line on stderr after `command`.
+int run_file_command(const char* command, const std::string& usage_problem, const std::function<void()>& work);
 
 }  // namespace memattn::tool

@@ -6,7 +6,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <utility>
 #include <vector>
 
@@ -18,22 +17,11 @@
 namespace memattn::tool {
 namespace {
 
-namespace fs = std::filesystem;
-
 // A path option and its value, for messages and the overlap check.
 struct NamedPath {
   const char* option;
   const std::string& path;
 };
-
-bool same_file(const std::string& a, const std::string& b) {
-  std::error_code ec1, ec2;
-  if (fs::equivalent(a, b, ec1)) return true;  // both exist: hard links and symlinks included
-  // Either may not exist yet: compare the absolute paths with what exists of them resolved.
-  const fs::path ca = fs::weakly_canonical(fs::absolute(a, ec1), ec1);
-  const fs::path cb = fs::weakly_canonical(fs::absolute(b, ec2), ec2);
-  return !ec1 && !ec2 && ca == cb;
-}
 
 // The first output that names an input or an earlier output, as a message; "" when there is none.
 std::string coinciding_paths(const RunConfig& c) {
@@ -129,17 +117,7 @@ void run_files(const RunConfig& c) {
 }  // namespace
 
 int run_main(const RunConfig& c) {
-  if (const std::string clash = coinciding_paths(c); !clash.empty()) {
-    std::fprintf(stderr, "memattn run: %s\n", clash.c_str());
-    return 2;
-  }
-  try {
-    run_files(c);
-    return 0;
-  } catch (const std::exception& e) {  // the file or the library says what and where
-    std::fprintf(stderr, "memattn run: %s\n", e.what());
-    return 1;
-  }
+  return run_file_command("memattn run", coinciding_paths(c), [&] { run_files(c); });
 }
 
 }  // namespace memattn::tool
