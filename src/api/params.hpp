@@ -11,6 +11,11 @@ namespace memattn::detail {
 
 struct Kernels;
 
+// The flash forward's tile family (see cpu/tile_family.hpp), chosen once per call by the planner.
+enum class TileFamily : uint8_t { f32_fma, bf16_dot, amx_bf16, amx_bf16_emulated };
+// "f32_fma", "bf16_dot", "amx_bf16", "amx_bf16_emulated".
+const char* family_name(TileFamily f);
+
 // An operand as a base pointer and element strides; dims are [batch, seq, head, feature] for
 // q/k/v/out and [batch, head, query, key] for mask/bias (broadcast dims have stride 0).
 struct View {
@@ -46,6 +51,7 @@ struct Params {
   int64_t query_chunk = 0, key_chunk = 0;
   int threads = 1;
   const Kernels* kernels = nullptr;  // the SIMD target of the flash path
+  TileFamily family = TileFamily::f32_fma;  // the flash forward's products
 
   bool empty() const { return batch == 0 || heads_q == 0 || seq_q == 0; }
 

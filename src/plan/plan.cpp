@@ -6,8 +6,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "api/validate.hpp"
+#include "cpu/flash_forward.hpp"
 
 namespace memattn::detail {
 namespace {
@@ -21,6 +24,36 @@ size_t l2_bytes() {
 }
 
 int64_t round_down(int64_t x, int64_t m) { return std::max(m, x / m * m); }
+
+constexpr TileFamily kFamilies[] = {TileFamily::f32_fma, TileFamily::bf16_dot, TileFamily::amx_bf16,
+                                    TileFamily::amx_bf16_emulated};
+
+// Can family f run p's flash forward on this CPU and its selected kernels?
+bool family_runs(TileFamily f, const Params& p) {
+  switch (f) {
+    case TileFamily::f32_fma: return true;
+    case TileFamily::bf16_dot: return p.dtype == DType::bf16 && p.kernels->bf16 != nullptr;
+    default: return false;
+  }
+}
+
+// The fastest family that runs p, or the one MEMATTN_FAMILY names (an error if it cannot run).
+TileFamily choose_family(const Params& p) {
+  if (const char* forced = std::getenv("MEMATTN_FAMILY"); forced != nullptr && *forced != '\0') {
+    for (TileFamily f : kFamilies)
+      if (std::strcmp(forced, family_name(f)) == 0) {
+        if (!family_runs(f, p))
+          fail(ErrorCode::unsupported, cat("MEMATTN_FAMILY: ", forced, " cannot run this call (dtype ",
+                                           dtype_name(p.dtype), ", target ", p.kernels->name, ")"));
+        return f;
+      }
+    fail(ErrorCode::invalid_argument,
+         cat("MEMATTN_FAMILY: expected f32_fma, bf16_dot, amx_bf16 or amx_bf16_emulated, got ", forced));
+  }
+  for (TileFamily f : {TileFamily::amx_bf16, TileFamily::bf16_dot})
+    if (family_runs(f, p)) return f;
+  return TileFamily::f32_fma;
+}
 
 }  // namespace
 
@@ -61,6 +94,16 @@ void plan_forward(Params& p, const Options& o) {
   // Bound whatever the algorithm: a target name this build does not run is an error on every
   // path, and no path can reach a flash driver without its kernels.
   p.kernels = &select_kernels(o.target);
+  p.family = p.algorithm == Algorithm::flash ? choose_family(p) : TileFamily::f32_fma;
+}
+
+const char* family_name(TileFamily f) {
+  switch (f) {
+    case TileFamily::bf16_dot: return "bf16_dot";
+    case TileFamily::amx_bf16: return "amx_bf16";
+    case TileFamily::amx_bf16_emulated: return "amx_bf16_emulated";
+    default: return "f32_fma";
+  }
 }
 
 int64_t work_items(const Params& p) {
@@ -98,7 +141,7 @@ size_t forward_workspace_bytes(const Params& p) {
       p.dtype == DType::f64 ? (void)ChunkedSlices<double>::carve(p, c)
                             : (void)ChunkedSlices<float>::carve(p, c);
       break;
-    default: FlashSlices::carve(p, c); break;
+    default: c.take<char>(flash_forward_slice_bytes(p)); break;
   }
   return checked_add(checked_mul(c.used(), size_t(workers(p))), kAlign);
 }

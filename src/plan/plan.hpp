@@ -10,7 +10,8 @@
 
 namespace memattn::detail {
 
-// Fills p.algorithm, p.query_chunk, p.key_chunk and p.threads from the options. Pure function of
+// Fills p.algorithm, p.query_chunk, p.key_chunk, p.threads, p.kernels and p.family from the
+// options (and MEMATTN_TARGET / MEMATTN_FAMILY from the environment). Pure function of
 // the shapes, the options and the machine's cache sizes: never of the thread count, so results are
 // bitwise identical for any number of threads.
 void plan_forward(Params& p, const Options& o);
@@ -55,34 +56,9 @@ struct ChunkedSlices {
 };
 
 // bf16 inputs on a CPU with the AVX-512 bf16 dot product (and an even head dim, since the
-// instruction reduces pairs) take the vdpbf16ps path, which needs one more slice.
+// instruction reduces pairs) take the backward's vdpbf16ps path.
 inline bool uses_bf16_dot(const Params& p) {
   return p.dtype == DType::bf16 && p.kernels != nullptr && p.kernels->bf16 != nullptr && p.dim % 2 == 0;
 }
-
-struct FlashSlices {
-  float* qt;       // dim x pad(query_chunk): the scaled query rows, transposed (lanes = queries);
-                   // on the bf16 path the unscaled bf16 rows as pairs [dim/2][pad(query_chunk)][2]
-  float* q_row;    // dim: one query row converted to f32 on its way into qt
-  float* k;        // key_chunk x dim: the key chunk as f32, when it cannot be read in place
-  float* v;        // key_chunk x pad(dim_v): the value chunk as f32, zero-padded
-  float* st;       // key_chunk x pad(query_chunk): scores, then probabilities, transposed
-  float* acc;      // query_chunk x pad(dim_v): unnormalised output rows
-  float* row_max;  // pad(query_chunk)
-  float* row_sum;  // pad(query_chunk)
-  float* alpha;    // pad(query_chunk): this chunk's rescaling of the rows
-  uint8_t* live;   // key_chunk: key attended by some row of the chunk (else never read)
-  uint16_t* p_pairs;  // bf16 path: probabilities as pairs [key_chunk/2 + 1][pad(query_chunk)][2]
-  static FlashSlices carve(const Params& p, Carver& c) {
-    const size_t cq = size_t(p.query_chunk), ck = size_t(p.key_chunk);
-    const size_t cqp = pad_floats(cq), dvp = pad_floats(size_t(p.dim_v)), d = size_t(p.dim);
-    return {c.take<float>(checked_mul(d, cqp)),   c.take<float>(d),
-            c.take<float>(checked_mul(ck, d)),    c.take<float>(checked_mul(ck, dvp)),
-            c.take<float>(checked_mul(ck, cqp)),  c.take<float>(checked_mul(cq, dvp)),
-            c.take<float>(cqp),                   c.take<float>(cqp),
-            c.take<float>(cqp),                   c.take<uint8_t>(ck),
-            c.take<uint16_t>(uses_bf16_dot(p) ? checked_mul(ck + 2, cqp) : 0)};
-  }
-};
 
 }  // namespace memattn::detail

@@ -1,0 +1,101 @@
+// The bf16 dot-product tile family (CPUs with AVX-512 BF16): Q, K, P and V stay bf16, in the
+// pair layouts vdpbf16ps reduces, with f32 accumulation; an odd head dim gets one zero pair.
+#pragma once
+
+#include <algorithm>
+
+#include "common/half.hpp"
+#include "cpu/bf16_dot.hpp"
+#include "cpu/tile_family.hpp"
+
+namespace memattn::detail {
+
+class Bf16DotFamily {
+ public:
+  struct Slices {
+    uint16_t* qt;       // the query rows as pairs [dim2/2][pad(query_chunk)][2], dim2 = dim rounded up to even
+    uint16_t* k;        // key_chunk x dim2: the key chunk, when it cannot be read in place
+    uint16_t* v;        // value pairs [key_chunk/2 + 1][pad(dim_v)][2]
+    uint16_t* p_pairs;  // probabilities as pairs [key_chunk/2 + 1][pad(query_chunk)][2]
+    static Slices carve(const Params& p, Carver& c) {
+      const size_t cqp = pad_floats(size_t(p.query_chunk)), ck = size_t(p.key_chunk);
+      const size_t d2 = even(size_t(p.dim)), dvp = pad_floats(size_t(p.dim_v));
+      return {c.take<uint16_t>(checked_mul(d2, cqp)), c.take<uint16_t>(checked_mul(ck, d2)),
+              c.take<uint16_t>(checked_mul(ck + 2, dvp)), c.take<uint16_t>(checked_mul(ck + 2, cqp))};
+    }
+  };
+
+  Bf16DotFamily(const Params& p, const FlashSlices& w, const Slices& s)
+      : p_(p), w_(w), s_(s), kern_(*p.kernels->bf16), d_(size_t(p.dim)), d2_(even(d_)),
+        dv_(size_t(p.dim_v)), cqp_(pad_floats(size_t(p.query_chunk))), dvp_(pad_floats(dv_)) {}
+
+  // bf16 queries cannot carry the scale exactly: it always multiplies the f32 dot products.
+  bool scale_after_dot() const { return true; }
+
+  void load_queries(const Chunk& c) {
+    std::fill_n(s_.qt, d2_ * cqp_, uint16_t(0));
+    for (int64_t r = 0; r < c.rows; ++r) {
+      const bf16* q = p_.q.at<bf16>(c.b, c.i0 + r, c.h);
+      for (size_t k = 0; k < d_; ++k)
+        s_.qt[((k / 2) * cqp_ + size_t(r)) * 2 + k % 2] = q[int64_t(k) * p_.q.stride[3]].bits;
+    }
+  }
+
+  void scores(const Chunk& c) {
+    const uint16_t* a = reinterpret_cast<const uint16_t*>(p_.k.at<bf16>(c.b, c.j0, c.g));
+    size_t a_row = size_t(p_.k.stride[1]);
+    // In place only with forward, contiguous rows of whole pairs.
+    if (!(c.all_read && p_.k.stride[3] == 1 && p_.k.stride[1] >= 0 && d_ == d2_)) {
+      for (int64_t t = 0; t < c.keys; ++t) {
+        uint16_t* kt = s_.k + size_t(t) * d2_;
+        std::fill_n(kt, d2_, uint16_t(0));
+        if (!c.key_read(t)) continue;
+        const bf16* src = p_.k.at<bf16>(c.b, c.j0 + t, c.g);
+        for (size_t e = 0; e < d_; ++e) kt[e] = src[int64_t(e) * p_.k.stride[3]].bits;
+      }
+      a = s_.k;
+      a_row = d2_;
+    }
+    kern_.scores(a, a_row, s_.qt, cqp_, w_.st, size_t(c.keys), d2_);
+  }
+
+  bool accumulate_values(const Chunk& c) {
+    kern_.pair_rows_f32(w_.st, cqp_, size_t(c.keys), s_.p_pairs);
+    bool finite = true;
+    for (int64_t t = 0; t < c.keys; t += 2) {
+      const uint16_t* rows[2] = {nullptr, nullptr};
+      for (int64_t u = 0; u < 2; ++u)
+        if (t + u < c.keys && c.key_read(t + u))
+          rows[u] = reinterpret_cast<const uint16_t*>(p_.v.at<bf16>(c.b, c.j0 + t + u, c.g));
+      finite &= pair_value_rows(rows, s_.v + size_t(t / 2) * 2 * dvp_);
+    }
+    if (!c.full && !finite) return false;
+    kern_.pv(s_.p_pairs, cqp_, s_.v, dvp_, w_.acc, size_t(c.rows), size_t(c.keys + 1) / 2);
+    return true;
+  }
+
+ private:
+  static size_t even(size_t n) { return n + n % 2; }
+
+  // Value rows t and t+1 (null: not read, zero) as bf16 pairs, zero-padded to dvp columns;
+  // false if a value read is NaN or infinite.
+  bool pair_value_rows(const uint16_t* const rows[2], uint16_t* dst) const {
+    std::fill(dst + 2 * dv_, dst + 2 * dvp_, uint16_t(0));
+    if (p_.v.stride[3] == 1 && rows[0] != nullptr) return kern_.pair_two_rows(rows[0], rows[1], dv_, dst);
+    bool finite = true;
+    for (size_t k = 0; k < dv_; ++k)
+      for (int u = 0; u < 2; ++u) {
+        dst[2 * k + u] = rows[u] ? rows[u][int64_t(k) * p_.v.stride[3]] : 0;
+        finite &= (dst[2 * k + u] & 0x7f80u) != 0x7f80u;
+      }
+    return finite;
+  }
+
+  const Params& p_;
+  const FlashSlices& w_;
+  const Slices s_;
+  const Bf16DotKernels& kern_;
+  const size_t d_, d2_, dv_, cqp_, dvp_;
+};
+
+}  // namespace memattn::detail

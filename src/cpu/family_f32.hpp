@@ -1,0 +1,98 @@
+// The f32 FMA tile family: Q^T, K and V as f32 (converted from bf16/f16 inputs), scores and P V
+// on the SIMD f32 GEMM of the selected Highway target.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+
+#include "common/half.hpp"
+#include "cpu/rows.hpp"
+#include "cpu/tile_family.hpp"
+
+namespace memattn::detail {
+
+template <typename T>
+class F32Family {
+ public:
+  struct Slices {
+    float* qt;     // dim x pad(query_chunk): the query rows, transposed (lanes = queries)
+    float* q_row;  // dim: one query row converted to f32 on its way into qt
+    float* k;      // key_chunk x dim: the key chunk as f32, when it cannot be read in place
+    float* v;      // key_chunk x pad(dim_v): the value chunk as f32, zero-padded
+    static Slices carve(const Params& p, Carver& c) {
+      const size_t cqp = pad_floats(size_t(p.query_chunk)), ck = size_t(p.key_chunk);
+      const size_t d = size_t(p.dim), dvp = pad_floats(size_t(p.dim_v));
+      return {c.take<float>(checked_mul(d, cqp)), c.take<float>(d), c.take<float>(checked_mul(ck, d)),
+              c.take<float>(checked_mul(ck, dvp))};
+    }
+  };
+
+  F32Family(const Params& p, const FlashSlices& w, const Slices& s)
+      : p_(p), w_(w), s_(s), kern_(*p.kernels), d_(size_t(p.dim)), dv_(size_t(p.dim_v)),
+        cqp_(pad_floats(size_t(p.query_chunk))), dvp_(pad_floats(dv_)),
+        scale_after_dot_(std::fabs(p.scale) > 1.0f) {}
+
+  // Pre-scaled f32 queries overflow where |scale| > 1 meets |q| > FLT_MAX / |scale| although the
+  // scores are finite (scale 1e20, q ~ 1e20, k ~ 1e-38); such a scale multiplies the dot products
+  // instead, which are then smaller than the scores. |scale| <= 1 (the common case) pre-scales,
+  // which cannot overflow, and stays exact where the unscaled q.k is not a float (scale 1e-38,
+  // q ~ 1e30, k ~ 1e9).
+  bool scale_after_dot() const { return scale_after_dot_; }
+
+  void load_queries(const Chunk& c) {
+    std::fill_n(s_.qt, d_ * cqp_, 0.0f);
+    const float scale = scale_after_dot_ ? 1.0f : p_.scale;
+    for (int64_t r = 0; r < c.rows; ++r) {
+      load_row(kern_, p_.q.at<T>(c.b, c.i0 + r, c.h), p_.q.stride[3], d_, s_.q_row);
+      for (size_t k = 0; k < d_; ++k) s_.qt[k * cqp_ + size_t(r)] = scale * s_.q_row[k];
+    }
+  }
+
+  void scores(const Chunk& c) {
+    GemmArgs s{s_.k, d_, 1, s_.qt, cqp_, w_.st, cqp_, size_t(c.keys), cqp_, d_, false};
+    // In place only with forward rows: the GEMM steps rows by an unsigned pitch.
+    if (std::is_same_v<T, float> && c.all_read && p_.k.stride[3] == 1 && p_.k.stride[1] >= 0) {
+      s.a = reinterpret_cast<const float*>(p_.k.at<T>(c.b, c.j0, c.g));
+      s.a_row = size_t(p_.k.stride[1]);
+    } else {
+      for (int64_t t = 0; t < c.keys; ++t) {
+        float* kt = s_.k + size_t(t) * d_;
+        if (c.key_read(t)) load_row(kern_, p_.k.at<T>(c.b, c.j0 + t, c.g), p_.k.stride[3], d_, kt);
+        else std::fill_n(kt, d_, 0.0f);
+      }
+    }
+    kern_.gemm(s);
+  }
+
+  bool accumulate_values(const Chunk& c) {
+    bool finite = true;
+    GemmArgs pv{w_.st, 1, cqp_, s_.v, dvp_, w_.acc, dvp_, size_t(c.rows), dvp_, size_t(c.keys), true};
+    if (std::is_same_v<T, float> && c.all_read && p_.v.stride[3] == 1 && p_.v.stride[1] >= 0 &&
+        dv_ == dvp_) {
+      pv.b = reinterpret_cast<const float*>(p_.v.at<T>(c.b, c.j0, c.g));
+      pv.ldb = size_t(p_.v.stride[1]);
+      if (!c.full) finite = kern_.all_finite(pv.b, pv.ldb, size_t(c.keys), dv_);
+    } else {
+      for (int64_t t = 0; t < c.keys; ++t) {
+        float* vt = s_.v + size_t(t) * dvp_;
+        std::fill(vt + dv_, vt + dvp_, 0.0f);
+        if (c.key_read(t)) finite &= load_row(kern_, p_.v.at<T>(c.b, c.j0 + t, c.g), p_.v.stride[3], dv_, vt);
+        else std::fill_n(vt, dv_, 0.0f);
+      }
+    }
+    if (!c.full && !finite) return false;
+    kern_.gemm(pv);
+    return true;
+  }
+
+ private:
+  const Params& p_;
+  const FlashSlices& w_;
+  const Slices s_;
+  const Kernels& kern_;
+  const size_t d_, dv_, cqp_, dvp_;
+  const bool scale_after_dot_;
+};
+
+}  // namespace memattn::detail
