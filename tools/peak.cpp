@@ -1,5 +1,6 @@
 // Calibrated peak loops: f32 FMA and bf16 dot product in the widest vector ISA the CPU has, chosen
-// at run time (the build itself targets baseline x86-64, so each loop carries its own target).
+// at run time (the build itself targets baseline x86-64, so each loop carries its own target), and
+// AMX bf16 tiles where the CPU, the OS and the kernel allow them.
 #include "peak.hpp"
 
 #include <algorithm>
@@ -9,6 +10,8 @@
 #include <fstream>
 #include <thread>
 #include <vector>
+
+#include "cpu/amx_tiles.hpp"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -100,6 +103,41 @@ __attribute__((target("avx512bf16,avx512f"))) float dot_bf16_avx512(int64_t iter
   return sum(lanes, kWideChains * 16);
 }
 
+// TDPBF16PS into 4 accumulator tiles from one A and one B tile of 2^-12: C gains 32 products of
+// 2^-24 per element and instruction, 2^-19, and stops growing once that is below half its ulp (at
+// C = 32), far from overflow; no value is subnormal. An instruction occupies the tile unit for about
+// 16 cycles and has a latency of a few times that, which 4 independent accumulators cover.
+constexpr int kAmxAccumulators = 4;
+constexpr double kAmxFlops = 16.0 * 16 * 32 * 2;
+
+float dot_amx_bf16(int64_t iters) {
+  using Amx = memattn::detail::AmxHardware;
+  memattn::detail::TileConfig cfg;
+  for (auto& t : cfg.tile) t = {16, 64};
+  alignas(64) uint16_t ab[16 * 32];
+  std::fill_n(ab, 16 * 32, uint16_t(0x3980));  // bf16 2^-12
+  Amx::configure(cfg);
+  Amx::load<4>(ab, 64);
+  Amx::load<6>(ab, 64);
+  Amx::zero<0>();
+  Amx::zero<1>();
+  Amx::zero<2>();
+  Amx::zero<3>();
+  for (int64_t i = 0; i < iters; ++i) {
+    Amx::dpbf16ps<0, 4, 6>();
+    Amx::dpbf16ps<1, 4, 6>();
+    Amx::dpbf16ps<2, 4, 6>();
+    Amx::dpbf16ps<3, 4, 6>();
+  }
+  alignas(64) float c[kAmxAccumulators][16 * 16];
+  Amx::store<0>(c[0], 64);
+  Amx::store<1>(c[1], 64);
+  Amx::store<2>(c[2], 64);
+  Amx::store<3>(c[3], 64);
+  Amx::release();
+  return sum(c[0], kAmxAccumulators * 16 * 16);
+}
+
 // CPUID leaf 7 subleaf 1, EAX bit 5 (AVX512_BF16); asked directly because not every compiler's
 // __builtin_cpu_supports knows the name. avx512f also confirms the OS saves the zmm state.
 bool cpu_has_avx512bf16() {
@@ -148,6 +186,14 @@ Loop bf16_loop() {
   return {nullptr, 0, nullptr};
 }
 
+// nullptr run: no usable AMX-BF16.
+Loop amx_bf16_loop() {
+#ifdef MEMATTN_PEAK_X86
+  if (memattn::detail::amx_bf16_usable()) return {"amx-bf16 tdpbf16ps", kAmxAccumulators * kAmxFlops, dot_amx_bf16};
+#endif
+  return {nullptr, 0, nullptr};
+}
+
 volatile float g_sink;  // keeps the loops' results observable
 
 // Wall seconds for `threads` copies of the loop running at once, `iters` iterations each.
@@ -183,13 +229,15 @@ double loop_gflops(const Loop& loop, int threads, double seconds, int repeats) {
 
 }  // namespace
 
-PeakIsa detect_peak_isa() { return {cpu_brand(), f32_loop().isa, bf16_loop().isa}; }
+PeakIsa detect_peak_isa() { return {cpu_brand(), f32_loop().isa, bf16_loop().isa, amx_bf16_loop().isa}; }
 
 Peak measure_peak(int threads, double seconds, int repeats) {
   Peak p{threads, loop_gflops(f32_loop(), threads, seconds, repeats), 0, false};
   const Loop bf16 = bf16_loop();
   p.bf16_is_f32 = bf16.run == nullptr;
   p.bf16_gflops = p.bf16_is_f32 ? p.f32_gflops : loop_gflops(bf16, threads, seconds, repeats);
+  if (const Loop amx = amx_bf16_loop(); amx.run != nullptr)
+    p.amx_bf16_gflops = loop_gflops(amx, threads, seconds, repeats);
   return p;
 }
 

@@ -12,6 +12,7 @@
 #include "common/half.hpp"
 #include "common/parallel.hpp"
 #include "common/rowops.hpp"
+#include "cpu/family_amx.hpp"
 #include "cpu/family_bf16_dot.hpp"
 #include "cpu/family_f32.hpp"
 #include "cpu/kernels.hpp"
@@ -162,6 +163,8 @@ void flash_forward(const Params& p, void* workspace) {
   if constexpr (std::is_same_v<T, bf16>) {
     switch (p.family) {
       case TileFamily::bf16_dot: return run_items<T, Bf16DotFamily>(p, workspace);
+      case TileFamily::amx_bf16: return run_items<T, AmxFamily<AmxHardware>>(p, workspace);
+      case TileFamily::amx_bf16_emulated: return run_items<T, AmxFamily<AmxEmulated>>(p, workspace);
       default: break;
     }
   }
@@ -171,6 +174,8 @@ void flash_forward(const Params& p, void* workspace) {
 size_t flash_forward_slice_bytes(const Params& p) {
   switch (p.family) {
     case TileFamily::bf16_dot: return FlashItem<bf16, Bf16DotFamily>::slice_bytes(p);
+    case TileFamily::amx_bf16: return FlashItem<bf16, AmxFamily<AmxHardware>>::slice_bytes(p);
+    case TileFamily::amx_bf16_emulated: return FlashItem<bf16, AmxFamily<AmxEmulated>>::slice_bytes(p);
     default: return FlashItem<float, F32Family<float>>::slice_bytes(p);
   }
 }

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "api/validate.hpp"
+#include "cpu/amx_tiles.hpp"
 #include "cpu/flash_forward.hpp"
 
 namespace memattn::detail {
@@ -33,6 +34,8 @@ bool family_runs(TileFamily f, const Params& p) {
   switch (f) {
     case TileFamily::f32_fma: return true;
     case TileFamily::bf16_dot: return p.dtype == DType::bf16 && p.kernels->bf16 != nullptr;
+    case TileFamily::amx_bf16: return p.dtype == DType::bf16 && amx_bf16_usable();
+    case TileFamily::amx_bf16_emulated: return p.dtype == DType::bf16;  // any CPU: for tests
     default: return false;
   }
 }
@@ -73,9 +76,17 @@ void plan_forward(Params& p, const Options& o) {
     if (cq == 0) cq = 1024;
     if (ck == 0) ck = int64_t(std::ceil(std::sqrt(double(std::max<int64_t>(p.seq_k, 1)))));
   } else if (p.algorithm == Algorithm::flash) {
-    // The packed K and V chunks (key_chunk x (dim + dim_v) f32) are reread once per query row, so
-    // they should stay in the per-core L2 with room left for the query rows, the scores and the
-    // accumulators: half of L2 for K+V, in steps of 16 keys (one AVX-512 register of scores).
+    // K and V chunks (key_chunk x (dim + dim_v)) are reread once per query tile, so they should
+    // stay in the per-core L2 with room left for the query rows, the scores and the accumulators:
+    // half of L2 for K+V, in steps of 16 keys (one AVX-512 register of scores), and at most 128
+    // keys. The cap: K/V rows read in place at a row pitch that is a multiple of 4 KiB (BSHD with
+    // H * d * 4 = 4 KiB, H = 8, d = 128) use 1/8 of the cache sets, so the L2-derived chunk
+    // (512 keys) fell out to L3 on every query tile on a Sapphire Rapids class Xeon: f32 d = 128
+    // went from 34-37% of the FMA peak to 57% with key_chunk 64-128 (../shared/perf-intel.md).
+    // On Zen 4 (1 thread, n = 4096, f32) 128 keys are as fast as the L2 size: 60-69% against
+    // 60-65% (d = 128) and 58-69% against 62-64% (d = 64). The cap does not look at strides, so
+    // every layout of the same data sums in the same order; it is a multiple of 32, a whole AMX
+    // tile depth of keys.
     // 128 query rows per work item: each sweep over a head's K and V (from DRAM and through the TLB
     // once n*(d+dv) outgrows L2) serves 128 queries. Measured on Zen 5, 1 thread, f32: against 64
     // rows, n = 16384 goes from 98 to 113 GFLOP/s (d = 128) and 97 to 113 (d = 64) and n = 2048
@@ -85,7 +96,7 @@ void plan_forward(Params& p, const Options& o) {
     if (cq == 0) cq = 128;
     if (ck == 0)
       ck = std::clamp<int64_t>(round_down(int64_t(l2_bytes() / 2) / (4 * (p.dim + p.dim_v + 1)), 16),
-                               16, 512);
+                               16, 128);
   }
   // Chunks never exceed the sequences, so tiny problems take tiny workspaces.
   p.query_chunk = std::max<int64_t>(1, std::min(cq ? cq : p.seq_q, p.seq_q));

@@ -1,0 +1,348 @@
+// The AMX bf16 tile family: operand packing into whole zero-padded tiles and a 2 x 2 tile GEMM
+// (4 C tiles fed by 2 A and 2 B tiles) for the scores and for P V. The transposition of P into
+// bf16 rows also has an AVX-512 version (function target attribute, chosen at run time), which
+// gives the same bits.
+#include "cpu/family_amx.hpp"
+
+#include <algorithm>
+#include <utility>
+
+#include "common/half.hpp"
+#include "cpu/bf16_dot.hpp"
+#include "cpu/kernels.hpp"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// GCC 12 warns of uninitialised __Y inside its own AVX-512 headers when they are used from target
+// attribute functions (a known false positive of _mm512_undefined_*).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#define MEMATTN_AMX_PACK_AVX512 1
+#endif
+
+namespace memattn::detail {
+namespace {
+
+// The tile registers: C(i, j) = 2 i + j for the 2 x 2 accumulators, A(i) = 4 + i, B(j) = 6 + j.
+constexpr int kC = 0, kA = 4, kB = 6;
+constexpr ptrdiff_t kRowBytes = kAmxColsb;  // one tile row: 16 f32 or 32 bf16
+
+// Every tile of the family is a full palette-1 tile: 16 rows of 64 bytes.
+TileConfig full_tiles() {
+  TileConfig cfg;
+  for (TileShape& t : cfg.tile) t = {uint8_t(kAmxRows), uint16_t(kAmxColsb)};
+  return cfg;
+}
+
+// Calls f(std::integral_constant<int, I>) for I = 0 .. N-1: tile numbers must be constants.
+template <int N, typename F>
+void unroll(F&& f) {
+  [&]<int... I>(std::integer_sequence<int, I...>) { (f(std::integral_constant<int, I>{}), ...); }(
+      std::make_integer_sequence<int, N>{});
+}
+
+// C[m_tiles*16 x n_tiles*16] (+)= A B over k_blocks*32: A tile (i, kb) at a + 16 i a_row + 64 kb
+// (rows of bf16), B tile (kb, j) at b + 16 kb b_row + 64 j (rows of bf16 pairs), C rows of f32 at
+// c + r ldc, of which only rows < c_rows may be touched (the last tile row goes through bounce).
+struct TileGemm {
+  const uint8_t* a;
+  ptrdiff_t a_row;
+  const uint8_t* b;
+  ptrdiff_t b_row;
+  float* c;
+  size_t ldc, c_rows;
+  float* bounce;
+  size_t m_tiles, n_tiles, k_blocks;
+  bool accumulate;  // false: C = A B
+};
+
+const uint8_t* a_tile(const TileGemm& g, size_t i, size_t kb) {
+  return g.a + ptrdiff_t(i * kAmxTileRows) * g.a_row + ptrdiff_t(kb) * kRowBytes;
+}
+const uint8_t* b_tile(const TileGemm& g, size_t kb, size_t j) {
+  return g.b + ptrdiff_t(kb * kAmxTileRows) * g.b_row + ptrdiff_t(j) * kRowBytes;
+}
+
+template <typename Ops, int T>
+void load_c(const TileGemm& g, size_t ti, size_t tj) {
+  if (!g.accumulate) return Ops::template zero<T>();
+  const size_t r0 = ti * kAmxTileRows;
+  float* c = g.c + r0 * g.ldc + tj * kAmxTileRows;
+  if (r0 + kAmxTileRows <= g.c_rows) return Ops::template load<T>(c, ptrdiff_t(g.ldc * sizeof(float)));
+  const size_t rows = g.c_rows - r0;
+  for (size_t r = 0; r < kAmxTileRows; ++r)
+    if (r < rows) std::copy_n(c + r * g.ldc, kAmxTileRows, g.bounce + r * kAmxTileRows);
+    else std::fill_n(g.bounce + r * kAmxTileRows, kAmxTileRows, 0.0f);
+  Ops::template load<T>(g.bounce, kRowBytes);
+}
+
+template <typename Ops, int T>
+void store_c(const TileGemm& g, size_t ti, size_t tj) {
+  const size_t r0 = ti * kAmxTileRows;
+  float* c = g.c + r0 * g.ldc + tj * kAmxTileRows;
+  if (r0 + kAmxTileRows <= g.c_rows) return Ops::template store<T>(c, ptrdiff_t(g.ldc * sizeof(float)));
+  Ops::template store<T>(g.bounce, kRowBytes);
+  for (size_t r = 0; r < g.c_rows - r0; ++r) std::copy_n(g.bounce + r * kAmxTileRows, kAmxTileRows, c + r * g.ldc);
+}
+
+// One MB x NB block of C tiles at tile (i0, j0), held in tiles for the whole reduction.
+template <typename Ops, int MB, int NB>
+void gemm_block(const TileGemm& g, size_t i0, size_t j0) {
+  unroll<MB>([&](auto i) {
+    unroll<NB>([&](auto j) { load_c<Ops, kC + 2 * decltype(i)::value + decltype(j)::value>(g, i0 + i, j0 + j); });
+  });
+  for (size_t kb = 0; kb < g.k_blocks; ++kb) {
+    unroll<MB>([&](auto i) { Ops::template load<kA + decltype(i)::value>(a_tile(g, i0 + i, kb), g.a_row); });
+    unroll<NB>([&](auto j) { Ops::template load<kB + decltype(j)::value>(b_tile(g, kb, j0 + j), g.b_row); });
+    unroll<MB>([&](auto i) {
+      unroll<NB>([&](auto j) {
+        constexpr int I = decltype(i)::value, J = decltype(j)::value;
+        Ops::template dpbf16ps<kC + 2 * I + J, kA + I, kB + J>();
+      });
+    });
+  }
+  unroll<MB>([&](auto i) {
+    unroll<NB>([&](auto j) { store_c<Ops, kC + 2 * decltype(i)::value + decltype(j)::value>(g, i0 + i, j0 + j); });
+  });
+}
+
+template <typename Ops>
+void tile_gemm(const TileGemm& g) {
+  for (size_t i = 0; i < g.m_tiles; i += 2)
+    for (size_t j = 0; j < g.n_tiles; j += 2) {
+      const bool two_rows = i + 1 < g.m_tiles, two_cols = j + 1 < g.n_tiles;
+      if (two_rows && two_cols) gemm_block<Ops, 2, 2>(g, i, j);
+      else if (two_rows) gemm_block<Ops, 2, 1>(g, i, j);
+      else if (two_cols) gemm_block<Ops, 1, 2>(g, i, j);
+      else gemm_block<Ops, 1, 1>(g, i, j);
+    }
+}
+
+// A bf16 value is NaN or infinite when its exponent bits are all set.
+bool finite_bits(uint16_t bits) { return (bits & 0x7f80u) != 0x7f80u; }
+
+void pack_probability_rows_portable(const float* st, size_t ld, size_t keys, size_t rows, uint16_t* p, size_t p_row) {
+  for (size_t t0 = 0; t0 < keys; t0 += kAmxTileDepth) {
+    const size_t t1 = std::min(t0 + kAmxTileDepth, keys);
+    for (size_t r = 0; r < rows; ++r) {
+      uint16_t* dst = p + r * p_row;
+      for (size_t t = t0; t < t1; ++t) dst[t] = to_bf16(st[t * ld + r]).bits;
+      std::fill(dst + t1, dst + t0 + kAmxTileDepth, uint16_t(0));
+    }
+  }
+}
+
+#ifdef MEMATTN_AMX_PACK_AVX512
+#define MEMATTN_AVX512F __attribute__((target("avx512f")))
+
+// to_bf16 on 16 lanes, the bits in the low half of each 32-bit lane: nearest even by adding
+// 0x7fff plus the lowest kept bit, NaN quieted instead (bit 6 of the bf16).
+MEMATTN_AVX512F inline __m512i bf16_lanes(__m512 x) {
+  const __m512i u = _mm512_castps_si512(x), high = _mm512_srli_epi32(u, 16);
+  const __m512i bias = _mm512_add_epi32(_mm512_and_si512(high, _mm512_set1_epi32(1)), _mm512_set1_epi32(0x7fff));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, bias), 16);
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                _mm512_set1_epi32(0x7f800000));
+  return _mm512_mask_or_epi32(rounded, nan, high, _mm512_set1_epi32(0x40));
+}
+
+// v[k] lane j -> v[j] lane k for a 16 x 16 block of 32-bit values: 32-bit then 64-bit interleaves
+// within 128-bit lanes, then a 4 x 4 transposition of the 128-bit lanes.
+MEMATTN_AVX512F inline void transpose_16x16(__m512i v[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(v[i], v[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(v[i], v[i + 1]);
+  }
+  // v[4g + c], 128-bit lane L: rows 4g .. 4g+3 of column 4L + c.
+  for (int i = 0; i < 16; i += 4) {
+    v[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    v[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    v[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    v[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512i x0 = _mm512_shuffle_i32x4(v[c], v[4 + c], 0x44);
+    const __m512i x1 = _mm512_shuffle_i32x4(v[c], v[4 + c], 0xee);
+    const __m512i x2 = _mm512_shuffle_i32x4(v[8 + c], v[12 + c], 0x44);
+    const __m512i x3 = _mm512_shuffle_i32x4(v[8 + c], v[12 + c], 0xee);
+    t[c] = _mm512_shuffle_i32x4(x0, x2, 0x88);
+    t[4 + c] = _mm512_shuffle_i32x4(x0, x2, 0xdd);
+    t[8 + c] = _mm512_shuffle_i32x4(x1, x3, 0x88);
+    t[12 + c] = _mm512_shuffle_i32x4(x1, x3, 0xdd);
+  }
+  std::copy_n(t, 16, v);
+}
+
+// Rows r0 .. r0+15 of key t as bf16 lanes; zero past the keys.
+MEMATTN_AVX512F inline __m512i key_lanes(const float* st, size_t ld, size_t keys, size_t t, size_t r0) {
+  return t < keys ? bf16_lanes(_mm512_loadu_ps(st + t * ld + r0)) : _mm512_setzero_si512();
+}
+
+// Per block of 32 keys and 16 rows: keys 2k and 2k+1 of the 16 rows as 32-bit pairs in v[k], then
+// transposed, so that v[j] holds row j's 32 keys: one 64-byte store per P row.
+MEMATTN_AVX512F void pack_probability_rows_avx512(const float* st, size_t ld, size_t keys, size_t rows, uint16_t* p,
+                                                  size_t p_row) {
+  for (size_t t0 = 0; t0 < keys; t0 += kAmxTileDepth)
+    for (size_t r0 = 0; r0 < rows; r0 += kAmxTileRows) {
+      __m512i v[16];
+      for (size_t k = 0; k < 16; ++k)
+        v[k] = _mm512_or_si512(key_lanes(st, ld, keys, t0 + 2 * k, r0),
+                               _mm512_slli_epi32(key_lanes(st, ld, keys, t0 + 2 * k + 1, r0), 16));
+      transpose_16x16(v);
+      for (size_t j = 0; j < 16; ++j) _mm512_storeu_si512(p + (r0 + j) * p_row + t0, v[j]);
+    }
+}
+#endif
+
+}  // namespace
+
+bool pack_probability_rows_vector() {
+#ifdef MEMATTN_AMX_PACK_AVX512
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+#else
+  return false;
+#endif
+}
+
+void pack_probability_rows(const float* st, size_t ld, size_t keys, size_t rows, uint16_t* p, size_t p_row,
+                           bool vector) {
+#ifdef MEMATTN_AMX_PACK_AVX512
+  if (vector) return pack_probability_rows_avx512(st, ld, keys, rows, p, p_row);
+#endif
+  (void)vector;
+  pack_probability_rows_portable(st, ld, keys, rows, p, p_row);
+}
+
+AmxSlices AmxSlices::carve(const Params& p, Carver& c) {
+  const size_t cqp = pad_floats(size_t(p.query_chunk)), dvp = pad_floats(size_t(p.dim_v));
+  const size_t dp = pad_tile_depth(size_t(p.dim)), kp = pad_tile_depth(size_t(p.key_chunk));
+  return {c.take<uint16_t>(checked_mul(dp, cqp)),
+          c.take<uint16_t>(checked_mul(pad_tile_rows(size_t(p.key_chunk)), dp)),
+          c.take<uint16_t>(checked_mul(kp, dvp)), c.take<uint16_t>(checked_mul(cqp, kp)),
+          c.take<float>(kAmxTileRows * kAmxTileRows)};
+}
+
+template <typename Ops>
+AmxFamily<Ops>::AmxFamily(const Params& p, const FlashSlices& w, const Slices& s)
+    : p_(p), w_(w), s_(s), d_(size_t(p.dim)), dv_(size_t(p.dim_v)), dp_(pad_tile_depth(d_)),
+      cqp_(pad_floats(size_t(p.query_chunk))), dvp_(pad_floats(dv_)), kp_(pad_tile_depth(size_t(p.key_chunk))) {
+  Ops::configure(full_tiles());
+}
+
+template <typename Ops>
+AmxFamily<Ops>::~AmxFamily() {
+  Ops::release();
+}
+
+// Q^T pairs: qt[c/2][r][c%2] = q_r[c], zero for rows past c.rows and columns past dim.
+template <typename Ops>
+void AmxFamily<Ops>::load_queries(const Chunk& c) {
+  std::fill_n(s_.qt, dp_ * cqp_, uint16_t(0));
+  for (int64_t r = 0; r < c.rows; ++r) {
+    const bf16* q = p_.q.at<bf16>(c.b, c.i0 + r, c.h);
+    for (size_t k = 0; k < d_; ++k)
+      s_.qt[((k / 2) * cqp_ + size_t(r)) * 2 + k % 2] = q[int64_t(k) * p_.q.stride[3]].bits;
+  }
+}
+
+// The A operand of the scores: K read in place when its rows are contiguous, whole tiles wide
+// (dim a multiple of 32), whole tiles deep (keys a multiple of 16) and all read; otherwise packed
+// rows, zero for keys past c.keys, keys no row reads, and columns past dim.
+template <typename Ops>
+const uint16_t* AmxFamily<Ops>::key_rows(const Chunk& c, ptrdiff_t& row_bytes) {
+  const size_t keys = size_t(c.keys);
+  if (c.all_read && p_.k.stride[3] == 1 && d_ % kAmxTileDepth == 0 && keys % kAmxTileRows == 0) {
+    row_bytes = ptrdiff_t(p_.k.stride[1]) * ptrdiff_t(sizeof(bf16));
+    return reinterpret_cast<const uint16_t*>(p_.k.at<bf16>(c.b, c.j0, c.g));
+  }
+  for (size_t t = 0; t < pad_tile_rows(keys); ++t) {
+    uint16_t* row = s_.k + t * dp_;
+    std::fill_n(row, dp_, uint16_t(0));
+    if (t >= keys || !c.key_read(int64_t(t))) continue;
+    const bf16* k = p_.k.at<bf16>(c.b, c.j0 + int64_t(t), c.g);
+    for (size_t i = 0; i < d_; ++i) row[i] = k[int64_t(i) * p_.k.stride[3]].bits;
+  }
+  row_bytes = ptrdiff_t(dp_ * sizeof(uint16_t));
+  return s_.k;
+}
+
+// S^T = K Q^T straight into the driver's st[key][query]: keys are C's rows, queries its columns.
+template <typename Ops>
+void AmxFamily<Ops>::scores(const Chunk& c) {
+  ptrdiff_t a_row = 0;
+  const uint16_t* a = key_rows(c, a_row);
+  const TileGemm g{reinterpret_cast<const uint8_t*>(a),
+                   a_row,
+                   reinterpret_cast<const uint8_t*>(s_.qt),
+                   ptrdiff_t(cqp_ * 2 * sizeof(uint16_t)),
+                   w_.st,
+                   cqp_,
+                   size_t(c.keys),
+                   s_.bounce,
+                   pad_tile_rows(size_t(c.keys)) / kAmxTileRows,
+                   cqp_ / kAmxTileRows,
+                   dp_ / kAmxTileDepth,
+                   false};
+  tile_gemm<Ops>(g);
+}
+
+// Value row t as bf16 bits, or null for keys past c.keys and keys no row reads.
+template <typename Ops>
+const uint16_t* AmxFamily<Ops>::value_row(const Chunk& c, size_t t) const {
+  if (t >= size_t(c.keys) || !c.key_read(int64_t(t))) return nullptr;
+  return reinterpret_cast<const uint16_t*>(p_.v.at<bf16>(c.b, c.j0 + int64_t(t), c.g));
+}
+
+// V pairs: v[t/2][col][t%2] = v_t[col], zero for keys past c.keys (up to a whole tile depth),
+// keys no row reads, and columns past dim_v; contiguous rows through the AVX-512 BF16 kernels'
+// pairing where the target has them. Returns false if a value read is NaN or infinite.
+template <typename Ops>
+bool AmxFamily<Ops>::pack_values(const Chunk& c) {
+  const Bf16DotKernels* vector = p_.kernels != nullptr ? p_.kernels->bf16 : nullptr;
+  const int64_t stride = p_.v.stride[3];
+  bool finite = true;
+  for (size_t t = 0; t < pad_tile_depth(size_t(c.keys)); t += 2) {
+    const uint16_t* rows[2] = {value_row(c, t), value_row(c, t + 1)};
+    uint16_t* dst = s_.v + t * dvp_;
+    std::fill(dst + 2 * dv_, dst + 2 * dvp_, uint16_t(0));
+    if (vector != nullptr && stride == 1 && rows[0] != nullptr) {
+      finite &= vector->pair_two_rows(rows[0], rows[1], dv_, dst);
+      continue;
+    }
+    for (size_t col = 0; col < dv_; ++col)
+      for (int u = 0; u < 2; ++u) {
+        dst[2 * col + u] = rows[u] != nullptr ? rows[u][int64_t(col) * stride] : 0;
+        finite &= finite_bits(dst[2 * col + u]);
+      }
+  }
+  return finite;
+}
+
+// acc[rows][dv] += P V: query rows are C's rows, value columns its columns, keys the reduction.
+template <typename Ops>
+bool AmxFamily<Ops>::accumulate_values(const Chunk& c) {
+  if (!pack_values(c) && !c.full) return false;
+  const size_t row_tiles = pad_tile_rows(size_t(c.rows)) / kAmxTileRows;
+  pack_probability_rows(w_.st, cqp_, size_t(c.keys), row_tiles * kAmxTileRows, s_.p, kp_,
+                        pack_probability_rows_vector());
+  const TileGemm g{reinterpret_cast<const uint8_t*>(s_.p),
+                   ptrdiff_t(kp_ * sizeof(uint16_t)),
+                   reinterpret_cast<const uint8_t*>(s_.v),
+                   ptrdiff_t(dvp_ * 2 * sizeof(uint16_t)),
+                   w_.acc,
+                   dvp_,
+                   size_t(c.rows),
+                   s_.bounce,
+                   row_tiles,
+                   dvp_ / kAmxTileRows,
+                   pad_tile_depth(size_t(c.keys)) / kAmxTileDepth,
+                   true};
+  tile_gemm<Ops>(g);
+  return true;
+}
+
+template class AmxFamily<AmxHardware>;
+template class AmxFamily<AmxEmulated>;
+
+}  // namespace memattn::detail
