@@ -259,7 +259,7 @@ void print_table(const std::vector<Row>& rows, const PeakIsa& isa, const std::ma
 Row run_point(Operands& ops, Direction dir, Algorithm alg, const std::string& target, bool causal,
               int threads, const Config& c) {
   Options o;
-  o.algorithm = alg, o.causal = causal, o.num_threads = threads;
+  o.algorithm = alg, o.causal = causal, o.num_threads = threads, o.key_chunk = c.key_chunk;
   if (!target.empty()) o.target = target.c_str();
   if (dir == Direction::backward) ops.lse_view();  // gradients and lse are operands, not extra memory
   const bool rss_known = reset_peak_rss();

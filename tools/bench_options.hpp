@@ -23,6 +23,7 @@ struct Config {
   std::vector<DType> dtypes{DType::f32, DType::bf16};
   std::vector<Algorithm> algorithms{Algorithm::flash};
   int64_t reps = 0;          // 0: as many calls as fill min_seconds, at least 3
+  int64_t key_chunk = 0;     // Options::key_chunk of every call (0: the planner's)
   double min_seconds = 0.3;  // per point, after the warm-up call
   bool json = false, peak_only = false;
   std::vector<std::string> targets{""};  // "": the library's choice (MEMATTN_TARGET, else the best)
