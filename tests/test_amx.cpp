@@ -328,7 +328,7 @@ struct Rig {
   }
   void set_v(int64_t t, int64_t i, float x) { *const_cast<bf16*>(p.v.at<bf16>(0, t, 0, i)) = to_bf16(x); }
 
-  Chunk chunk(bool full, bool all_read) const { return {0, 0, 0, 0, sh.rows, 0, sh.keys, full, all_read, live.data()}; }
+  Chunk chunk(bool full, bool all_read) const { return {0, 0, 0, 0, sh.rows, sh.rows, 0, sh.keys, full, all_read, live.data()}; }
   float& st_at(int64_t t, int64_t r) { return st[size_t(t) * cqp + size_t(r)]; }
   float& acc_at(int64_t r, int64_t c) { return acc[size_t(r) * dvp + size_t(c)]; }
   bool guards_intact() const {

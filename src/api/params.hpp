@@ -48,7 +48,13 @@ struct Params {
 
   // Resolved by the planner.
   Algorithm algorithm = Algorithm::flash;
+  // query_chunk: the query rows of one flash work item; with `grouped` items (decode) every query
+  // of every head of a kv head's group, group * seq_q rows.
   int64_t query_chunk = 0, key_chunk = 0;
+  bool grouped = false;
+  // The flash key range is cut into `splits` parts of split_keys keys (a multiple of key_chunk);
+  // with more than one, items write normalised (out, lse) partials that are merged afterwards.
+  int64_t split_keys = 0, splits = 1;
   int threads = 1;
   const Kernels* kernels = nullptr;  // the SIMD target of the flash path
   TileFamily family = TileFamily::f32_fma;  // the flash forward's products

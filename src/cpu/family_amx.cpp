@@ -240,7 +240,7 @@ template <typename Ops>
 void AmxFamily<Ops>::load_queries(const Chunk& c) {
   std::fill_n(s_.qt, dp_ * cqp_, uint16_t(0));
   for (int64_t r = 0; r < c.rows; ++r) {
-    const bf16* q = p_.q.at<bf16>(c.b, c.i0 + r, c.h);
+    const bf16* q = p_.q.at<bf16>(c.b, c.query(r), c.head(r));
     for (size_t k = 0; k < d_; ++k)
       s_.qt[((k / 2) * cqp_ + size_t(r)) * 2 + k % 2] = q[int64_t(k) * p_.q.stride[3]].bits;
   }

@@ -44,7 +44,7 @@ class F32Family {
     std::fill_n(s_.qt, d_ * cqp_, 0.0f);
     const float scale = scale_after_dot_ ? 1.0f : p_.scale;
     for (int64_t r = 0; r < c.rows; ++r) {
-      load_row(kern_, p_.q.at<T>(c.b, c.i0 + r, c.h), p_.q.stride[3], d_, s_.q_row);
+      load_row(kern_, p_.q.at<T>(c.b, c.query(r), c.head(r)), p_.q.stride[3], d_, s_.q_row);
       for (size_t k = 0; k < d_; ++k) s_.qt[k * cqp_ + size_t(r)] = scale * s_.q_row[k];
     }
   }

@@ -8,10 +8,12 @@
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
+#include <vector>
 
 #include "common/half.hpp"
 #include "common/parallel.hpp"
 #include "common/rowops.hpp"
+#include "api/merge_params.hpp"
 #include "cpu/family_amx.hpp"
 #include "cpu/family_bf16_dot.hpp"
 #include "cpu/family_f32.hpp"
@@ -35,22 +37,26 @@ class FlashItem {
     return c.used();
   }
 
-  void run(int64_t b, int64_t h, int64_t i0, int64_t rows) {
-    Chunk c{b, h, h / p_.group, i0, rows, 0, 0, false, false, w_.live};
+  // Item `it`; its rows go to the call's out and lse, or, when the keys are split, to its
+  // split's (out, lse) partial (f32 views in the workspace, for the merge).
+  void run(const FlashWorkItem& it, const View& partial_out, const View& partial_lse) {
+    const int64_t rows = it.heads * it.queries;
+    Chunk c{it.b, it.h0, it.g, it.i0, it.queries, rows, 0, 0, false, false, w_.live};
     fam_.load_queries(c);
     std::fill_n(w_.row_max, cqp_, kNegInf);
     std::fill_n(w_.row_sum, cqp_, 0.0f);
     std::fill_n(w_.acc, size_t(rows) * dvp_, 0.0f);
-    // Key bounds are monotone in the row, so the rows see at most [first, last); chunks start at
-    // multiples of key_chunk so every row sums its keys in the same order whatever its chunk.
-    const int64_t i_last = i0 + rows - 1, ck = p_.key_chunk;
-    const int64_t first = p_.key_begin(i0), last = p_.key_end(i_last);
+    // Key bounds are monotone in the query, so the rows see at most [first, last) of the item's
+    // keys; chunks start at multiples of key_chunk (splits are multiples of it) so every row sums
+    // its keys in the same order whatever its item.
+    const int64_t i_last = it.i0 + it.queries - 1, ck = p_.key_chunk;
+    const int64_t first = std::max(p_.key_begin(it.i0), it.k_lo), last = std::min(p_.key_end(i_last), it.k_hi);
     // Without a boolean mask each row sees one interval of keys and the intervals move right
-    // together, so the rows see [first, last) without gaps once row i0 sees anything.
-    const bool contiguous = !p_.has_mask && p_.key_end(i0) > p_.key_begin(i0);
+    // together, so the rows see [first, last) without gaps once query i0 sees anything.
+    const bool contiguous = !p_.has_mask && p_.key_end(it.i0) > p_.key_begin(it.i0);
     for (c.j0 = first / ck * ck; c.j0 < last; c.j0 += ck) {
-      c.keys = std::min({ck, p_.seq_k - c.j0, last - c.j0});  // no row sees keys past `last`
-      c.full = !p_.has_mask && p_.key_begin(i_last) <= c.j0 && p_.key_end(i0) >= c.j0 + c.keys;
+      c.keys = std::min(ck, last - c.j0);  // no row sees keys past `last`
+      c.full = !p_.has_mask && p_.key_begin(i_last) <= c.j0 && p_.key_end(it.i0) >= c.j0 + c.keys;
       c.all_read = c.full || (contiguous && first <= c.j0);
       if (!c.all_read && !mark_live_keys(c)) continue;
       fam_.scores(c);
@@ -60,8 +66,13 @@ class FlashItem {
       kern_.scale_rows(w_.acc, dvp_, size_t(rows), dvp_, w_.alpha);
       if (!fam_.accumulate_values(c)) accumulate_visible_pairs(c);
     }
-    for (int64_t r = 0; r < rows; ++r)
-      store_row<T>(p_, b, h, i0 + r, w_.acc + size_t(r) * dvp_, 1, w_.row_max[r], w_.row_sum[r]);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* acc = w_.acc + size_t(r) * dvp_;
+      if (p_.splits > 1)
+        store_partial(partial_out, partial_lse, it.b, c.head(r), c.query(r), acc, w_.row_max[r], w_.row_sum[r]);
+      else
+        store_row<T>(p_, it.b, c.head(r), c.query(r), acc, 1, w_.row_max[r], w_.row_sum[r]);
+    }
   }
 
  private:
@@ -76,8 +87,16 @@ class FlashItem {
   }
 
   bool visible(const Chunk& c, int64_t r, int64_t t) const {
-    const int64_t i = c.i0 + r, j = c.j0 + t;
-    return j >= p_.key_begin(i) && j < p_.key_end(i) && p_.mask_allows(c.b, c.h, i, j);
+    const int64_t i = c.query(r), j = c.j0 + t;
+    return j >= p_.key_begin(i) && j < p_.key_end(i) && p_.mask_allows(c.b, c.head(r), i, j);
+  }
+
+  // A split's normalised row, as forward() would store it for the split's keys alone.
+  void store_partial(const View& out, const View& lse, int64_t b, int64_t h, int64_t i, const float* acc,
+                     float max, float sum) const {
+    float* o = const_cast<float*>(out.at<float>(b, i, h));
+    for (size_t k = 0; k < dv_; ++k) o[k] = sum == 0.0f ? 0.0f : acc[k] / sum;
+    *const_cast<float*>(lse.at<float>(b, h, i)) = sum == 0.0f ? kNegInf : max + std::log(sum);
   }
   float& st(int64_t t, int64_t r) const { return w_.st[size_t(t) * cqp_ + size_t(r)]; }
   // Scores multiplied by scale after the dot products: fused into the softmax step in the steady
@@ -89,10 +108,11 @@ class FlashItem {
     std::fill_n(w_.live, c.keys, uint8_t(0));
     bool any = false;
     for (int64_t r = 0; r < c.rows; ++r) {
-      const int64_t lo = std::max<int64_t>(p_.key_begin(c.i0 + r) - c.j0, 0);
-      const int64_t hi = std::min<int64_t>(p_.key_end(c.i0 + r) - c.j0, c.keys);
+      const int64_t i = c.query(r), h = c.head(r);
+      const int64_t lo = std::max<int64_t>(p_.key_begin(i) - c.j0, 0);
+      const int64_t hi = std::min<int64_t>(p_.key_end(i) - c.j0, c.keys);
       for (int64_t t = lo; t < hi; ++t)
-        if (p_.mask_allows(c.b, c.h, c.i0 + r, c.j0 + t)) w_.live[t] = 1, any = true;
+        if (p_.mask_allows(c.b, h, i, c.j0 + t)) w_.live[t] = 1, any = true;
     }
     return any;
   }
@@ -104,7 +124,7 @@ class FlashItem {
       for (size_t i = 0; i < size_t(c.keys) * cqp_; ++i) w_.st[i] *= p_.scale;
     if (p_.has_bias)
       for (int64_t t = 0; t < c.keys; ++t)
-        for (int64_t r = 0; r < c.rows; ++r) st(t, r) += bias_at<float>(p_, c.b, c.h, c.i0 + r, c.j0 + t);
+        for (int64_t r = 0; r < c.rows; ++r) st(t, r) += bias_at<float>(p_, c.b, c.head(r), c.query(r), c.j0 + t);
     if (!c.full) mask_scores(c);
   }
 
@@ -112,13 +132,14 @@ class FlashItem {
   // boolean mask's zeros.
   void mask_scores(const Chunk& c) {
     for (int64_t r = 0; r < c.rows; ++r) {
-      const int64_t lo = std::clamp<int64_t>(p_.key_begin(c.i0 + r) - c.j0, 0, c.keys);
-      const int64_t hi = std::clamp<int64_t>(p_.key_end(c.i0 + r) - c.j0, lo, c.keys);
+      const int64_t i = c.query(r), h = c.head(r);
+      const int64_t lo = std::clamp<int64_t>(p_.key_begin(i) - c.j0, 0, c.keys);
+      const int64_t hi = std::clamp<int64_t>(p_.key_end(i) - c.j0, lo, c.keys);
       for (int64_t t = 0; t < lo; ++t) st(t, r) = kNegInf;
       for (int64_t t = hi; t < c.keys; ++t) st(t, r) = kNegInf;
       if (p_.has_mask)
         for (int64_t t = lo; t < hi; ++t)
-          if (!p_.mask_allows(c.b, c.h, c.i0 + r, c.j0 + t)) st(t, r) = kNegInf;
+          if (!p_.mask_allows(c.b, h, i, c.j0 + t)) st(t, r) = kNegInf;
     }
   }
 
@@ -142,18 +163,62 @@ class FlashItem {
   const size_t dv_, cqp_, dvp_;
 };
 
-// Runs every (batch, head, query chunk) item of the call on family F.
+// The call's (out, lse) partials of split s, laid out [split][batch][seq_q][heads_q][dim_v] and
+// [split][batch][heads_q][seq_q] after the workers' slices.
+struct Partials {
+  float* out;
+  float* lse;
+  Partials(const Params& p, char* base)
+      : out(reinterpret_cast<float*>(base)), lse(out + p.splits * rows(p) * p.dim_v) {}
+  static int64_t rows(const Params& p) { return p.batch * p.heads_q * p.seq_q; }
+  Tensor out_part(const Params& p, int64_t s) const {
+    const int64_t dv = p.dim_v;
+    return {out + s * rows(p) * dv, DType::f32, 4, {p.batch, p.seq_q, p.heads_q, dv},
+            {p.seq_q * p.heads_q * dv, p.heads_q * dv, dv, 1}};
+  }
+  Tensor lse_part(const Params& p, int64_t s) const {
+    return {lse + s * rows(p), DType::f32, 3, {p.batch, p.heads_q, p.seq_q, 0}, {p.heads_q * p.seq_q, p.seq_q, 1, 0}};
+  }
+};
+
+View view_of(const Tensor& t) {
+  View v{t.data, t.dtype, {}};
+  std::copy_n(t.strides.begin(), 4, v.stride);
+  return v;
+}
+
+Tensor tensor_of(const View& v, DType dtype, int ndim, std::initializer_list<int64_t> shape) {
+  Tensor t{const_cast<void*>(v.data), dtype, ndim, {}, {}};
+  std::copy(shape.begin(), shape.end(), t.shape.begin());
+  std::copy_n(v.stride, 4, t.strides.begin());
+  return t;
+}
+
+// The split partials of every row merged, in split order, into the call's out and lse: the same
+// exact merge as memattn::merge.
+void merge_partials(const Params& p, const Partials& parts) {
+  std::vector<Tensor> outs, lses;
+  for (int64_t s = 0; s < p.splits; ++s) outs.push_back(parts.out_part(p, s)), lses.push_back(parts.lse_part(p, s));
+  MergeParams m;
+  m.batch = p.batch, m.seq_q = p.seq_q, m.heads = p.heads_q, m.dim_v = p.dim_v;
+  m.outs = outs, m.lses = lses;
+  m.out = tensor_of(p.out, p.dtype, 4, {p.batch, p.seq_q, p.heads_q, p.dim_v});
+  if (p.has_lse) m.lse = tensor_of(p.lse, DType::f32, 3, {p.batch, p.heads_q, p.seq_q}), m.has_lse = true;
+  m.threads = workers(p);
+  merge_rows(m);
+}
+
+// Runs every work item of the call on family F, then merges the key splits' partials.
 template <typename T, typename F>
 void run_items(const Params& p, void* workspace) {
-  const int64_t cq = p.query_chunk, q_chunks = (p.seq_q + cq - 1) / cq;
-  // Under causal or window masks later query chunks see more keys: hand them out first so the
-  // dynamic schedule ends on light items.
-  const bool banded = p.causal || p.window_left >= 0 || p.window_right >= 0;
-  parallel_items(p, workspace, FlashItem<T, F>::slice_bytes(p), [&](int64_t item, char* slice) {
-    const int64_t bh = item / q_chunks;
-    const int64_t qc = banded ? q_chunks - 1 - item % q_chunks : item % q_chunks;
-    FlashItem<T, F>(p, slice).run(bh / p.heads_q, bh % p.heads_q, qc * cq, std::min(cq, p.seq_q - qc * cq));
+  const size_t slice = FlashItem<T, F>::slice_bytes(p);
+  const Partials parts(p, static_cast<char*>(workspace) + slice * size_t(workers(p)));
+  parallel_items(p, workspace, slice, [&](int64_t index, char* worker_slice) {
+    const FlashWorkItem it = flash_item(p, index);
+    FlashItem<T, F>(p, worker_slice)
+        .run(it, view_of(parts.out_part(p, it.split)), view_of(parts.lse_part(p, it.split)));
   });
+  if (p.splits > 1) merge_partials(p, parts);
 }
 
 }  // namespace

@@ -11,10 +11,13 @@
 
 namespace memattn::detail {
 
-// The chunk being processed: query rows [i0, i0 + rows) of (b, h) against keys [j0, j0 + keys)
+// The chunk being processed: `rows` query rows of batch b, head-major over heads [h0, ...) and
+// queries [i0, i0 + queries) (one head unless the item is grouped), against keys [j0, j0 + keys)
 // of kv head g.
 struct Chunk {
-  int64_t b, h, g, i0, rows, j0, keys;
+  int64_t b, h0, g, i0, queries, rows, j0, keys;
+  int64_t head(int64_t r) const { return h0 + r / queries; }
+  int64_t query(int64_t r) const { return i0 + r % queries; }
   bool full;             // every row sees every key: no mask work
   bool all_read;         // every key is seen by some row: K and V can be read in place
   const uint8_t* live;   // when !all_read: live[t] = some row sees key t (others are never read)

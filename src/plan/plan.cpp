@@ -26,6 +26,24 @@ size_t l2_bytes() {
 
 int64_t round_down(int64_t x, int64_t m) { return std::max(m, x / m * m); }
 
+// Decode (a few queries against a long cache): one item per (batch, kv head, key split) holding
+// every query of the group's heads, so each K/V row is read once per group, not once per query
+// head; the keys are split so that one sequence still spreads over the threads. Split lengths
+// depend on the shapes only (results are bitwise identical for any thread count): at least 2048
+// keys, so that a split's K/V read dwarfs merging its partial, and at most 64 splits.
+// A group's rows share one item up to 256 rows (the dense path's tile is 128): beyond that (huge
+// MQA groups) the per-worker tiles would grow with the head count.
+constexpr int64_t kDecodeQueries = 16, kMaxGroupRows = 256, kMinSplitKeys = 2048, kMaxSplits = 64;
+
+void plan_decode(Params& p) {
+  if (p.seq_q > kDecodeQueries || p.group * p.seq_q > kMaxGroupRows) return;
+  p.grouped = true;
+  p.query_chunk = p.group * p.seq_q;
+  const int64_t want = std::max(kMinSplitKeys, (p.seq_k + kMaxSplits - 1) / kMaxSplits);
+  p.split_keys = (want + p.key_chunk - 1) / p.key_chunk * p.key_chunk;
+  p.splits = std::max<int64_t>(1, (p.seq_k + p.split_keys - 1) / p.split_keys);
+}
+
 constexpr TileFamily kFamilies[] = {TileFamily::f32_fma, TileFamily::bf16_dot, TileFamily::amx_bf16,
                                     TileFamily::amx_bf16_emulated};
 
@@ -101,6 +119,7 @@ void plan_forward(Params& p, const Options& o) {
   // Chunks never exceed the sequences, so tiny problems take tiny workspaces.
   p.query_chunk = std::max<int64_t>(1, std::min(cq ? cq : p.seq_q, p.seq_q));
   p.key_chunk = std::max<int64_t>(1, std::min(ck ? ck : p.seq_k, p.seq_k));
+  if (p.algorithm == Algorithm::flash && o.query_chunk == 0) plan_decode(p);
   p.threads = o.num_threads > 0 ? o.num_threads : omp_get_max_threads();
   // Bound whatever the algorithm: a target name this build does not run is an error on every
   // path, and no path can reach a flash driver without its kernels.
@@ -119,12 +138,35 @@ const char* family_name(TileFamily f) {
 
 int64_t work_items(const Params& p) {
   switch (p.algorithm) {
-    case Algorithm::chunked:
     case Algorithm::flash:
+      if (p.grouped) return p.batch * p.heads_kv * p.splits;
+      [[fallthrough]];
+    case Algorithm::chunked:
       return p.batch * p.heads_q * ((p.seq_q + p.query_chunk - 1) / p.query_chunk);
     case Algorithm::naive: return p.batch * p.heads_q;
     default: return 1;
   }
+}
+
+FlashWorkItem flash_item(const Params& p, int64_t index) {
+  if (p.grouped) {
+    const int64_t s = index % p.splits, bg = index / p.splits, g = bg % p.heads_kv;
+    return {bg / p.heads_kv, g, g * p.group, p.group, 0, p.seq_q, s * p.split_keys,
+            std::min(p.seq_k, (s + 1) * p.split_keys), s};
+  }
+  const int64_t cq = p.query_chunk, q_chunks = (p.seq_q + cq - 1) / cq, bh = index / q_chunks;
+  // Under causal or window masks later query chunks see more keys: hand them out first so the
+  // dynamic schedule ends on light items.
+  const bool banded = p.causal || p.window_left >= 0 || p.window_right >= 0;
+  const int64_t qc = banded ? q_chunks - 1 - index % q_chunks : index % q_chunks;
+  const int64_t h = bh % p.heads_q;
+  return {bh / p.heads_q, h / p.group, h, 1, qc * cq, std::min(cq, p.seq_q - qc * cq), 0, p.seq_k, 0};
+}
+
+size_t flash_partial_bytes(const Params& p) {
+  if (p.algorithm != Algorithm::flash || p.splits <= 1) return 0;
+  const size_t rows = checked_mul(checked_mul(size_t(p.batch), size_t(p.heads_q)), size_t(p.seq_q));
+  return checked_mul(checked_mul(checked_mul(rows, size_t(p.dim_v) + 1), size_t(p.splits)), sizeof(float));
 }
 
 int workers(const Params& p) {
@@ -154,7 +196,8 @@ size_t forward_workspace_bytes(const Params& p) {
       break;
     default: c.take<char>(flash_forward_slice_bytes(p)); break;
   }
-  return checked_add(checked_mul(c.used(), size_t(workers(p))), kAlign);
+  return checked_add(checked_add(checked_mul(c.used(), size_t(workers(p))), align_up(flash_partial_bytes(p))),
+                     kAlign);
 }
 
 }  // namespace memattn::detail

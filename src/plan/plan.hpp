@@ -16,8 +16,21 @@ namespace memattn::detail {
 // bitwise identical for any number of threads.
 void plan_forward(Params& p, const Options& o);
 
-// Independent units of parallel work: (batch, head, query chunk) or (batch, head).
+// Independent units of parallel work: (batch, head, query chunk), (batch, kv head, key split)
+// for grouped flash items, or (batch, head).
 int64_t work_items(const Params& p);
+
+// One flash work item: query rows (heads [h0, h0 + heads) x queries [i0, i0 + queries), head-major)
+// of batch b against keys [k_lo, k_hi) of kv head g, which is key split `split` of the row.
+struct FlashWorkItem {
+  int64_t b, g, h0, heads, i0, queries, k_lo, k_hi, split;
+};
+// Item `index` of [0, work_items(p)): the planner's item list, a pure function of the shapes.
+FlashWorkItem flash_item(const Params& p, int64_t index);
+
+// Bytes of the flash forward's (out, lse) partials: splits x batch x heads_q x seq_q x (dim_v + 1)
+// f32, or 0 with one split.
+size_t flash_partial_bytes(const Params& p);
 // Workers that get a workspace slice: min(threads, work items), at least 1.
 int workers(const Params& p);
 

@@ -1,0 +1,132 @@
+// The flash forward's decode items (issue 9): a few queries against long keys, a GQA group's heads
+// in one item, the keys split into partials merged exactly; against Ref64, across thread counts,
+// and the planner's split choice.
+#include <gtest/gtest.h>
+
+#include "api/validate.hpp"
+#include "plan/plan.hpp"
+#include "support.hpp"
+
+using namespace mt;
+using memattn::Align;
+
+namespace {
+
+// The planned Params of a call of shape s: validated with empty sequences (null data), then
+// given the lengths, which is all the planner reads.
+memattn::detail::Params planned(const Shape& s, const memattn::Options& o = {}) {
+  const Tensor q = Tensor::contiguous(nullptr, DType::f32, {s.B, 0, s.Hq, s.D});
+  const Tensor k = Tensor::contiguous(nullptr, DType::f32, {s.B, 0, s.Hkv, s.D});
+  const Tensor v = Tensor::contiguous(nullptr, DType::f32, {s.B, 0, s.Hkv, s.Dv});
+  memattn::detail::Params p = memattn::detail::make_forward_params(q, k, v, nullptr, nullptr, o);
+  p.seq_q = s.Sq, p.seq_k = s.Sk;
+  memattn::detail::plan_forward(p, o);
+  return p;
+}
+
+}  // namespace
+
+TEST(Decode, PlannerGroupsHeadsAndSplitsKeys) {
+  const auto p = planned({2, 4, 5000, 8, 2, 64, 64});
+  EXPECT_TRUE(p.grouped);
+  EXPECT_EQ(p.query_chunk, 4 * 4);  // the group's 4 heads x 4 queries
+  EXPECT_EQ(p.split_keys % p.key_chunk, 0);
+  EXPECT_GE(p.split_keys, 2048);
+  EXPECT_EQ(p.splits, (5000 + p.split_keys - 1) / p.split_keys);
+  EXPECT_EQ(memattn::detail::work_items(p), 2 * 2 * p.splits);
+  // Every (batch, kv head, split) once, splits covering the keys without overlap.
+  std::vector<int> seen(size_t(2 * 2 * 5000), 0);
+  for (int64_t i = 0; i < memattn::detail::work_items(p); ++i) {
+    const auto it = memattn::detail::flash_item(p, i);
+    EXPECT_EQ(it.heads, 4);
+    EXPECT_EQ(it.h0, it.g * 4);
+    for (int64_t j = it.k_lo; j < it.k_hi; ++j) ++seen[size_t((it.b * 2 + it.g) * 5000 + j)];
+  }
+  for (int x : seen) ASSERT_EQ(x, 1);
+  // Long caches: at most 64 splits, so the partials stop growing with seq_k.
+  const auto long_p = planned({1, 1, int64_t(1) << 22, 8, 8, 64, 64});
+  EXPECT_EQ(long_p.splits, 64);
+  const auto longer_p = planned({1, 1, int64_t(1) << 23, 8, 8, 64, 64});
+  EXPECT_EQ(memattn::detail::flash_partial_bytes(long_p), memattn::detail::flash_partial_bytes(longer_p));
+  // Training shapes and explicit query chunks keep the dense items.
+  EXPECT_FALSE(planned({1, 17, 5000, 8, 2, 64, 64}).grouped);
+  memattn::Options o;
+  o.query_chunk = 2;
+  EXPECT_FALSE(planned({1, 4, 5000, 8, 2, 64, 64}, o).grouped);
+}
+
+TEST(Decode, AccurateAgainstRef64) {
+  // Sk = 5000: three splits of 2048 keys, the last one partial; Sk = 2049 a one-key split.
+  for (DType dt : {DType::f32, DType::bf16, DType::f16})
+    for (int64_t sq : {1, 3, 16})
+      for (int64_t sk : {1, 100, 2049, 5000}) {
+        Case c({2, sq, sk, 8, 2, 40, 24}, dt, uint64_t(sq * 7919 + sk));
+        SCOPED_TRACE(describe(c));
+        expect_accurate(c);
+      }
+}
+
+TEST(Decode, MasksAcrossSplits) {
+  const Shape s{1, 4, 4500, 6, 3, 32, 32};
+  for (DType dt : {DType::f32, DType::bf16}) {
+    {  // causal, bottom-right: the queries see all but the last few keys
+      Case c(s, dt, 11);
+      c.options.causal = true;
+      c.options.align = Align::bottom_right;
+      SCOPED_TRACE(describe(c));
+      expect_accurate(c);
+    }
+    {  // a window that lies inside the last split only: the other splits' partials are empty
+      Case c(s, dt, 12);
+      c.options.causal = true;
+      c.options.align = Align::bottom_right;
+      c.options.window_left = 100;
+      SCOPED_TRACE(describe(c));
+      expect_accurate(c);
+    }
+    {  // a random mask and a bias per head
+      Case c(s, dt, 13);
+      c.set_mask({1, 6, 4, 4500}, random_mask(size_t(6 * 4 * 4500), 14, 0.3));
+      c.set_bias({1, 6, 4, 4500}, DType::f32, randn_values(size_t(6 * 4 * 4500), 15));
+      SCOPED_TRACE(describe(c));
+      expect_accurate(c);
+    }
+    {  // rows that see no key at all: out 0 and lse -inf, as the dense path
+      Case c(s, dt, 16);
+      std::vector<uint8_t> m(size_t(4 * 4500), 1);
+      for (int64_t j = 0; j < 4500; ++j) m[size_t(2 * 4500 + j)] = 0;  // query 2 sees nothing
+      c.set_mask({1, 1, 4, 4500}, m);
+      SCOPED_TRACE(describe(c));
+      expect_accurate(c);
+      for (int64_t h = 0; h < 6; ++h) EXPECT_EQ(c.lse.get(lse_offset(s, 0, h, 2)), -INFINITY);
+    }
+  }
+}
+
+TEST(Decode, BitwiseSameForAnyThreadCount) {
+  for (DType dt : {DType::f32, DType::bf16}) {
+    Case one({2, 4, 9000, 8, 2, 64, 64}, dt, 21);
+    one.options.num_threads = 1;
+    one.run();
+    for (int threads : {2, 3, 7}) {
+      Case many({2, 4, 9000, 8, 2, 64, 64}, dt, 21);
+      many.options.num_threads = threads;
+      many.run();
+      EXPECT_EQ(bitwise_difference(many.out, one.out), "") << threads << " threads, " << describe(many);
+      EXPECT_EQ(bitwise_difference(many.lse, one.lse), "") << threads << " threads, " << describe(many);
+    }
+  }
+}
+
+TEST(Decode, GroupedHeadsMatchOneHeadPerItemOnOneSplit) {
+  // One split (Sk < 2048): the grouped item computes each row exactly as a one-head item does,
+  // since rows are independent lanes of the same chunk walk; an explicit query_chunk forces the
+  // dense items.
+  Case grouped({2, 5, 1500, 8, 2, 64, 48}, DType::f32, 31);
+  grouped.run();
+  Case dense({2, 5, 1500, 8, 2, 64, 48}, DType::f32, 31);
+  dense.options.query_chunk = 5;
+  dense.run();
+  EXPECT_EQ(bitwise_difference(grouped.out, dense.out), "");
+  EXPECT_EQ(bitwise_difference(grouped.lse, dense.lse), "");
+}
