@@ -1,5 +1,6 @@
 // `memattn bench`: times attention over a sweep of shapes, dtypes, causal and thread counts, and
-// reports GFLOP/s in FlashAttention-2's convention next to the machine's peak measured in the same run.
+// reports GFLOP/s in FlashAttention-2's convention next to the peak, measured in the same run, of
+// the unit each call's tile family runs on.
 #include "bench.hpp"
 
 #include <algorithm>
@@ -20,6 +21,7 @@
 
 #include "bench_options.hpp"
 #include "common/half.hpp"
+#include "cpu/kernels.hpp"
 #include "format.hpp"
 #include "memattn/memattn.hpp"
 #include "peak.hpp"
@@ -61,6 +63,7 @@ struct Row {
   Direction direction;
   Algorithm algorithm;
   std::string target;
+  const char* family;  // the tile family of the call's products (family_of)
   Shape s;
   bool causal;
   int threads;
@@ -142,10 +145,36 @@ size_t workspace_of(Direction dir, const Operands& ops, const Options& o) {
                                    : backward_workspace_bytes(ops.q.view, ops.k.view, ops.v.view, o);
 }
 
-double peak_for(const Peak& p, DType dt) { return dt == DType::bf16 ? p.bf16_gflops : p.f32_gflops; }
-const char* peak_kind(const Peak& p, DType dt) {
-  if (dt != DType::bf16) return "f32 FMA";
-  return p.bf16_is_f32 ? "f32 FMA (no bf16 dot instruction)" : "bf16 dot";
+// The backward has no tile families of its own: its flash path runs its products on vdpbf16ps for
+// bf16 inputs where the kernels have the bf16 dot product (the avx512_bf16 target), else on the
+// f32 GEMM (the rule of the vdpbf16ps backward, uses_bf16_backward in plan/backward_plan.hpp);
+// naive (automatic for f64) runs neither.
+const char* backward_family(DType dt, const Options& o) {
+  const bool flash = o.algorithm == Algorithm::flash || (o.algorithm == Algorithm::automatic && dt != DType::f64);
+  if (!flash) return "none";
+  return dt == DType::bf16 && detail::select_kernels(o.target).bf16 != nullptr ? "bf16_dot" : "f32_fma";
+}
+
+// The tile family a call of this direction, dtype and options runs its products on.
+const char* family_of(Direction dir, DType dt, const Options& o) {
+  return dir == Direction::forward ? tile_family(dt, o) : backward_family(dt, o);
+}
+
+// The peak of the unit a tile family's products run on, and its name for the ratio's legend.
+struct UnitPeak {
+  double gflops;
+  const char* kind;
+};
+UnitPeak family_peak(const Peak& p, const std::string& family) {
+  if (family == "bf16_dot")
+    return {p.bf16_gflops, p.bf16_is_f32 ? "f32 FMA (no bf16 dot instruction)" : "bf16 dot"};
+  if (family == "amx_bf16")  // the peak loop runs wherever the family does; 0 would be a mismatch
+    return p.amx_bf16_gflops > 0 ? UnitPeak{p.amx_bf16_gflops, "AMX bf16"}
+                                 : UnitPeak{p.f32_gflops, "f32 FMA (no AMX peak was measured)"};
+  // The emulation is scalar C++ on the f32 units, and the reference algorithms compute in f32.
+  if (family == "amx_bf16_emulated") return {p.f32_gflops, "f32 FMA (amx_bf16_emulated is a scalar emulation)"};
+  if (family == "none") return {p.f32_gflops, "f32 FMA (a reference algorithm: no tile family)"};
+  return {p.f32_gflops, "f32 FMA"};
 }
 
 std::string minutes(double s) {
@@ -176,11 +205,22 @@ void for_each_point(const Config& c, ShapeFn&& on_shape, PointFn&& on_point) {
 // One probe call (first dtype and algorithm, n <= 1024, largest d, 1 thread) gives a per-thread
 // rate, assumed for every point: each costs its warm-up call plus max(3 calls, min_seconds).
 double estimate_seconds(const Config& c, double& rate) {
-  const Shape probe{c.dtypes[0], *std::max_element(c.d.begin(), c.d.end()),
-                    std::min<int64_t>(1024, *std::min_element(c.n.begin(), c.n.end())), 1, 8};
-  Operands ops(probe);
   Options o;
   o.algorithm = c.algorithms[0], o.num_threads = 1;
+  // The first dtype whose calls run: a MEMATTN_FAMILY that cannot run some dtype fails only those
+  // points (tile_family throws where a call would).
+  const auto runs = [&o](DType dt) {
+    try {
+      tile_family(dt, o);
+      return true;
+    } catch (const Error&) {
+      return false;
+    }
+  };
+  const auto dt = std::find_if(c.dtypes.begin(), c.dtypes.end(), runs);
+  const Shape probe{dt == c.dtypes.end() ? c.dtypes[0] : *dt, *std::max_element(c.d.begin(), c.d.end()),
+                    std::min<int64_t>(1024, *std::min_element(c.n.begin(), c.n.end())), 1, 8};
+  Operands ops(probe);
   rate = flops(Direction::forward, probe, false) / seconds_of(make_call(Direction::forward, ops, o));
   double total = 0;
   for_each_point(c, [](const Shape&) {},
@@ -191,40 +231,53 @@ double estimate_seconds(const Config& c, double& rate) {
   return total;
 }
 
+// The peaks per thread count; the AMX column only where AMX runs (JSON: null elsewhere).
 void print_peaks(const PeakIsa& isa, const std::map<int, Peak>& peaks, bool json) {
   const char* bf16 = isa.bf16 ? isa.bf16 : "none on this CPU: the f32 peak is reported";
+  const bool amx = isa.amx_bf16 != nullptr;
   if (json) {
     std::printf("[\n");
     size_t i = 0;
-    for (const auto& [t, p] : peaks)
-      std::printf("  {\"threads\": %d, \"f32_gflops\": %.2f, \"bf16_gflops\": %.2f, \"f32_isa\": \"%s\", "
-                  "\"bf16_isa\": \"%s\", \"cpu\": \"%s\"}%s\n",
-                  t, p.f32_gflops, p.bf16_gflops, isa.f32, bf16, isa.cpu.c_str(),
+    for (const auto& [t, p] : peaks) {
+      char amx_gflops[32] = "null", amx_isa[64] = "null";
+      if (amx) {
+        std::snprintf(amx_gflops, sizeof amx_gflops, "%.2f", p.amx_bf16_gflops);
+        std::snprintf(amx_isa, sizeof amx_isa, "\"%s\"", isa.amx_bf16);
+      }
+      std::printf("  {\"threads\": %d, \"f32_gflops\": %.2f, \"bf16_gflops\": %.2f, \"amx_bf16_gflops\": %s, "
+                  "\"f32_isa\": \"%s\", \"bf16_isa\": \"%s\", \"amx_bf16_isa\": %s, \"cpu\": \"%s\"}%s\n",
+                  t, p.f32_gflops, p.bf16_gflops, amx_gflops, isa.f32, bf16, amx_isa, isa.cpu.c_str(),
                   ++i < peaks.size() ? "," : "");
+    }
     std::printf("]\n");
     return;
   }
   std::printf("CPU: %s, %u logical CPUs\n", isa.cpu.c_str(), std::thread::hardware_concurrency());
-  std::printf("peak measured now: f32 = %s FMA loop (FMA = 2 FLOPs), bf16 = %s loop (4 FLOPs per f32 lane);\n"
-              "independent accumulator chains, ~0.25 s per run, best of 3 (a sweep: before and after it)\n",
+  std::printf("peak measured now: f32 = %s FMA loop (FMA = 2 FLOPs), bf16 = %s loop (4 FLOPs per f32 lane)",
               isa.f32, bf16);
-  std::printf("  threads  f32 GFLOP/s  bf16 GFLOP/s\n");
-  for (const auto& [t, p] : peaks) std::printf("  %7d  %11.1f  %12.1f\n", t, p.f32_gflops, p.bf16_gflops);
+  if (amx) std::printf(",\n  AMX = %s loop (16 x 16 x 32 x 2 FLOPs per instruction)", isa.amx_bf16);
+  std::printf(";\nindependent accumulator chains, ~0.25 s per run, best of 3 (a sweep: before and after it)\n");
+  std::printf("  threads  f32 GFLOP/s  bf16 GFLOP/s%s\n", amx ? "  AMX GFLOP/s" : "");
+  for (const auto& [t, p] : peaks) {
+    std::printf("  %7d  %11.1f  %12.1f", t, p.f32_gflops, p.bf16_gflops);
+    if (amx) std::printf("  %11.1f", p.amx_bf16_gflops);
+    std::printf("\n");
+  }
 }
 
 void print_json(const std::vector<Row>& rows, const PeakIsa& isa, const std::map<int, Peak>& peaks) {
   std::printf("[\n");
   for (size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
-    std::printf("  {\"direction\": \"%s\", \"algorithm\": \"%s\", \"target\": \"%s\", \"n\": %lld, "
+    std::printf("  {\"direction\": \"%s\", \"algorithm\": \"%s\", \"target\": \"%s\", \"family\": \"%s\", \"n\": %lld, "
                 "\"d\": %lld, \"batch\": %lld, \"heads\": %lld, \"causal\": %s, \"dtype\": \"%s\", "
                 "\"threads\": %d, \"reps\": %lld, \"ms\": %.4f, \"gflops\": %.3f, \"peak_gflops\": %.2f, "
                 "\"ratio\": %.4f, \"peak_kind\": \"%s\", \"workspace_bytes\": %zu, "
                 "\"extra_rss_bytes\": %lld, \"cpu\": \"%s\"}%s\n",
-                direction_name(r.direction), algorithm_name(r.algorithm), r.target.c_str(),
+                direction_name(r.direction), algorithm_name(r.algorithm), r.target.c_str(), r.family,
                 (long long)r.s.n, (long long)r.s.d, (long long)r.s.batch, (long long)r.s.heads,
                 r.causal ? "true" : "false", dtype_name(r.s.dtype), r.threads, (long long)r.reps, r.ms,
-                r.gflops, r.peak, r.ratio, peak_kind(peaks.at(r.threads), r.s.dtype), r.workspace,
+                r.gflops, r.peak, r.ratio, family_peak(peaks.at(r.threads), r.family).kind, r.workspace,
                 (long long)r.extra_rss, isa.cpu.c_str(), i + 1 < rows.size() ? "," : "");
   }
   std::printf("]\n");
@@ -238,18 +291,22 @@ void print_table(const std::vector<Row>& rows, const PeakIsa& isa, const std::ma
               "ms      = median of `reps` calls after one warm-up call (reps fill >= %.2g s, at least 3)\n"
               "GFLOP/s = 4*batch*heads*n^2*d / time, halved for causal, x2.5 for backward "
               "(FlashAttention-2's convention)\n"
-              "ratio   = GFLOP/s / the peak above for the dtype (bf16: bf16 dot; f32, f16: f32 FMA) "
-              "and thread count\n"
+              "family  = the tile family of the call's products: memattn::tile_family (none: a reference "
+              "algorithm);\n"
+              "          backward: bf16_dot for bf16 on the avx512_bf16 target, else f32_fma\n"
+              "ratio   = GFLOP/s / the peak above of the family's unit (bf16_dot: bf16 dot; amx_bf16: AMX; "
+              "f32_fma,\n"
+              "          amx_bf16_emulated (scalar), none: f32 FMA) and thread count\n"
               "workspace = memattn::workspace_bytes / backward_workspace_bytes: all the memory the call "
               "allocates\n\n",
               c.min_seconds);
-  std::printf("%-9s %-7s %-11s %-5s %-6s %3s %6s %4s %3s %3s %5s %10s %8s %7s %6s %10s\n", "direction",
-              "alg", "target", "dtype", "causal", "thr", "n", "d", "B", "H", "reps", "ms", "GFLOP/s",
-              "peak", "ratio", "workspace");
+  std::printf("%-9s %-7s %-11s %-17s %-5s %-6s %3s %6s %4s %3s %3s %5s %10s %8s %7s %6s %10s\n",
+              "direction", "alg", "target", "family", "dtype", "causal", "thr", "n", "d", "B", "H", "reps", "ms",
+              "GFLOP/s", "peak", "ratio", "workspace");
   for (const Row& r : rows)
-    std::printf("%-9s %-7s %-11s %-5s %-6s %3d %6lld %4lld %3lld %3lld %5lld %10.2f %8.1f %7.1f %5.1f%% "
+    std::printf("%-9s %-7s %-11s %-17s %-5s %-6s %3d %6lld %4lld %3lld %3lld %5lld %10.2f %8.1f %7.1f %5.1f%% "
                 "%10s\n",
-                direction_name(r.direction), algorithm_name(r.algorithm), r.target.c_str(),
+                direction_name(r.direction), algorithm_name(r.algorithm), r.target.c_str(), r.family,
                 dtype_name(r.s.dtype), r.causal ? "yes" : "no", r.threads, (long long)r.s.n,
                 (long long)r.s.d, (long long)r.s.batch, (long long)r.s.heads, (long long)r.reps, r.ms,
                 r.gflops, r.peak, 100 * r.ratio, human_bytes(double(r.workspace), true).c_str());
@@ -267,8 +324,8 @@ Row run_point(Operands& ops, Direction dir, Algorithm alg, const std::string& ta
   const auto [ms, reps] = time_calls(make_call(dir, ops, o), c);
   const int64_t extra_rss = rss_known && rss_before >= 0 ? proc_status_bytes("VmHWM:") - rss_before : -1;
   const double gflops = flops(dir, ops.s, causal) / ms / 1e6;
-  return {dir, alg, selected_target(o), ops.s, causal, threads, reps, ms, gflops, 0, 0,
-          workspace_of(dir, ops, o), extra_rss};
+  return {dir, alg, selected_target(o), family_of(dir, ops.s.dtype, o), ops.s, causal, threads, reps, ms,
+          gflops, 0, 0, workspace_of(dir, ops, o), extra_rss};
 }
 
 // Peaks that do not scale with the thread count mean something else is using the cores.
@@ -343,9 +400,10 @@ int bench_main(const Config& c) {
     const Peak again = measure_peak(t);
     p.f32_gflops = std::max(p.f32_gflops, again.f32_gflops);
     p.bf16_gflops = std::max(p.bf16_gflops, again.bf16_gflops);
+    p.amx_bf16_gflops = std::max(p.amx_bf16_gflops, again.amx_bf16_gflops);
   }
   warn_if_busy(peaks);
-  for (Row& r : rows) r.peak = peak_for(peaks.at(r.threads), r.s.dtype), r.ratio = r.gflops / r.peak;
+  for (Row& r : rows) r.peak = family_peak(peaks.at(r.threads), r.family).gflops, r.ratio = r.gflops / r.peak;
   const auto key = [](const Row& r) {
     return std::make_tuple(r.direction, r.algorithm, r.target, r.s.dtype, r.s.d, r.causal, r.threads,
                            r.s.batch, r.s.heads, r.s.n);

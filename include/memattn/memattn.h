@@ -153,6 +153,14 @@ const char* memattn_version(void);
  * A static string, never NULL. */
 const char* memattn_supported_targets(void);
 
+/* The tile family memattn_forward runs for inputs of `dtype` with these options (NULL: the
+ * defaults) on this machine: "f32_fma", "bf16_dot", "amx_bf16" or "amx_bf16_emulated", or "none"
+ * when the options resolve to a reference algorithm (naive, sequential, chunked). Planned as a
+ * call is (options->algorithm and target, MEMATTN_TARGET, MEMATTN_FAMILY; mask and bias are not
+ * read). A static string; NULL on error, with memattn_last_error() saying why (e.g. an unknown
+ * target, or a MEMATTN_FAMILY that is not a family or cannot run this dtype). */
+const char* memattn_tile_family(memattn_dtype dtype, const memattn_options* options);
+
 #ifdef __cplusplus
 }
 #endif

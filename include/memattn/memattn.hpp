@@ -15,6 +15,16 @@ namespace memattn {
 // chunk sizes and thread count they resolve to). Validates like forward(); throws the same errors.
 size_t workspace_bytes(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options);
 
+// The tile family whose products forward() runs for inputs of `dtype` with these options on this
+// machine: "f32_fma" (the f32 GEMM of the SIMD target), "bf16_dot" (AVX-512 BF16 vdpbf16ps),
+// "amx_bf16" (Intel AMX) or "amx_bf16_emulated" (forced by MEMATTN_FAMILY, for tests); "none" when
+// the options resolve to a reference algorithm (naive, sequential, chunked), which runs no family.
+// Planned as forward() plans (options.algorithm and target, MEMATTN_TARGET, MEMATTN_FAMILY), so it
+// throws what such a call would: e.g. invalid_argument for an unknown target or MEMATTN_FAMILY
+// value, unsupported for a MEMATTN_FAMILY that cannot run this dtype. options.mask and bias are not
+// read (they do not change the family). A static string, never null.
+const char* tile_family(DType dtype, const Options& options = {});
+
 // out[b, i, h, :] = sum_j softmax_j(scale * q[b,i,h,:] . k[b,j,g,:] + bias - inf*masked) v[b,j,g,:]
 // with g = h / (heads_q / heads_kv). lse (optional, f32 [batch, heads_q, seq_q]) receives
 // log sum_j exp(s_ij). A fully masked row gives out = 0 and lse = -inf. Every argument is checked

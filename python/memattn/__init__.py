@@ -15,7 +15,8 @@ from . import _tensors as _t
 __version__ = _memattn.__version__
 
 __all__ = ["attention", "attention_backward", "merge", "workspace_bytes",
-           "backward_workspace_bytes", "supported_targets", "selected_target", "__version__"]
+           "backward_workspace_bytes", "supported_targets", "selected_target", "tile_family",
+           "__version__"]
 
 
 def _check_type(value, name, types, expected):
@@ -190,3 +191,34 @@ def supported_targets():
 def selected_target(target=None):
     """The target a call with this `target` option would use (None: MEMATTN_TARGET or the best)."""
     return _memattn.selected_target(target)
+
+
+def _dtype_operand(dtype):
+    """(operand, kind): an empty operand of `dtype`, whose dtype the extension reads as it reads
+    any operand's (same spellings, same errors): a memattn name ('f32', 'bf16', 'f16', 'f64') as
+    a descriptor, a numpy dtype or scalar type as an empty array, a torch dtype as an empty
+    tensor's descriptor. Nothing is imported: a numpy or torch dtype exists only once the caller
+    has imported its module."""
+    if isinstance(dtype, str):
+        return (0, dtype, (0,), (1,)), _t.NUMPY
+    torch = _t._torch()
+    if torch is not None and isinstance(dtype, torch.dtype):
+        return _t.operand(torch.empty(0, dtype=dtype), "dtype"), _t.TORCH
+    np = _t._numpy()
+    if np is not None and (isinstance(dtype, np.dtype) or
+                           (isinstance(dtype, type) and issubclass(dtype, np.generic))):
+        return np.empty(0, dtype), _t.NUMPY
+    raise TypeError(f"dtype must be a memattn dtype name ('f32', 'bf16', 'f16', 'f64'), a numpy "
+                    f"dtype or a torch dtype, got {dtype!r}")
+
+
+def tile_family(dtype, *, algorithm="auto", target=None, num_threads=0):
+    """The tile family attention() runs for inputs of `dtype` with these options on this machine:
+    'f32_fma', 'bf16_dot', 'amx_bf16' or 'amx_bf16_emulated' (MEMATTN_FAMILY), or 'none' when
+    `algorithm` resolves to a reference algorithm. dtype: 'f32', 'bf16', 'f16', 'f64', a numpy
+    dtype (np.float32, q.dtype) or a torch dtype (torch.bfloat16). Raises what such a call would
+    (an unknown target, a MEMATTN_FAMILY that is no family or cannot run this dtype)."""
+    operand, kind = _dtype_operand(dtype)
+    options = _options(kind, False, "top_left", None, None, None, None, algorithm, num_threads,
+                       target)
+    return _memattn.tile_family(operand, options)

@@ -204,6 +204,15 @@ PYBIND11_MODULE(_memattn, m) {
         return memattn::selected_target(options);
       },
       py::arg("target") = py::none());
+  m.def(
+      "tile_family",
+      [](py::handle like, const CallOptions& options) {
+        // The dtype is read off an empty operand, as any operand's is, so every spelling the
+        // module accepts for arrays is accepted here, with the same errors.
+        return memattn::tile_family(to_tensor(like, "dtype", Access::read).dtype, options.get());
+      },
+      py::arg("like"), py::arg("options"),
+      "memattn::tile_family for the dtype of `like` (an operand: numpy array or descriptor).");
   m.def("inspect_operand", &inspect_operand, py::arg("operand"), py::arg("name") = "operand",
         py::arg("broadcast") = false,
         "(address, dtype, shape, element strides) of the view memattn takes of an operand.");

@@ -270,4 +270,15 @@ const char* memattn_supported_targets(void) {
   return joined.c_str();
 }
 
+const char* memattn_tile_family(memattn_dtype dtype, const memattn_options* options) {
+  const char* family = nullptr;
+  const memattn_status status = guarded([&] {
+    const memattn::DType d = checked_enum<memattn::DType>(dtype, "dtype", kDTypeNames);
+    const memattn_options defaults = memattn_options_default();
+    const CppOptions o(options ? options : &defaults);
+    family = memattn::tile_family(d, o.options);
+  });
+  return status == MEMATTN_OK ? family : nullptr;
+}
+
 }  // extern "C"

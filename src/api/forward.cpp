@@ -1,4 +1,4 @@
-// forward() and workspace_bytes(): validate, plan, take the workspace, dispatch once.
+// forward(), workspace_bytes() and tile_family(): validate, plan, take the workspace, dispatch once.
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -48,6 +48,25 @@ void run(const Params& p, void* ws) {
 
 size_t workspace_bytes(const Tensor& q, const Tensor& k, const Tensor& v, const Options& o) {
   return detail::forward_workspace_bytes(detail::plan(q, k, v, nullptr, nullptr, o));
+}
+
+const char* tile_family(DType dtype, const Options& options) {
+  using namespace detail;
+  // Checked here so that the message names `dtype`; the call's own checks would name q.
+  const bool known = int(dtype) <= int(DType::u8);  // DType is unsigned
+  if (!known || dtype == DType::u8)
+    fail(known ? ErrorCode::wrong_dtype : ErrorCode::invalid_argument,
+         cat("dtype: expected one of f32, bf16, f16, f64, got ",
+             known ? std::string(dtype_name(dtype)) : std::to_string(int(dtype))));
+  // An empty problem of that dtype goes through the very validation and planner a call does, so
+  // the answer (and any error) is the call's: the family depends on the dtype, the options and the
+  // machine, never on shapes. Masks and biases are dropped: they would be checked against the
+  // empty problem's shape, and they do not change the family.
+  Options o = options;
+  o.mask = o.bias = nullptr;
+  const Tensor none = Tensor::contiguous(nullptr, dtype, {0, 1, 1, 1});  // batch 0: no memory
+  const Params p = plan(none, none, none, nullptr, nullptr, o);
+  return p.algorithm == Algorithm::flash ? family_name(p.family) : "none";
 }
 
 void forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor* lse,
