@@ -19,6 +19,8 @@
 #include <tuple>
 #include <vector>
 
+#include "bench_data.hpp"
+#include "bench_decode.hpp"
 #include "bench_options.hpp"
 #include "common/half.hpp"
 #include "cpu/kernels.hpp"
@@ -28,32 +30,6 @@
 
 namespace memattn::tool {
 namespace {
-
-// Unit-variance values, uniform on [-sqrt 3, sqrt 3], from a counter-based hash (fast and seeded).
-void fill(void* data, DType dt, size_t count, uint64_t seed) {
-  for (size_t i = 0; i < count; ++i) {
-    uint64_t z = seed * 0x9e3779b97f4a7c15ull + i;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    const float x = (float(z >> 40) * 0x1p-24f * 2 - 1) * 1.7320508f;
-    if (dt == DType::f32) static_cast<float*>(data)[i] = x;
-    else if (dt == DType::bf16) static_cast<uint16_t*>(data)[i] = to_bf16(x).bits;
-    else static_cast<uint16_t*>(data)[i] = to_f16(x).bits;
-  }
-}
-
-// One contiguous [batch, n, heads, d] tensor and its storage.
-struct Buffer {
-  std::vector<float> storage;
-  Tensor view;
-  Buffer(DType dt, int64_t b, int64_t n, int64_t h, int64_t d, uint64_t seed) {
-    const size_t count = size_t(b * n * h * d);
-    storage.resize((count * dtype_size(dt) + 3) / 4);
-    view = Tensor::contiguous(storage.data(), dt, {b, n, h, d});
-    fill(storage.data(), dt, count, seed);
-  }
-};
 
 struct Shape {
   DType dtype;
@@ -348,6 +324,7 @@ double elapsed_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 int bench_main(const Config& c) {
+  if (c.decode) return bench_decode_main(c.decode_sweep);
   const PeakIsa isa = detect_peak_isa();
   std::map<int, Peak> peaks;
   for (int64_t t : c.threads) peaks[int(t)] = measure_peak(int(t));

@@ -25,6 +25,19 @@ CLI::Validator target_names() {
   return one_of(names, expected);
 }
 
+// --decode takes the sweep options that were given (n as seq_k, d, heads, threads, dtype as the
+// cache dtype, reps, min-seconds, json) and keeps its own defaults for the others.
+void fill_decode_sweep(Config& c, const CLI::App& sub) {
+  DecodeConfig& dc = c.decode_sweep;
+  if (sub.count("--n")) dc.seq_k = c.n;
+  if (sub.count("--d")) dc.d = c.d.front();
+  if (sub.count("--heads")) dc.heads = c.heads.front(), dc.kv_heads = dc.heads % 4 == 0 ? dc.heads / 4 : dc.heads;
+  if (sub.count("--threads")) dc.threads = c.threads;
+  if (sub.count("--dtype")) dc.cache_dtypes = c.dtypes;
+  dc.reps = c.reps, dc.min_seconds = c.min_seconds, dc.json = c.json;
+  drop_repeats(dc.seq_q);
+}
+
 }  // namespace
 
 CLI::App* add_bench_command(CLI::App& app, Config& c) {
@@ -75,7 +88,15 @@ CLI::App* add_bench_command(CLI::App& app, Config& c) {
   CLI::Option* backward = sub->add_flag("--backward")->description("add backward to the directions");
   sub->add_flag("--json", c.json, "a JSON list, one object per run, on stdout");
   sub->add_flag("--peak", c.peak_only, "only measure and print the machine's peaks");
-  sub->callback([&c, sub, quick, backward] {
+  CLI::Option* decode = sub->add_flag(
+      "--decode", c.decode,
+      "KV-cache decoding instead: seq_q = 1,4 new queries (--seq-q) against n = 4096,32768,131072 cached "
+      "keys, d = 128, 32 query heads : 8 kv heads (--heads H: H/4 kv heads when 4 divides H, else H), causal bottom-right, in GB/s "
+      "of K/V read against the read bandwidth measured in the same run");
+  sub->add_option("--seq-q", c.decode_sweep.seq_q, "with --decode: new queries per call")
+      ->delimiter(',')->check(positive_integer())->type_name("N,...")->needs(decode);
+  sub->callback([&c, sub, quick, backward, decode] {
+    if (*decode) fill_decode_sweep(c, *sub);
     if (*quick && !sub->count("--n")) c.n = {1024, 4096};
     if (*backward) c.directions.push_back(Direction::backward);
     drop_repeats(c.n), drop_repeats(c.d), drop_repeats(c.batch), drop_repeats(c.heads);

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_decode.hpp"
 #include "memattn/types.hpp"
 
 namespace CLI {
@@ -26,6 +27,8 @@ struct Config {
   int64_t key_chunk = 0;     // Options::key_chunk of every call (0: the planner's)
   double min_seconds = 0.3;  // per point, after the warm-up call
   bool json = false, peak_only = false;
+  bool decode = false;        // --decode: the decode sweep below instead
+  DecodeConfig decode_sweep;  // filled from the options given, else the decode defaults
   std::vector<std::string> targets{""};  // "": the library's choice (MEMATTN_TARGET, else the best)
 };
 

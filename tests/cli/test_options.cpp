@@ -104,6 +104,39 @@ TEST(CliOptions, BenchListOptions) {
   EXPECT_EQ(count("\"direction\": \"backward\""), 2u);
   EXPECT_EQ(count("\"causal\": true"), 4u);
   EXPECT_EQ(count("\"reps\": 1,"), 4u);
+  EXPECT_EQ(count("\"family\": \"f32_fma\""), 4u);
+}
+
+TEST(CliOptions, BenchRejectsUnknownFamily) {
+  const ToolResult r = run_tool({"bench", "--peak", "--threads", "1"}, ".", {"MEMATTN_FAMILY=bogus"});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("MEMATTN_FAMILY"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("bogus"), std::string::npos) << r.err;
+}
+
+TEST(CliOptions, BenchDecodeJson) {
+  const ToolResult r = run_tool({"bench", "--decode", "--n", "300,70", "--seq-q", "2", "--heads", "8", "--d", "16",
+                                 "--dtype", "bf16", "--threads", "1", "--reps", "1", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto count = [&](const std::string& s) {
+    size_t n = 0;
+    for (size_t at = r.out.find(s); at != std::string::npos; at = r.out.find(s, at + 1)) ++n;
+    return n;
+  };
+  EXPECT_EQ(count("{\"direction\": \"decode\""), 2u) << r.out;
+  EXPECT_EQ(count("\"seq_q\": 2,"), 2u);
+  EXPECT_EQ(count("\"seq_k\": 300,"), 1u);
+  EXPECT_EQ(count("\"seq_k\": 70,"), 1u);
+  EXPECT_EQ(count("\"cache_dtype\": \"bf16\""), 2u);
+  EXPECT_EQ(count("\"page_size\": 0,"), 2u);
+  EXPECT_EQ(count("\"kv_heads\": 2,"), 2u);
+  for (const char* key : {"\"threads\": 1,", "\"gbps\": ", "\"peak_gbps\": "}) EXPECT_EQ(count(key), 2u) << key;
+}
+
+TEST(CliOptions, BenchSeqQNeedsDecode) {
+  const ToolResult r = run_tool({"bench", "--seq-q", "2"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--decode"), std::string::npos) << r.err;
 }
 
 }  // namespace

@@ -1,0 +1,99 @@
+// `memattn bench --decode` (see bench_decode.hpp): causal bottom-right calls with seq_q new queries
+// per sequence against seq_k cached keys, GQA heads : kv_heads, one sequence.
+#include "bench_decode.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <map>
+#include <string>
+
+#include "bandwidth.hpp"
+#include "bench_data.hpp"
+#include "memattn/memattn.hpp"
+#include "peak.hpp"
+
+namespace memattn::tool {
+namespace {
+
+struct DecodeRow {
+  int64_t seq_q, seq_k;
+  DType cache;
+  int threads;
+  int64_t reps;
+  double ms, gbps;
+};
+
+// Median milliseconds of `reps` calls (or enough to fill min_seconds, at least 3) after a warm-up.
+std::pair<double, int64_t> time_call(const std::function<void()>& call, const DecodeConfig& c) {
+  call();
+  std::vector<double> ms;
+  const auto start = std::chrono::steady_clock::now();
+  for (;;) {
+    const auto t0 = std::chrono::steady_clock::now();
+    call();
+    const auto t1 = std::chrono::steady_clock::now();
+    ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+    const double total = std::chrono::duration<double>(t1 - start).count();
+    if (c.reps ? int64_t(ms.size()) >= c.reps : ms.size() >= 3 && total >= c.min_seconds) break;
+  }
+  std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
+  return {ms[ms.size() / 2], int64_t(ms.size())};
+}
+
+DecodeRow run_point(const DecodeConfig& c, int64_t sq, int64_t sk, DType dt, int threads) {
+  // The queries are in the cache's dtype: memattn takes one dtype per call.
+  Buffer q(dt, 1, sq, c.heads, c.d, 1), k(dt, 1, sk, c.kv_heads, c.d, 2), v(dt, 1, sk, c.kv_heads, c.d, 3);
+  Buffer out(dt, 1, sq, c.heads, c.d, 4);
+  Options o;
+  o.causal = true, o.align = Align::bottom_right, o.num_threads = threads;
+  const auto [ms, reps] = time_call([&] { forward(q.view, k.view, v.view, out.view, nullptr, o); }, c);
+  const double kv_bytes = 2.0 * double(sk) * double(c.kv_heads) * double(c.d) * double(dtype_size(dt));
+  return {sq, sk, dt, threads, reps, ms, kv_bytes / ms / 1e6};
+}
+
+}  // namespace
+
+int bench_decode_main(const DecodeConfig& c) {
+  const PeakIsa isa = detect_peak_isa();
+  std::map<int, double> peak;
+  for (int64_t t : c.threads) peak[int(t)] = measure_read_gbps(int(t));
+  std::vector<DecodeRow> rows;
+  for (DType dt : c.cache_dtypes)
+    for (int64_t sk : c.seq_k)
+      for (int64_t sq : c.seq_q)
+        for (int64_t t : c.threads) {
+          rows.push_back(run_point(c, sq, sk, dt, int(t)));
+          if (!c.json) std::fprintf(stderr, "\r%zu points done", rows.size());
+        }
+  if (c.json) {
+    std::printf("[\n");
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const DecodeRow& r = rows[i];
+      std::printf("  {\"direction\": \"decode\", \"seq_q\": %lld, \"seq_k\": %lld, \"cache_dtype\": \"%s\", "
+                  "\"page_size\": 0, \"d\": %lld, \"heads\": %lld, \"kv_heads\": %lld, \"threads\": %d, "
+                  "\"reps\": %lld, \"ms\": %.4f, \"gbps\": %.3f, \"peak_gbps\": %.3f, \"ratio\": %.4f, "
+                  "\"cpu\": \"%s\"}%s\n",
+                  (long long)r.seq_q, (long long)r.seq_k, dtype_name(r.cache), (long long)c.d,
+                  (long long)c.heads, (long long)c.kv_heads, r.threads, (long long)r.reps, r.ms, r.gbps,
+                  peak.at(r.threads), r.gbps / peak.at(r.threads), isa.cpu.c_str(), i + 1 < rows.size() ? "," : "");
+    }
+    std::printf("]\n");
+    return 0;
+  }
+  std::fprintf(stderr, "\n");
+  std::printf("CPU: %s\nmemory read bandwidth measured now (1 GiB read, best of 5):", isa.cpu.c_str());
+  for (const auto& [t, g] : peak) std::printf("  %d thread%s %.1f GB/s", t, t > 1 ? "s" : "", g);
+  std::printf("\n\ndecode: causal bottom-right, q/k/v one dtype, %lld query heads : %lld kv heads, d = %lld, "
+              "one sequence, contiguous cache\nGB/s = K and V bytes / median call time; ratio to the "
+              "bandwidth above for the thread count\n\n",
+              (long long)c.heads, (long long)c.kv_heads, (long long)c.d);
+  std::printf("%-5s %5s %7s %3s %5s %10s %8s %6s\n", "cache", "seq_q", "seq_k", "thr", "reps", "ms", "GB/s", "ratio");
+  for (const DecodeRow& r : rows)
+    std::printf("%-5s %5lld %7lld %3d %5lld %10.3f %8.1f %5.1f%%\n", dtype_name(r.cache), (long long)r.seq_q,
+                (long long)r.seq_k, r.threads, (long long)r.reps, r.ms, r.gbps, 100 * r.gbps / peak.at(r.threads));
+  return 0;
+}
+
+}  // namespace memattn::tool
