@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <random>
@@ -194,5 +195,29 @@ std::string conditioning_failure(const std::vector<double>& got, const RefProble
 // adversarial cases (abs_slack 0), the per-element conditioning check.
 void expect_accurate_all(Case& c, double k = 2.0, double abs_slack = 0.0,
                          std::optional<Guard> guard = std::nullopt);
+
+}  // namespace mt
+
+namespace mt {
+
+// Sets (value non-null) or unsets (null) an environment variable for the scope, then restores it.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    if (value) setenv(name, value, 1);
+    else unsetenv(name);
+  }
+  ~ScopedEnv() {
+    if (old_) setenv(name_, old_->c_str(), 1);
+    else unsetenv(name_);
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
 
 }  // namespace mt

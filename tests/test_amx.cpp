@@ -564,29 +564,10 @@ TEST(AmxFamily, ProbabilityRowsVectorMatchesPortable) {
 
 namespace {
 
-// Sets an environment variable for the scope, then restores what was there.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old;
-    setenv(name, value, 1);
-  }
-  ~ScopedEnv() {
-    if (old_) setenv(name_, old_->c_str(), 1);
-    else unsetenv(name_);
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  std::optional<std::string> old_;
-};
-
 // Runs c on flash with MEMATTN_FAMILY=amx_bf16_emulated; false when the planner does not offer
 // that family (a build whose driver does not dispatch to it yet).
 bool run_emulated_family(mt::Case& c) {
-  ScopedEnv env("MEMATTN_FAMILY", "amx_bf16_emulated");
+  mt::ScopedEnv env("MEMATTN_FAMILY", "amx_bf16_emulated");
   c.options.algorithm = memattn::Algorithm::flash;
   const uint64_t before = AmxEmulated::executed();
   try {

@@ -23,27 +23,9 @@ using memattn::DType;
 using memattn::ErrorCode;
 using memattn::Options;
 
+using mt::ScopedEnv;
+
 namespace {
-
-// Sets (value non-null) or unsets (null) an environment variable for the scope, then restores it.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old;
-    if (value) setenv(name, value, 1);
-    else unsetenv(name);
-  }
-  ~ScopedEnv() {
-    if (old_) setenv(name_, old_->c_str(), 1);
-    else unsetenv(name_);
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  std::optional<std::string> old_;
-};
 
 // Every test starts from a plain environment: the library's own choice of target and family.
 class TileFamilyQuery : public ::testing::Test {

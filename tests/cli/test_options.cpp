@@ -89,15 +89,18 @@ TEST(CliOptions, UnknownSimdTargetInTheEnvironment) {
 
 // One tiny end-to-end sweep: list options replace their defaults, commas and repeats add values,
 // duplicates count once, and --backward adds the backward direction.
+// How many times `s` occurs in `text`.
+size_t occurrences(const std::string& text, const std::string& s) {
+  size_t n = 0;
+  for (size_t at = text.find(s); at != std::string::npos; at = text.find(s, at + 1)) ++n;
+  return n;
+}
+
 TEST(CliOptions, BenchListOptions) {
   const ToolResult r = run_tool({"bench", "--n", "48,32", "--n", "48", "--d", "16", "--heads", "1", "--dtype", "f32",
                                  "--causal", "1", "--threads", "1", "--reps", "1", "--json", "--backward"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  const auto count = [&](const std::string& s) {
-    size_t n = 0;
-    for (size_t at = r.out.find(s); at != std::string::npos; at = r.out.find(s, at + 1)) ++n;
-    return n;
-  };
+  const auto count = [&](const std::string& s) { return occurrences(r.out, s); };
   EXPECT_EQ(count("{\"direction\""), 4u) << r.out;  // n = 48, 32 x forward, backward
   EXPECT_EQ(count("\"n\": 32,"), 2u);
   EXPECT_EQ(count("\"n\": 48,"), 2u);
@@ -118,11 +121,7 @@ TEST(CliOptions, BenchDecodeJson) {
   const ToolResult r = run_tool({"bench", "--decode", "--n", "300,70", "--seq-q", "2", "--heads", "8", "--d", "16",
                                  "--dtype", "bf16", "--threads", "1", "--reps", "1", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  const auto count = [&](const std::string& s) {
-    size_t n = 0;
-    for (size_t at = r.out.find(s); at != std::string::npos; at = r.out.find(s, at + 1)) ++n;
-    return n;
-  };
+  const auto count = [&](const std::string& s) { return occurrences(r.out, s); };
   EXPECT_EQ(count("{\"direction\": \"decode\""), 2u) << r.out;
   EXPECT_EQ(count("\"seq_q\": 2,"), 2u);
   EXPECT_EQ(count("\"seq_k\": 300,"), 1u);
