@@ -13,6 +13,8 @@
 // order (deterministic, but Nq x d x Nk/key_chunk floats: memory growing with n^2). Measured at
 // n = 2048, d = 128, B*H = 8, f32, one Zen 5 thread (CPU time): pass 1 (4 GEMMs) 316 ms, pass 2
 // (3 GEMMs) 187 ms; the two recomputed GEMMs cost about 125 ms, 25% of the backward.
+// bf16 inputs on the avx512_bf16 target run the same passes with every product on vdpbf16ps
+// (flash_backward_tile.hpp), at about twice the f32 GEMM's speed.
 #include "common/parallel.hpp"
 #include "cpu/flash_backward.hpp"
 
@@ -55,8 +57,7 @@ void dkv_pass(const BackwardParams& p, const BackwardKernels& bk, void* ws, size
     const int64_t bg = item / k_chunks, b = bg / p.heads_kv, g = bg % p.heads_kv;
     const int64_t j0 = item % k_chunks * ck, keys = std::min(ck, p.seq_k - j0);
     const size_t kn = size_t(keys);
-    std::fill_n(w.kt, x.d * x.ckp, 0.0f);
-    std::fill_n(w.vt, x.dv * x.ckp, 0.0f);
+    x.clear_lane_side();
     std::fill_n(w.acc_k, kn * x.dp, 0.0f);
     std::fill_n(w.acc_v, kn * x.dvp, 0.0f);
     std::fill_n(w.packed, kn, uint8_t(0));
@@ -76,15 +77,15 @@ void dkv_pass(const BackwardParams& p, const BackwardKernels& bk, void* ws, size
           if (w.live[t] && !w.packed[t]) keys_finite &= x.load_key(g, j0, t), w.packed[t] = 1;
         x.probs_and_dscores(j0, keys, full);
         x.scale_tile(w.dpt, keys);
-        const size_t rows = size_t(x.rows);
         if (x.tile_finite && keys_finite) {
           // dV += P^T dO and dK += dS^T Q, P and dS read transposed; dS or Q carries the scale.
-          x.kern.gemm({w.st, 1, x.ckp, w.dout, x.dvp, w.acc_v, x.dvp, kn, x.dvp, rows, true});
-          x.kern.gemm({w.dpt, 1, x.ckp, w.q, x.dp, w.acc_k, x.dp, kn, x.dp, rows, true});
+          x.lane_gradient(w.st, keys, w.dout, w.yp16, x.dvp, w.acc_v);
+          x.lane_gradient(w.dpt, keys, w.q, w.xp16, x.dp, w.acc_k);
           continue;
         }
         // A NaN/Inf input times a masked pair's zero must not reach the gradient: visible pairs
         // only, as the reference sums them.
+        x.load_fallback_operands(g, j0, keys);
         for (int64_t r = 0; r < x.rows; ++r) {
           if (x.dead(r)) continue;
           for (int64_t t = std::max<int64_t>(x.key_lo(r, j0), 0); t < std::min(x.key_hi(r, j0), keys); ++t) {
@@ -135,11 +136,7 @@ void dq_pass(const BackwardParams& p, const BackwardKernels& bk, void* ws, size_
             const int64_t keys = std::min(ck, p.seq_k - j0);
             bool full;
             if (!x.find_live(j0, keys, full)) continue;
-            bool keys_finite = true;
-            for (int64_t t = 0; t < keys; ++t) {
-              if (w.live[t]) keys_finite &= x.load_key(g, j0, t);
-              else std::fill_n(w.k + size_t(t) * x.dp, x.dp, 0.0f), std::fill_n(w.v + size_t(t) * x.dvp, x.dvp, 0.0f);
-            }
+            const bool keys_finite = x.load_key_rows(g, j0, keys, false);
             x.probs_and_dscores(j0, keys, full);
             // dbias is dS itself: summed before dS takes the scale.
             if (p.has_dbias)
@@ -152,9 +149,10 @@ void dq_pass(const BackwardParams& p, const BackwardKernels& bk, void* ws, size_
             x.scale_tile(w.dpt, keys);
             if (x.tile_finite && keys_finite) {
               // dQ += dS K, dS read transposed (the scale in dS, or applied at the store).
-              x.kern.gemm({w.dpt, 1, x.cqp, w.k, x.dp, w.acc_k, x.dp, rows, x.dp, size_t(keys), true});
+              x.lane_gradient(w.dpt, keys, w.k, w.xp16, x.dp, w.acc_k);
               continue;
             }
+            x.load_fallback_operands(g, j0, keys);
             for (int64_t r = 0; r < x.rows; ++r) {
               if (x.dead(r)) continue;
               for (int64_t t = std::max<int64_t>(x.key_lo(r, j0), 0); t < std::min(x.key_hi(r, j0), keys); ++t) {

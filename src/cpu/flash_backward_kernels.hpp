@@ -1,6 +1,6 @@
 // The element-wise SIMD kernels of the flash backward, one table per Highway target; the GEMM
 // tiles (S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q, dQ += dS K) are the forward's
-// Kernels::gemm.
+// Kernels::gemm, or its vdpbf16ps kernels for bf16 inputs.
 #pragma once
 
 #include <cstddef>
@@ -23,6 +23,8 @@ struct BackwardKernels {
   // p = exp((s[r][t] - shift[r]) - corr[r]), s[r][t] <- p, dp[r][t] <- p * (dp[r][t] - dsum[r]).
   void (*probs_dscores_rows)(float* s, float* dp, size_t rows, size_t ld, const float* shift,
                              const float* corr, const float* dsum);
+  // x[0..n) *= s, n a multiple of kPadFloats (a score tile: S, or dS, times the scale).
+  void (*scale)(float* x, size_t n, float s);
 };
 
 // The table compiled for the same Highway target as `forward`.

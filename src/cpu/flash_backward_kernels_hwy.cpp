@@ -57,8 +57,14 @@ void ProbsDscoresRows(float* s, float* dpm, size_t rows, size_t ld, const float*
   }
 }
 
+void Scale(float* x, size_t n, float s) {
+  const DF d;
+  const VF vs = hn::Set(d, s);
+  for (size_t i = 0; i < n; i += hn::Lanes(d)) hn::StoreU(hn::Mul(hn::LoadU(d, x + i), vs), d, x + i);
+}
+
 extern const BackwardKernels kBackwardKernels;
-const BackwardKernels kBackwardKernels = {HWY_TARGET, &ProbsDscores, &ProbsDscoresRows};
+const BackwardKernels kBackwardKernels = {HWY_TARGET, &ProbsDscores, &ProbsDscoresRows, &Scale};
 
 }  // namespace HWY_NAMESPACE
 }  // namespace memattn::detail

@@ -1,6 +1,6 @@
 // The flash backward's per-worker tile state: one query tile (Q, pre-scaled when |scale| <= 1; dO,
-// the softmax shift and D = rowsum(dO * O)) against one key chunk, and the recomputation of P and
-// dS on it.
+// the softmax shift and D = rowsum(dO * O)) against one key chunk, the recomputation of P and dS
+// on it, and the tile's products, on the f32 GEMM or (bf16 path) on vdpbf16ps.
 #pragma once
 
 #include <algorithm>
@@ -9,6 +9,8 @@
 #include <type_traits>
 
 #include "common/rowops.hpp"
+#include "cpu/bf16_dot.hpp"
+#include "cpu/bf16_dot_backward.hpp"
 #include "cpu/flash_backward_kernels.hpp"
 #include "cpu/rows.hpp"
 #include "plan/backward_plan.hpp"
@@ -32,8 +34,14 @@ constexpr float kCoarseLse =
 // What the SIMD lanes of the score tiles hold. Pass 1 (one key chunk, many query tiles) keeps
 // keys in the lanes: S = Q K^T against K^T packed once per item, so a query tile is loaded as
 // plain rows. Pass 2 (one query tile, many key chunks) keeps queries in the lanes: S^T = K Q^T,
-// with Q^T packed once and each key chunk loaded as plain rows.
+// with Q^T packed once and each key chunk loaded as plain rows. Either way a tile's products are
+// S = X_rows X_lanes^T and dP = Y_rows Y_lanes^T (X: q or k, Y: dO or v), and the gradients of
+// the lane side sum over the row side: dV += P^T dO, dK += dS^T Q (pass 1), dQ += dS K (pass 2).
 enum class Lanes { keys, queries };
+
+// Does a strided row of v have its elements side by side, rows at increasing addresses (what the
+// dot kernels read in place)?
+inline bool contiguous_rows(const View& v) { return v.stride[3] == 1 && v.stride[1] >= 0; }
 
 template <typename T>
 struct TileWorker {
@@ -41,10 +49,25 @@ struct TileWorker {
   const Kernels& kern;
   const BackwardKernels& bk;
   const Lanes lanes;
+  // The bf16 path's kernels (uses_bf16_backward), else null. Its products take bf16 operands (the
+  // inputs exactly; P and dS rounded to nearest even) and sum in f32 on vdpbf16ps; Q, dO, K and V
+  // go from their bf16 bits straight into the products' layouts, and f32 copies are made only for
+  // the element-wise fallback of tiles with non-finite values.
+  const Bf16DotKernels* const dot16;
+  const Bf16BackwardKernels* const pack16;
   FlashBackwardSlices w;
   size_t d, dv, dp, dvp, cqp, ckp;
+  size_t ld;       // the score tiles' row length: ckp (keys in the lanes) or cqp
+  size_t de, dve;  // d and dv rounded up to whole pairs: the bf16 rows' lengths
   int64_t b = 0, h = 0, i0 = 0, rows = 0;  // the query tile held
   bool tile_finite = true;                 // every live row's Q, dO, lse and D is finite
+  // bf16 path: the first operands of S and dP (rows of x and y, see Lanes), packed in x16 and y16
+  // or a key chunk read in place, with their row strides; whether the query tile's f32 rows are
+  // loaded (the fallback loads them on first use).
+  const uint16_t* x_rows = nullptr;
+  const uint16_t* y_rows = nullptr;
+  size_t x_stride = 0, y_stride = 0;
+  bool f32_query_rows = false;
   // Where the scale enters, by the forward's rule (flash_forward.cpp's scale_after_dot_): with
   // |scale| <= 1 the queries are pre-scaled, which cannot overflow (S = (scale Q) K^T,
   // dK += dS^T (scale Q), dQ = scale (dS K) at the store). With |scale| > 1, scale * q may
@@ -53,16 +76,22 @@ struct TileWorker {
   // and dS before dK += dS^T Q and dQ += dS K, as Base_f32 does. Every term of those sums is then
   // a term of the gradient itself, finite where it is, and scale * dS is no smaller than dS;
   // scaling dS K at the store instead would first drop dq to f32 subnormals (dS * 1e-38 there).
+  // The bf16 path always scales after, as the forward's does: Q enters the products as its exact
+  // input values, and the scores are the forward's bit for bit.
   const bool scale_after_dot;
 
   TileWorker(const BackwardParams& p_, const BackwardKernels& bk_, Lanes lanes_, char* slice)
       : p(p_), kern(*p_.kernels), bk(bk_), lanes(lanes_),
-        scale_after_dot(std::fabs(p_.scale) > 1.0f) {
+        dot16(std::is_same_v<T, bf16> && uses_bf16_backward(p_) ? p_.kernels->bf16 : nullptr),
+        pack16(dot16 ? bf16_backward_kernels() : nullptr),
+        scale_after_dot(dot16 != nullptr || std::fabs(p_.scale) > 1.0f) {
     Carver c(slice);
     w = FlashBackwardSlices::carve(p, c);
     d = size_t(p.dim), dv = size_t(p.dim_v);
     dp = pad_floats(d), dvp = pad_floats(dv);
     cqp = pad_floats(size_t(p.query_chunk)), ckp = pad_floats(size_t(p.key_chunk));
+    ld = lanes == Lanes::keys ? ckp : cqp;
+    de = pad_pairs(d), dve = pad_pairs(dv);
   }
 
   // Index of (query row r, key t) in a score tile of layout l.
@@ -73,9 +102,6 @@ struct TileWorker {
   bool dead(int64_t r) const { return w.shift[r] == kPosInf; }
   int64_t key_lo(int64_t r, int64_t j0) const { return p.key_begin(i0 + r) - j0; }
   int64_t key_hi(int64_t r, int64_t j0) const { return p.key_end(i0 + r) - j0; }
-  bool visible(int64_t r, int64_t j0, int64_t t) const {
-    return t >= key_lo(r, j0) && t < key_hi(r, j0) && p.mask_allows(b, h, i0 + r, j0 + t);
-  }
 
   // Loads rows [i0, i0 + rows) of (b, h): Q (times the scale unless it comes after the dot
   // products) and dO (rows, or transposed when queries are the lanes), the softmax shift (lse, with
@@ -83,42 +109,124 @@ struct TileWorker {
   // and dS are exactly 0 and nothing it holds can reach a gradient.
   void load_queries(int64_t b_, int64_t h_, int64_t i0_, int64_t rows_) {
     b = b_, h = h_, i0 = i0_, rows = rows_;
-    const bool transposed = lanes == Lanes::queries;
-    if (transposed) {
-      std::fill_n(w.qt, d * cqp, 0.0f);
-      std::fill_n(w.doutt, dv * cqp, 0.0f);
-    } else {
-      std::fill_n(w.q, size_t(rows) * dp, 0.0f);
-      std::fill_n(w.dout, size_t(rows) * dvp, 0.0f);
-    }
     std::fill_n(w.shift, cqp, kPosInf);
     std::fill_n(w.corr, cqp, 0.0f);
     std::fill_n(w.dsum, cqp, 0.0f);
     tile_finite = true;
-    const float q_scale = scale_after_dot ? 1.0f : p.scale;
     for (int64_t r = 0; r < rows; ++r) {
-      const int64_t i = i0 + r;
-      const float lse = *p.lse.at<float>(b, h, i);
+      const float lse = *p.lse.at<float>(b, h, i0 + r);
       if (lse == -kPosInf) continue;
-      float* q = transposed ? w.row : w.q + size_t(r) * dp;
-      tile_finite &= load_row(kern, p.q.at<T>(b, i, h), p.q.stride[3], d, q);
+      w.shift[r] = lse;
+      tile_finite &= std::isfinite(lse);
+    }
+    if (lanes == Lanes::queries) clear_lane_side();
+    if (dot16) return load_queries16();
+    tile_finite &= load_f32_query_rows();
+    for (int64_t r = 0; r < rows; ++r) {
+      if (dead(r)) continue;
+      const float* dout = w.dout + size_t(r) * dvp;
+      if (lanes == Lanes::queries) {
+        put_lane(w.q + size_t(r) * dp, d, size_t(r), w.qt);
+        put_lane(dout, dv, size_t(r), w.doutt);
+      }
+      const T* o = p.out.at<T>(b, i0 + r, h);
+      float dsum = 0.0f;
+      for (size_t c = 0; c < dv; ++c) dsum += dout[c] * Elem<T>::load(o[int64_t(c) * p.out.stride[3]]);
+      w.dsum[r] = dsum;
+      tile_finite &= std::isfinite(dsum);
+    }
+  }
+
+  // The live rows' Q (scaled as load_queries says) and dO into w.q and w.dout, dead rows zero;
+  // false if any is not finite.
+  bool load_f32_query_rows() {
+    std::fill_n(w.q, size_t(rows) * dp, 0.0f);
+    std::fill_n(w.dout, size_t(rows) * dvp, 0.0f);
+    const float q_scale = scale_after_dot ? 1.0f : p.scale;
+    bool finite = true;
+    for (int64_t r = 0; r < rows; ++r) {
+      if (dead(r)) continue;
+      float* q = w.q + size_t(r) * dp;
+      finite &= load_row(kern, p.q.at<T>(b, i0 + r, h), p.q.stride[3], d, q);
       for (size_t c = 0; c < d; ++c) {
         q[c] *= q_scale;
-        tile_finite &= std::isfinite(q[c]);
-        if (transposed) w.qt[c * cqp + size_t(r)] = q[c];
+        finite &= std::isfinite(q[c]);
       }
-      float* dout = transposed ? w.row : w.dout + size_t(r) * dvp;
-      tile_finite &= load_row(kern, p.dout.at<T>(b, i, h), p.dout.stride[3], dv, dout);
-      const T* o = p.out.at<T>(b, i, h);
-      float dsum = 0.0f;
-      for (size_t c = 0; c < dv; ++c) {
-        if (transposed) w.doutt[c * cqp + size_t(r)] = dout[c];
-        dsum += dout[c] * Elem<T>::load(o[int64_t(c) * p.out.stride[3]]);
-      }
-      w.shift[r] = lse;
-      w.dsum[r] = dsum;
-      tile_finite &= std::isfinite(lse) && std::isfinite(dsum);
+      finite &= load_row(kern, p.dout.at<T>(b, i0 + r, h), p.dout.stride[3], dv, w.dout + size_t(r) * dvp);
     }
+    f32_query_rows = true;
+    return finite;
+  }
+
+  // Row (b_, i, h_) of a bf16 operand as contiguous bits: in place, or gathered into scratch row
+  // `slot` of w.g16 when its elements are strided.
+  const uint16_t* bits_row(const View& v, int64_t b_, int64_t i, int64_t h_, size_t n, int slot) const {
+    const uint16_t* src = reinterpret_cast<const uint16_t*>(v.at<T>(b_, i, h_));
+    if (v.stride[3] == 1) return src;
+    uint16_t* row = w.g16 + size_t(slot) * std::max(d, dv);
+    for (size_t c = 0; c < n; ++c) row[c] = src[int64_t(c) * v.stride[3]];
+    return row;
+  }
+
+  // load_queries on the bf16 path, by pairs of rows (the pairs of rows of xp16 and yp16 want
+  // both): D from the bf16 rows of dO and O, Q and dO into the lane side's pairs (queries in the
+  // lanes) or into x16, y16 and the pairs of rows xp16, yp16 (keys in the lanes).
+  void load_queries16() {
+    const bool transposed = lanes == Lanes::queries;
+    for (int64_t r = 0; r < rows; r += 2) {
+      const uint16_t* q[2] = {nullptr, nullptr};
+      const uint16_t* dout[2] = {nullptr, nullptr};
+      for (int64_t u = 0; u < 2 && r + u < rows; ++u) {
+        if (dead(r + u)) continue;
+        const int64_t i = i0 + r + u;
+        q[u] = bits_row(p.q, b, i, h, d, int(2 * u));
+        dout[u] = bits_row(p.dout, b, i, h, dv, int(2 * u + 1));
+        const float dsum = pack16->row_dot(dout[u], bits_row(p.out, b, i, h, dv, 4), dv);
+        w.dsum[r + u] = dsum;
+        tile_finite &= std::isfinite(dsum);
+        if (transposed) {
+          tile_finite &= put_lane16(q[u], d, size_t(r + u), w.xt16);
+          tile_finite &= put_lane16(dout[u], dv, size_t(r + u), w.yt16);
+        }
+      }
+      if (transposed) continue;
+      const size_t pr = size_t(r / 2);
+      tile_finite &= pack16->pack_rows(q[0], q[1], d, w.xp16 + pr * 2 * dp, dp, w.x16 + size_t(r) * de,
+                                       w.x16 + size_t(r + 1) * de, de);
+      tile_finite &= pack16->pack_rows(dout[0], dout[1], dv, w.yp16 + pr * 2 * dvp, dvp,
+                                       w.y16 + size_t(r) * dve, w.y16 + size_t(r + 1) * dve, dve);
+    }
+    f32_query_rows = false;
+    if (!transposed) x_rows = w.x16, x_stride = de, y_rows = w.y16, y_stride = dve;
+  }
+
+  // The lane side's transposed operands (f32 tiles or bf16 pairs) all zero: lanes no live row or
+  // key fills stay zero.
+  void clear_lane_side() const {
+    const bool keys = lanes == Lanes::keys;
+    if (dot16) {
+      std::fill_n(w.xt16, de * ld, uint16_t(0));
+      std::fill_n(w.yt16, dve * ld, uint16_t(0));
+    } else {
+      std::fill_n(keys ? w.kt : w.qt, d * ld, 0.0f);
+      std::fill_n(keys ? w.vt : w.doutt, dv * ld, 0.0f);
+    }
+  }
+
+  // Lane l of a lane-side f32 operand t32 (n x ld) from the row src[0..n).
+  void put_lane(const float* src, size_t n, size_t l, float* t32) const {
+    for (size_t c = 0; c < n; ++c) t32[c * ld + l] = src[c];
+  }
+
+  // Lane l of a lane-side bf16 operand t16 (pad_pairs(n) / 2 x ld pairs) from the bf16 bits
+  // src[0..n); false if any is NaN or infinite (all exponent bits set).
+  bool put_lane16(const uint16_t* src, size_t n, size_t l, uint16_t* t16) const {
+    bool finite = true;
+    for (size_t c = 0; c < n; ++c) {
+      t16[((c / 2) * ld + l) * 2 + c % 2] = src[c];
+      finite &= (src[c] & 0x7f80u) != 0x7f80u;
+    }
+    return finite;
   }
 
   // Does a row with this lse get a correction? It is parked in the row's first dq element (dq is
@@ -147,12 +255,12 @@ struct TileWorker {
   // One online-softmax sweep (the forward's softmax step) with the running max started at the
   // lse: then c = (max(lse, max s) - lse) + log(sum exp(s - max)), both terms near 0 where the lse
   // is merely rounded (no cancellation of two terms of size log Sk), and nothing overflows where
-  // it is far off. The scores come from the GEMM pass 2 uses, so the corrected probabilities of a
-  // row sum to 1 within the sum's own rounding, whatever rounding the forward's scores had.
+  // it is far off. The scores come from the products pass 2 uses, so the corrected probabilities
+  // of a row sum to 1 within the sum's own rounding, whatever rounding the forward's scores had.
   // Rounded to T when parked: for bf16 and f16 that adds at most |c| u_T, below the rounding of a
   // score of magnitude past their threshold. A correction that is not finite (NaN scores, or an
   // lse above every score by more than exp's range, which no forward gives) is 0: the lse as given.
-  void park_lse_corrections() const {
+  void park_lse_corrections() {
     std::copy_n(w.shift, cqp, w.row_max);
     std::fill_n(w.row_sum, cqp, 0.0f);
     const int64_t ck = p.key_chunk, g = h / p.group;
@@ -160,13 +268,8 @@ struct TileWorker {
       const int64_t keys = std::min(ck, p.seq_k - j0);
       bool full;
       if (!find_live(j0, keys, full)) continue;
-      for (int64_t t = 0; t < keys; ++t) {
-        float* k = w.k + size_t(t) * dp;
-        if (w.live[t]) load_row(kern, p.k.at<T>(b, j0 + t, g), p.k.stride[3], d, k);
-        else std::fill_n(k, dp, 0.0f);
-      }
-      kern.gemm({w.k, dp, 1, w.qt, cqp, w.st, cqp, size_t(keys), cqp, d, false});
-      scale_tile(w.st, keys);
+      load_key_rows(g, j0, keys, true);
+      scores(keys);
       mask_and_bias(Lanes::queries, j0, keys, full);
       kern.softmax_step(w.st, size_t(keys), cqp, 1.0f, w.row_max, w.row_sum, w.alpha);
     }
@@ -189,67 +292,163 @@ struct TileWorker {
     std::fill_n(w.live, keys, uint8_t(0));
     bool any = false;
     for (int64_t r = 0; r < rows; ++r) {
-      if (dead(r)) continue;
-      for (int64_t t = std::max<int64_t>(key_lo(r, j0), 0); t < std::min(key_hi(r, j0), keys); ++t)
+      const int64_t lo = std::max<int64_t>(key_lo(r, j0), 0), hi = std::min(key_hi(r, j0), keys);
+      if (dead(r) || lo >= hi) continue;
+      if (!p.has_mask) {
+        std::fill(w.live + lo, w.live + hi, uint8_t(1));
+        any = true;
+        continue;
+      }
+      for (int64_t t = lo; t < hi; ++t)
         if (p.mask_allows(b, h, i0 + r, j0 + t)) w.live[t] = 1, any = true;
     }
     return any;
   }
 
-  // Loads key j0 + t of kv head g: as row t of w.k and w.v (queries in the lanes) or as column t
-  // of w.kt and w.vt (keys in the lanes). False if any value is not finite.
+  // Keys in the lanes: loads key j0 + t of kv head g as lane t of the lane side (w.kt and w.vt,
+  // or their bf16 pairs). False if any value is not finite.
   bool load_key(int64_t g, int64_t j0, int64_t t) const {
-    const bool rows_out = lanes == Lanes::queries;
-    float* k = rows_out ? w.k + size_t(t) * dp : w.row;
-    bool finite = load_row(kern, p.k.at<T>(b, j0 + t, g), p.k.stride[3], d, k);
-    if (!rows_out)
-      for (size_t c = 0; c < d; ++c) w.kt[c * ckp + size_t(t)] = k[c];
-    float* v = rows_out ? w.v + size_t(t) * dvp : w.row;
-    finite &= load_row(kern, p.v.at<T>(b, j0 + t, g), p.v.stride[3], dv, v);
-    if (!rows_out)
-      for (size_t c = 0; c < dv; ++c) w.vt[c * ckp + size_t(t)] = v[c];
+    if (dot16)
+      return put_lane16(bits_row(p.k, b, j0 + t, g, d, 0), d, size_t(t), w.xt16) &
+             put_lane16(bits_row(p.v, b, j0 + t, g, dv, 1), dv, size_t(t), w.yt16);
+    bool finite = load_row(kern, p.k.at<T>(b, j0 + t, g), p.k.stride[3], d, w.row);
+    put_lane(w.row, d, size_t(t), w.kt);
+    finite &= load_row(kern, p.v.at<T>(b, j0 + t, g), p.v.stride[3], dv, w.row);
+    put_lane(w.row, dv, size_t(t), w.vt);
     return finite;
+  }
+
+  // Queries in the lanes: the chunk's keys as the row side (their values too unless `keys_only`),
+  // live ones loaded and the others zero (never read). False if a loaded value is not finite.
+  bool load_key_rows(int64_t g, int64_t j0, int64_t keys, bool keys_only) {
+    if (dot16) return load_key_rows16(g, j0, keys, keys_only);
+    bool finite = true;
+    for (int64_t t = 0; t < keys; ++t) {
+      float* k = w.k + size_t(t) * dp;
+      float* v = w.v + size_t(t) * dvp;
+      if (!w.live[t]) {
+        std::fill_n(k, dp, 0.0f);
+        std::fill_n(v, dvp, 0.0f);
+        continue;
+      }
+      finite &= load_row(kern, p.k.at<T>(b, j0 + t, g), p.k.stride[3], d, k);
+      if (!keys_only) finite &= load_row(kern, p.v.at<T>(b, j0 + t, g), p.v.stride[3], dv, v);
+    }
+    return finite;
+  }
+
+  // load_key_rows on the bf16 path, by pairs of keys: K into the pairs of rows of xp16 (dQ's
+  // second operand), K and V rows read in place by S^T and dP^T where the chunk's rows are
+  // contiguous, of even length and all live (keys nobody sees are never read), else packed into
+  // x16 and y16.
+  bool load_key_rows16(int64_t g, int64_t j0, int64_t keys, bool keys_only) {
+    const bool all_live = std::all_of(w.live, w.live + keys, [](uint8_t l) { return l != 0; });
+    const bool k_in_place = all_live && contiguous_rows(p.k) && d % 2 == 0;
+    const bool v_in_place = all_live && contiguous_rows(p.v) && dv % 2 == 0;
+    x_rows = k_in_place ? reinterpret_cast<const uint16_t*>(p.k.at<T>(b, j0, g)) : w.x16;
+    x_stride = k_in_place ? size_t(p.k.stride[1]) : de;
+    y_rows = v_in_place ? reinterpret_cast<const uint16_t*>(p.v.at<T>(b, j0, g)) : w.y16;
+    y_stride = v_in_place ? size_t(p.v.stride[1]) : dve;
+    bool finite = true;
+    for (int64_t t = 0; t < keys; t += 2) {
+      const uint16_t* k[2] = {nullptr, nullptr};
+      const uint16_t* v[2] = {nullptr, nullptr};
+      for (int64_t u = 0; u < 2 && t + u < keys; ++u) {
+        if (!w.live[t + u]) continue;
+        k[u] = bits_row(p.k, b, j0 + t + u, g, d, int(u));
+        if (!keys_only) v[u] = bits_row(p.v, b, j0 + t + u, g, dv, int(2 + u));
+      }
+      uint16_t* const x16 = k_in_place ? nullptr : w.x16 + size_t(t) * de;
+      finite &= pack16->pack_rows(k[0], k[1], d, w.xp16 + size_t(t / 2) * 2 * dp, dp, x16,
+                                  x16 ? x16 + de : nullptr, de);
+      if (keys_only) continue;
+      uint16_t* const y16 = v_in_place ? nullptr : w.y16 + size_t(t) * dve;
+      finite &= pack16->pack_rows(v[0], v[1], dv, nullptr, 0, y16, y16 ? y16 + dve : nullptr, dve);
+    }
+    return finite;
+  }
+
+  // The f32 operands the element-wise fallback reads, which the bf16 path's products do not: the
+  // query tile's rows (keys in the lanes; once per tile) or the chunk's live key rows.
+  void load_fallback_operands(int64_t g, int64_t j0, int64_t keys) {
+    if (!dot16) return;
+    if (lanes == Lanes::keys) {
+      if (!f32_query_rows) load_f32_query_rows();
+      return;
+    }
+    for (int64_t t = 0; t < keys; ++t)
+      if (w.live[t]) load_row(kern, p.k.at<T>(b, j0 + t, g), p.k.stride[3], d, w.k + size_t(t) * dp);
   }
 
   // The scale applied after the dot products (see scale_after_dot), to a tile of the worker's
   // layout over `keys` keys: the scores before the bias is added, or dS.
   void scale_tile(float* t, int64_t keys) const {
-    if (!scale_after_dot) return;
-    const size_t n = lanes == Lanes::queries ? size_t(keys) * cqp : size_t(rows) * ckp;
-    for (size_t i = 0; i < n; ++i) t[i] *= p.scale;
+    if (scale_after_dot) bk.scale(t, row_count(keys) * ld, p.scale);
   }
 
   // What dS K is multiplied by when dQ is stored.
   float dq_scale() const { return scale_after_dot ? 1.0f : p.scale; }
 
-  // Adds the bias to a score tile of layout l and sets masked pairs to -inf.
+  // The score tile's rows and lanes in use against `keys` keys: (rows, keys) in pass 1, (keys,
+  // rows) with queries in the lanes.
+  size_t row_count(int64_t keys) const { return size_t(lanes == Lanes::keys ? rows : keys); }
+  size_t lane_count(int64_t keys) const { return size_t(lanes == Lanes::keys ? keys : rows); }
+
+  // Adds the bias to a score tile of layout l and sets masked pairs to -inf: per row, the keys
+  // outside its causal/window interval, then the boolean mask's zeros inside it.
   void mask_and_bias(Lanes l, int64_t j0, int64_t keys, bool full) const {
     if (full && !p.has_bias) return;
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t t = 0; t < keys; ++t) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t lo = full ? 0 : std::clamp<int64_t>(key_lo(r, j0), 0, keys);
+      const int64_t hi = full ? keys : std::clamp<int64_t>(key_hi(r, j0), lo, keys);
+      for (int64_t t = 0; t < lo; ++t) w.st[at(l, r, t)] = kNegInf;
+      for (int64_t t = hi; t < keys; ++t) w.st[at(l, r, t)] = kNegInf;
+      for (int64_t t = lo; t < hi; ++t) {
         float& s = w.st[at(l, r, t)];
-        if (!full && !visible(r, j0, t)) s = kNegInf;
+        if (!full && !p.mask_allows(b, h, i0 + r, j0 + t)) s = kNegInf;
         else if (p.has_bias) s += bias_at<float>(p, b, h, i0 + r, j0 + t);
       }
+    }
   }
 
-  // Scores with bias and masks, dP = dO V^T, then P and dS in place (w.st, w.dpt); dS does not
-  // carry the scale yet.
+  // The scores S = X_rows X_lanes^T into w.st (see Lanes), times the scale where it comes after
+  // the dot products.
+  void scores(int64_t keys) const {
+    const size_t n = row_count(keys);
+    const bool keys_in_lanes = lanes == Lanes::keys;
+    if (dot16) dot16->scores(x_rows, x_stride, w.xt16, ld, w.st, n, de);
+    else kern.gemm({keys_in_lanes ? w.q : w.k, dp, 1, keys_in_lanes ? w.kt : w.qt, ld, w.st, ld, n, ld, d, false});
+    scale_tile(w.st, keys);
+  }
+
+  // dP = Y_rows Y_lanes^T into w.dpt (see Lanes).
+  void dprobs(int64_t keys) const {
+    const size_t n = row_count(keys);
+    const bool keys_in_lanes = lanes == Lanes::keys;
+    if (dot16) dot16->scores(y_rows, y_stride, w.yt16, ld, w.dpt, n, dve);
+    else kern.gemm({keys_in_lanes ? w.dout : w.v, dvp, 1, keys_in_lanes ? w.vt : w.doutt, ld, w.dpt, ld, n, ld, dv, false});
+  }
+
+  // Scores with bias and masks, dP, then P and dS in place (w.st, w.dpt); dS does not carry the
+  // scale yet.
   void probs_and_dscores(int64_t j0, int64_t keys, bool full) const {
-    const size_t kn = size_t(keys), rn = size_t(rows);
-    if (lanes == Lanes::queries) {
-      kern.gemm({w.k, dp, 1, w.qt, cqp, w.st, cqp, kn, cqp, d, false});
-      scale_tile(w.st, keys);
-      mask_and_bias(lanes, j0, keys, full);
-      kern.gemm({w.v, dvp, 1, w.doutt, cqp, w.dpt, cqp, kn, cqp, dv, false});
-      bk.probs_dscores(w.st, w.dpt, kn, cqp, w.shift, w.corr, w.dsum);
-    } else {
-      kern.gemm({w.q, dp, 1, w.kt, ckp, w.st, ckp, rn, ckp, d, false});
-      scale_tile(w.st, keys);
-      mask_and_bias(lanes, j0, keys, full);
-      kern.gemm({w.dout, dvp, 1, w.vt, ckp, w.dpt, ckp, rn, ckp, dv, false});
-      bk.probs_dscores_rows(w.st, w.dpt, rn, ckp, w.shift, w.corr, w.dsum);
-    }
+    scores(keys);
+    mask_and_bias(lanes, j0, keys, full);
+    dprobs(keys);
+    if (lanes == Lanes::queries) bk.probs_dscores(w.st, w.dpt, size_t(keys), ld, w.shift, w.corr, w.dsum);
+    else bk.probs_dscores_rows(w.st, w.dpt, size_t(rows), ld, w.shift, w.corr, w.dsum);
+  }
+
+  // A gradient of the lane side: acc[l][c] += sum over the row side's i of tile[i][l] r[i][c], for
+  // the tile's lanes l (dV += P^T dO and dK += dS^T Q in pass 1, dQ += dS K in pass 2). r is the
+  // row side's operand: f32 rows of ldr floats, or on the bf16 path r16's pairs of rows (ldr
+  // pairs a row), against the tile rounded to bf16 pairs of rows.
+  void lane_gradient(const float* tile, int64_t keys, const float* r, const uint16_t* r16, size_t ldr,
+                     float* acc) const {
+    const size_t n = row_count(keys), lanes_n = lane_count(keys);
+    if (!dot16) return kern.gemm({tile, 1, ld, r, ldr, acc, ldr, lanes_n, ldr, n, true});
+    dot16->pair_rows_f32(tile, ld, n, w.tp16);
+    dot16->pv(w.tp16, ld, r16, ldr, acc, lanes_n, (n + 1) / 2);
   }
 };
 

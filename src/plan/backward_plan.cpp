@@ -77,11 +77,15 @@ FlashBackwardSlices FlashBackwardSlices::carve(const BackwardParams& p, Carver& 
   const size_t cq = size_t(p.query_chunk), ck = size_t(p.key_chunk);
   const size_t d = size_t(p.dim), dv = size_t(p.dim_v);
   const size_t cqp = pad_floats(cq), ckp = pad_floats(ck), dp = pad_floats(d), dvp = pad_floats(dv);
+  // A slice only the other path's products read is empty.
+  const bool bf = uses_bf16_backward(p);
+  const auto f32_only = [bf](size_t n) { return bf ? 0 : n; };
+  const auto bf16_only = [bf](size_t n) { return bf ? n : 0; };
   FlashBackwardSlices w;
   w.q = c.take<float>(checked_mul(cq, dp));
-  w.qt = c.take<float>(checked_mul(d, cqp));
+  w.qt = c.take<float>(f32_only(checked_mul(d, cqp)));
   w.dout = c.take<float>(checked_mul(cq, dvp));
-  w.doutt = c.take<float>(checked_mul(dv, cqp));
+  w.doutt = c.take<float>(f32_only(checked_mul(dv, cqp)));
   w.shift = c.take<float>(cqp);
   w.corr = c.take<float>(cqp);
   w.dsum = c.take<float>(cqp);
@@ -90,9 +94,9 @@ FlashBackwardSlices FlashBackwardSlices::carve(const BackwardParams& p, Carver& 
   w.alpha = c.take<float>(cqp);
   w.row = c.take<float>(std::max(d, dv));
   w.k = c.take<float>(checked_mul(ck, dp));
-  w.v = c.take<float>(checked_mul(ck, dvp));
-  w.kt = c.take<float>(checked_mul(d, ckp));
-  w.vt = c.take<float>(checked_mul(dv, ckp));
+  w.v = c.take<float>(f32_only(checked_mul(ck, dvp)));
+  w.kt = c.take<float>(f32_only(checked_mul(d, ckp)));
+  w.vt = c.take<float>(f32_only(checked_mul(dv, ckp)));
   const size_t tile = std::max(checked_mul(ck, cqp), checked_mul(cq, ckp));
   w.st = c.take<float>(tile);
   w.dpt = c.take<float>(tile);
@@ -100,6 +104,16 @@ FlashBackwardSlices FlashBackwardSlices::carve(const BackwardParams& p, Carver& 
   w.acc_v = c.take<float>(checked_mul(ck, dvp));
   const size_t rows = p.bias_broadcast(2) ? 1 : cq, cols = p.bias_broadcast(3) ? 1 : size_t(p.seq_k);
   w.dbias = c.take<float>(p.has_dbias ? checked_mul(rows, cols) : 0);
+  const size_t side = pad_pairs(std::max(cq, ck)), lanes = std::max(cqp, ckp);
+  w.x16 = c.take<uint16_t>(bf16_only(checked_mul(side, pad_pairs(d))));
+  w.y16 = c.take<uint16_t>(bf16_only(checked_mul(side, pad_pairs(dv))));
+  w.xt16 = c.take<uint16_t>(bf16_only(checked_mul(pad_pairs(d), lanes)));
+  w.yt16 = c.take<uint16_t>(bf16_only(checked_mul(pad_pairs(dv), lanes)));
+  w.xp16 = c.take<uint16_t>(bf16_only(checked_mul(side, dp)));
+  w.yp16 = c.take<uint16_t>(bf16_only(checked_mul(pad_pairs(cq), dvp)));
+  w.tp16 = c.take<uint16_t>(
+      bf16_only(std::max(checked_mul(pad_pairs(cq), ckp), checked_mul(pad_pairs(ck), cqp))));
+  w.g16 = c.take<uint16_t>(bf16_only(checked_mul(5, std::max(d, dv))));
   w.live = c.take<uint8_t>(ck);
   w.packed = c.take<uint8_t>(ck);
   return w;

@@ -41,12 +41,27 @@ int backward_workers(const BackwardParams& p);
 // Exact bytes backward needs: a slice per worker plus kAlign slack to align a caller's pointer.
 size_t backward_workspace_bytes(const BackwardParams& p);
 
-// f32 tiles padded to kPadFloats lanes; "t" marks transposed tiles whose lanes are query rows.
+// bf16 inputs on the avx512_bf16 target (Kernels::bf16 is set only after its CPUID check) run the
+// flash backward's products on vdpbf16ps: bf16 operands in pairs, odd dims and counts zero-padded,
+// f32 sums. Every other dtype or target runs them on the f32 GEMM.
+inline bool uses_bf16_backward(const BackwardParams& p) {
+  return p.dtype == DType::bf16 && p.kernels != nullptr && p.kernels->bf16 != nullptr;
+}
+
+// n values rounded up to whole bf16 pairs (the last one zero-padded).
+inline size_t pad_pairs(size_t n) { return n + n % 2; }
+
+// f32 tiles padded to kPadFloats lanes; "t" marks transposed tiles whose lanes are the tile's other
+// side. A score tile has a row side (pass 1: queries; lse pass and pass 2: keys) and a lane side.
+// Slices only one path reads are empty on the other: qt, doutt, kt, vt and v (the f32 GEMM's
+// operands) on the bf16 path, the bf16 operands ("16": bf16 bits, "pairs": the two values one
+// vdpbf16ps lane sums side by side in 32 bits) on the f32 path.
 struct FlashBackwardSlices {
   float* q;       // query_chunk x pad(dim): Q rows, times the scale if |scale| <= 1 (pass 1: A
-                  // of S, B of dK += dS^T Q)
+                  // of S, B of dK += dS^T Q; staged here on their way into qt; the bf16 path
+                  // loads them only for its element-wise fallback)
   float* qt;      // dim x pad(query_chunk): the same, transposed (pass 2: B of S^T = K Q^T)
-  float* dout;    // query_chunk x pad(dim_v): dO rows (pass 1: A of dP, B of dV += P^T dO)
+  float* dout;    // query_chunk x pad(dim_v): dO rows (pass 1: A of dP, B of dV += P^T dO), as q
   float* doutt;   // dim_v x pad(query_chunk): dO transposed (pass 2: B of dP^T = V dO^T)
   float* shift;   // pad(query_chunk): per lane, lse; +inf for fully masked rows (P = 0)
   float* corr;    // pad(query_chunk): per lane, the correction to a coarse lse, else 0
@@ -56,15 +71,25 @@ struct FlashBackwardSlices {
   float* alpha;    // pad(query_chunk): softmax_step's rescaling, unused
   float* row;     // max(dim, dim_v): one row converted to f32
   float* k;       // key_chunk x pad(dim): the key chunk (lse pass, pass 2: A of S^T; pass 2: B of
-                  // dQ += dS K)
+                  // dQ += dS K; on the bf16 path the fallback's only)
   float* v;       // key_chunk x pad(dim_v): the value chunk (pass 2: A of dP^T)
   float* kt;      // dim x pad(key_chunk): the key chunk transposed (pass 1: B of S = Q K^T)
   float* vt;      // dim_v x pad(key_chunk): the values transposed (pass 1: B of dP = dO V^T)
   float* st;      // S^T (key_chunk x pad(query_chunk)) or S (query_chunk x pad(key_chunk)), then P
-  float* dpt;     // dP^T or dP, like st, then dS (then times the scale if |scale| > 1)
+  float* dpt;     // dP^T or dP, like st, then dS (then times the scale where it comes after the
+                  // dot products: |scale| > 1, or the bf16 path)
   float* acc_k;   // max(key_chunk, query_chunk) x pad(dim): dK (pass 1) or dQ (pass 2)
   float* acc_v;   // key_chunk x pad(dim_v): dV (pass 1)
   float* dbias;   // (1 or query_chunk) x (1 or seq_k): the item's dbias rows (pass 2, on request)
+  // With E = pad_pairs, M = max(query_chunk, key_chunk):
+  uint16_t* x16;   // E(M) x E(dim): the row side's q or k (A of S)
+  uint16_t* y16;   // E(M) x E(dim_v): the row side's dO or v (A of dP)
+  uint16_t* xt16;  // E(dim)/2 x pad(M) pairs: the lane side's k or q, transposed (B of S)
+  uint16_t* yt16;  // E(dim_v)/2 x pad(M) pairs: the lane side's v or dO, transposed (B of dP)
+  uint16_t* xp16;  // E(M)/2 x pad(dim) pairs of rows: the row side's q or k (B of dK, dQ)
+  uint16_t* yp16;  // E(query_chunk)/2 x pad(dim_v) pairs of rows: dO (pass 1: B of dV)
+  uint16_t* tp16;  // P or dS rounded to bf16, pairs of score tile rows (A of dV, dK, dQ)
+  uint16_t* g16;   // 5 x max(dim, dim_v): strided bf16 rows gathered on their way to the above
   uint8_t* live;  // key_chunk: key seen by some row of the tile (else never read)
   uint8_t* packed;  // key_chunk: key already loaded into k and v (pass 1)
   static FlashBackwardSlices carve(const BackwardParams& p, Carver& c);
