@@ -23,6 +23,12 @@ struct Bf16DotKernels {
   // dst[c][0] = r0[c], dst[c][1] = r1 ? r1[c] : 0 for c < n (bf16 bits, 32-bit pairs); returns
   // false if any value is NaN or infinite.
   bool (*pair_two_rows)(const uint16_t* r0, const uint16_t* r1, size_t n, uint16_t* dst);
+  // c[i][0..16*nvec) (+)= sum_e A(i, e) B(e, ..) for i < m over `elems` products: A's pair p of
+  // row i is the 32 bits at a + i*a_row + p*a_pair (bf16 units), B's the 16*nvec pairs at
+  // b + p*b_pair. With odd elems only the first half of A's last pair is read and the second
+  // counts as 0 (B's second half there must be finite), so odd-length rows are read in place.
+  void (*gemm)(const uint16_t* a, size_t a_row, size_t a_pair, const uint16_t* b, size_t b_pair,
+               float* c, size_t ldc, size_t m, size_t nvec, size_t elems, bool accumulate);
 };
 
 // The kernels when this CPU has AVX-512 BF16, else null.

@@ -22,26 +22,34 @@ namespace {
 // Register blocking as the f32 tiles: kMR broadcast rows x kNV vectors of 16 lanes.
 constexpr size_t kMR = 6, kNV = 4;
 
-// C[i][0..16*NV) (+)= sum_p A-pair(i, p) . B-pairs(p, 0..16*NV), A pairs broadcast as 32 bits.
+// C[i][0..16*NV) (+)= sum_e A(i, e) B(e, 0..16*NV) over `elems` bf16 products per lane, A pairs
+// broadcast as 32 bits. An odd last element is broadcast alone (its pair's second half zero, never
+// read), so a row of odd length is read in place without touching the element past its end.
+template <size_t MR, size_t NV, bool kHalf>
+MEMATTN_BF16_TARGET __attribute__((always_inline)) inline void dot_step(__m512 (&acc)[MR][NV],
+                                                                        const uint16_t* a, size_t a_row,
+                                                                        const uint16_t* b) {
+  __m512i bv[NV];
+  for (size_t j = 0; j < NV; ++j) bv[j] = _mm512_loadu_si512(b + 32 * j);
+  for (size_t i = 0; i < MR; ++i) {
+    int32_t pair = a[i * a_row];
+    if (!kHalf) std::memcpy(&pair, a + i * a_row, 4);
+    const __m512i ai = _mm512_set1_epi32(pair);
+    for (size_t j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)ai, (__m512bh)bv[j]);
+  }
+}
+
 template <size_t MR, size_t NV>
 MEMATTN_BF16_TARGET inline void dot_tile(const uint16_t* a, size_t a_row, size_t a_pair,
                                          const uint16_t* b, size_t b_pair, float* c, size_t ldc,
-                                         size_t pairs, bool accumulate) {
+                                         size_t elems, bool accumulate) {
   __m512 acc[MR][NV];
   for (size_t i = 0; i < MR; ++i)
     for (size_t j = 0; j < NV; ++j)
       acc[i][j] = accumulate ? _mm512_loadu_ps(c + i * ldc + 16 * j) : _mm512_setzero_ps();
-  for (size_t p = 0; p < pairs; ++p) {
-    __m512i bv[NV];
-    for (size_t j = 0; j < NV; ++j) bv[j] = _mm512_loadu_si512(b + p * b_pair + 32 * j);
-    for (size_t i = 0; i < MR; ++i) {
-      int32_t pair;
-      std::memcpy(&pair, a + i * a_row + p * a_pair, 4);
-      const __m512i ai = _mm512_set1_epi32(pair);
-      for (size_t j = 0; j < NV; ++j)
-        acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)ai, (__m512bh)bv[j]);
-    }
-  }
+  const size_t pairs = elems / 2;
+  for (size_t p = 0; p < pairs; ++p) dot_step<MR, NV, false>(acc, a + p * a_pair, a_row, b + p * b_pair);
+  if (elems % 2 != 0) dot_step<MR, NV, true>(acc, a + pairs * a_pair, a_row, b + pairs * b_pair);
   for (size_t i = 0; i < MR; ++i)
     for (size_t j = 0; j < NV; ++j) _mm512_storeu_ps(c + i * ldc + 16 * j, acc[i][j]);
 }
@@ -61,27 +69,27 @@ constexpr auto kTiles = tile_table(std::make_index_sequence<kMR>());
 // C[m x 16*nvec] (+)= A B; A element pairs at a + i*a_row + p*a_pair, B pairs at b + p*b_pair.
 MEMATTN_BF16_TARGET void dot_gemm(const uint16_t* a, size_t a_row, size_t a_pair, const uint16_t* b,
                                   size_t b_pair, float* c, size_t ldc, size_t m, size_t nvec,
-                                  size_t pairs, bool accumulate) {
+                                  size_t elems, bool accumulate) {
   for (size_t jv = 0; jv < nvec; jv += kNV) {
     const size_t nv = std::min(kNV, nvec - jv);
     size_t i = 0;
     for (; i + kMR <= m; i += kMR)
       kTiles[kMR - 1][nv - 1](a + i * a_row, a_row, a_pair, b + 32 * jv, b_pair, c + i * ldc + 16 * jv,
-                              ldc, pairs, accumulate);
+                              ldc, elems, accumulate);
     if (i < m)
       kTiles[m - i - 1][nv - 1](a + i * a_row, a_row, a_pair, b + 32 * jv, b_pair,
-                                c + i * ldc + 16 * jv, ldc, pairs, accumulate);
+                                c + i * ldc + 16 * jv, ldc, elems, accumulate);
   }
 }
 
 MEMATTN_BF16_TARGET void scores(const uint16_t* k, size_t k_row, const uint16_t* qt_pairs, size_t ld,
                                 float* st, size_t keys, size_t dim) {
-  dot_gemm(k, k_row, 2, qt_pairs, 2 * ld, st, ld, keys, ld / 16, dim / 2, false);
+  dot_gemm(k, k_row, 2, qt_pairs, 2 * ld, st, ld, keys, ld / 16, dim, false);
 }
 
 MEMATTN_BF16_TARGET void pv(const uint16_t* p_pairs, size_t ldp, const uint16_t* v_pairs, size_t ldv,
                             float* acc, size_t rows, size_t key_pairs) {
-  dot_gemm(p_pairs, 2, 2 * ldp, v_pairs, 2 * ldv, acc, ldv, rows, ldv / 16, key_pairs, true);
+  dot_gemm(p_pairs, 2, 2 * ldp, v_pairs, 2 * ldv, acc, ldv, rows, ldv / 16, 2 * key_pairs, true);
 }
 
 MEMATTN_BF16_TARGET void pair_rows_f32(const float* src, size_t ld, size_t keys, uint16_t* dst) {
@@ -99,27 +107,25 @@ MEMATTN_BF16_TARGET bool pair_two_rows(const uint16_t* r0, const uint16_t* r1, s
   // A bf16 value is NaN or infinite when its exponent bits (0x7f80) are all set.
   const __m512i exp_mask = _mm512_set1_epi32(0x7f807f80);
   __mmask16 bad = 0;
-  size_t c = 0;
-  for (; c + 16 <= n; c += 16) {
-    const __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0 + c)));
-    const __m512i hi = r1 ? _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r1 + c)))
+  // The last n % 16 columns through masked loads and stores (masked-off elements are never
+  // touched) rather than one by one in scalar code: head dims off a multiple of 16 pair every
+  // value row pair of every chunk.
+  for (size_t c = 0; c < n; c += 16) {
+    const __mmask16 m = n - c >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - c)) - 1);
+    const __m512i lo = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(_mm512_maskz_loadu_epi16(m, r0 + c)));
+    const __m512i hi = r1 ? _mm512_cvtepu16_epi32(_mm512_castsi512_si256(_mm512_maskz_loadu_epi16(m, r1 + c)))
                           : _mm512_setzero_si512();
     const __m512i pair = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
     const __m512i e = _mm512_and_si512(pair, exp_mask);
-    bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(e, _mm512_set1_epi32(0x7f80)), _mm512_set1_epi32(0x7f80));
-    bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(e, _mm512_set1_epi32(0x7f800000)), _mm512_set1_epi32(0x7f800000));
-    _mm512_storeu_si512(dst + 2 * c, pair);
+    bad |= _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(e, _mm512_set1_epi32(0x7f80)), _mm512_set1_epi32(0x7f80));
+    bad |= _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(e, _mm512_set1_epi32(0x7f800000)),
+                                        _mm512_set1_epi32(0x7f800000));
+    _mm512_mask_storeu_epi32(dst + 2 * c, m, pair);
   }
-  bool finite = bad == 0;
-  for (; c < n; ++c) {
-    dst[2 * c] = r0[c];
-    dst[2 * c + 1] = r1 ? r1[c] : 0;
-    finite &= (dst[2 * c] & 0x7f80u) != 0x7f80u && (dst[2 * c + 1] & 0x7f80u) != 0x7f80u;
-  }
-  return finite;
+  return bad == 0;
 }
 
-const Bf16DotKernels kKernels{&scores, &pv, &pair_rows_f32, &pair_two_rows};
+const Bf16DotKernels kKernels{&scores, &pv, &pair_rows_f32, &pair_two_rows, &dot_gemm};
 
 }  // namespace
 

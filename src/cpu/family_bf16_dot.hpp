@@ -1,5 +1,6 @@
 // The bf16 dot-product tile family (CPUs with AVX-512 BF16): Q, K, P and V stay bf16, in the
-// pair layouts vdpbf16ps reduces, with f32 accumulation; an odd head dim gets one zero pair.
+// pair layouts vdpbf16ps reduces, with f32 accumulation; an odd head dim gets one zero pair in the
+// queries and its keys' last element is read alone.
 #pragma once
 
 #include <algorithm>
@@ -17,16 +18,18 @@ class Bf16DotFamily {
     uint16_t* k;        // key_chunk x dim2: the key chunk, when it cannot be read in place
     uint16_t* v;        // value pairs [key_chunk/2 + 1][pad(dim_v)][2]
     uint16_t* p_pairs;  // probabilities as pairs [key_chunk/2 + 1][pad(query_chunk)][2]
+    float* pvt;         // kValueBlock x pad(query_chunk): value columns of one chunk's P V, transposed
     static Slices carve(const Params& p, Carver& c) {
       const size_t cqp = pad_floats(size_t(p.query_chunk)), ck = size_t(p.key_chunk);
-      const size_t d2 = even(size_t(p.dim)), dvp = pad_floats(size_t(p.dim_v));
+      const size_t d2 = even(size_t(p.dim)), dv = size_t(p.dim_v), dvp = pad_floats(dv);
       return {c.take<uint16_t>(checked_mul(d2, cqp)), c.take<uint16_t>(checked_mul(ck, d2)),
-              c.take<uint16_t>(checked_mul(ck + 2, dvp)), c.take<uint16_t>(checked_mul(ck + 2, cqp))};
+              c.take<uint16_t>(checked_mul(ck + 2, dvp)), c.take<uint16_t>(checked_mul(ck + 2, cqp)),
+              c.take<float>(checked_mul(std::min(dv, kValueBlock), cqp))};
     }
   };
 
   Bf16DotFamily(const Params& p, const FlashSlices& w, const Slices& s)
-      : p_(p), w_(w), s_(s), kern_(*p.kernels->bf16), d_(size_t(p.dim)), d2_(even(d_)),
+      : p_(p), w_(w), s_(s), fkern_(*p.kernels), kern_(*p.kernels->bf16), d_(size_t(p.dim)), d2_(even(d_)),
         dv_(size_t(p.dim_v)), cqp_(pad_floats(size_t(p.query_chunk))), dvp_(pad_floats(dv_)) {}
 
   // bf16 queries cannot carry the scale exactly: it always multiplies the f32 dot products.
@@ -44,8 +47,8 @@ class Bf16DotFamily {
   void scores(const Chunk& c) {
     const uint16_t* a = reinterpret_cast<const uint16_t*>(p_.k.at<bf16>(c.b, c.j0, c.g));
     size_t a_row = size_t(p_.k.stride[1]);
-    // In place only with forward, contiguous rows of whole pairs.
-    if (!(c.all_read && p_.k.stride[3] == 1 && p_.k.stride[1] >= 0 && d_ == d2_)) {
+    // In place only with forward, contiguous rows; an odd last element is read alone.
+    if (!(c.all_read && p_.k.stride[3] == 1 && p_.k.stride[1] >= 0)) {
       for (int64_t t = 0; t < c.keys; ++t) {
         uint16_t* kt = s_.k + size_t(t) * d2_;
         std::fill_n(kt, d2_, uint16_t(0));
@@ -56,7 +59,7 @@ class Bf16DotFamily {
       a = s_.k;
       a_row = d2_;
     }
-    kern_.scores(a, a_row, s_.qt, cqp_, w_.st, size_t(c.keys), d2_);
+    kern_.gemm(a, a_row, 2, s_.qt, 2 * cqp_, w_.st, cqp_, size_t(c.keys), cqp_ / 16, d_, false);
   }
 
   bool accumulate_values(const Chunk& c) {
@@ -70,7 +73,17 @@ class Bf16DotFamily {
       finite &= pair_value_rows(rows, s_.v + size_t(t / 2) * 2 * dvp_);
     }
     if (!c.full && !finite) return false;
-    kern_.pv(s_.p_pairs, cqp_, s_.v, dvp_, w_.acc, size_t(c.rows), size_t(c.keys + 1) / 2);
+    const size_t rows = size_t(c.rows), key_pairs = size_t(c.keys + 1) / 2;
+    const bool transposed = values_transposed(rows, dv_, 0.25);
+    if (transposed) {
+      // V^T's pair p of value column c is v[p][c][0..2): rows 2 apart, pairs 2 * dvp apart.
+      accumulate_transposed(fkern_, dv_, rows, s_.pvt, cqp_, w_.acc, dvp_, [&](size_t c0, size_t m) {
+        kern_.gemm(s_.v + 2 * c0, 2, 2 * dvp_, s_.p_pairs, 2 * cqp_, s_.pvt, cqp_, m, pad_floats(rows) / 16,
+                   2 * key_pairs, false);
+      });
+    } else {
+      kern_.pv(s_.p_pairs, cqp_, s_.v, dvp_, w_.acc, rows, key_pairs);
+    }
     return true;
   }
 
@@ -94,6 +107,7 @@ class Bf16DotFamily {
   const Params& p_;
   const FlashSlices& w_;
   const Slices s_;
+  const Kernels& fkern_;
   const Bf16DotKernels& kern_;
   const size_t d_, d2_, dv_, cqp_, dvp_;
 };

@@ -20,11 +20,12 @@ class F32Family {
     float* q_row;  // dim: one query row converted to f32 on its way into qt
     float* k;      // key_chunk x dim: the key chunk as f32, when it cannot be read in place
     float* v;      // key_chunk x pad(dim_v): the value chunk as f32, zero-padded
+    float* pvt;    // kValueBlock x pad(query_chunk): value columns of one chunk's P V, transposed
     static Slices carve(const Params& p, Carver& c) {
       const size_t cqp = pad_floats(size_t(p.query_chunk)), ck = size_t(p.key_chunk);
-      const size_t d = size_t(p.dim), dvp = pad_floats(size_t(p.dim_v));
+      const size_t d = size_t(p.dim), dv = size_t(p.dim_v), dvp = pad_floats(dv);
       return {c.take<float>(checked_mul(d, cqp)), c.take<float>(d), c.take<float>(checked_mul(ck, d)),
-              c.take<float>(checked_mul(ck, dvp))};
+              c.take<float>(checked_mul(ck, dvp)), c.take<float>(checked_mul(std::min(dv, kValueBlock), cqp))};
     }
   };
 
@@ -66,13 +67,16 @@ class F32Family {
   }
 
   bool accumulate_values(const Chunk& c) {
+    const bool transposed = values_transposed(size_t(c.rows), dv_, 0.0);
+    const float* v = s_.v;
+    size_t ldv = dvp_;
     bool finite = true;
-    GemmArgs pv{w_.st, 1, cqp_, s_.v, dvp_, w_.acc, dvp_, size_t(c.rows), dvp_, size_t(c.keys), true};
+    // The padded product reads whole padded rows of V: in place only when dim_v fills them.
     if (std::is_same_v<T, float> && c.all_read && p_.v.stride[3] == 1 && p_.v.stride[1] >= 0 &&
-        dv_ == dvp_) {
-      pv.b = reinterpret_cast<const float*>(p_.v.at<T>(c.b, c.j0, c.g));
-      pv.ldb = size_t(p_.v.stride[1]);
-      if (!c.full) finite = kern_.all_finite(pv.b, pv.ldb, size_t(c.keys), dv_);
+        (transposed || dv_ == dvp_)) {
+      v = reinterpret_cast<const float*>(p_.v.at<T>(c.b, c.j0, c.g));
+      ldv = size_t(p_.v.stride[1]);
+      if (!c.full) finite = kern_.all_finite(v, ldv, size_t(c.keys), dv_);
     } else {
       for (int64_t t = 0; t < c.keys; ++t) {
         float* vt = s_.v + size_t(t) * dvp_;
@@ -82,7 +86,14 @@ class F32Family {
       }
     }
     if (!c.full && !finite) return false;
-    kern_.gemm(pv);
+    const size_t rows = size_t(c.rows), keys = size_t(c.keys);
+    if (transposed) {
+      accumulate_transposed(kern_, dv_, rows, s_.pvt, cqp_, w_.acc, dvp_, [&](size_t c0, size_t m) {
+        kern_.gemm({v + c0, 1, ldv, w_.st, cqp_, s_.pvt, cqp_, m, pad_floats(rows), keys, false});
+      });
+    } else {
+      kern_.gemm({w_.st, 1, cqp_, v, ldv, w_.acc, dvp_, rows, dvp_, keys, true});
+    }
     return true;
   }
 

@@ -50,7 +50,39 @@ struct Kernels {
   bool (*to_f32)(const void* src, DType dtype, float* dst, size_t n);
   // Are x[r * row_stride + c] finite for all r < rows, c < n?
   bool (*all_finite)(const float* x, size_t row_stride, size_t rows, size_t n);
+  // dst[j * ldd + i] += src[i * lds + j] for i < rows, j < cols: a tile added in transposed.
+  void (*add_transposed)(const float* src, size_t lds, size_t rows, size_t cols, float* dst, size_t ldd);
 };
+
+// P V of one key chunk as a transposed product, (P V)^T = V^T P^T, whose rows are the dim_v value
+// columns and whose lanes are the rows' queries, added into acc transposed; or as acc += P V, whose
+// lanes are value columns padded to pad(dim_v). The transposed product wastes the padding of the
+// rows instead, plus the transposed add: it is chosen when its products, `overhead` (a fraction)
+// more for the add, are fewer. At full query chunks that is dim_v off a multiple of 16, where the
+// padded product spent up to twice the products (dim_v = 17: 32 columns). Zen 4, n = 2048, 8
+// heads, 1 thread: f32 d = 17 went from 52 to 42 ms, 65 from 127 to 114, 129 from 251 to 211, 241
+// from 473 to 411; multiples of 16 ran as fast either way (64: 113 against 117 ms transposed), so
+// f32 takes overhead 0. The bf16 product does twice the work per instruction, so the add weighs
+// twice as much: multiples of 16 ran 3-17% slower transposed, 129 and 191 10-15% slower, 17 to 49
+// 3-10% faster; bf16 takes overhead 1/4 (transposed for dim_v 1-12, 17-25, 33-38 and 49-51).
+inline bool values_transposed(size_t rows, size_t dv, double overhead) {
+  return double(dv * pad_floats(rows)) * (1.0 + overhead) < double(rows * pad_floats(dv));
+}
+
+// The transposed P V in blocks of kValueBlock value columns, which bounds pvt at 48 x
+// pad(query_chunk) floats whatever dim_v (24 KiB at 128 queries, still in L1 when it is added
+// into acc); 48 is a multiple of every target's tile rows. product(c0, m) writes rows c0 .. c0 + m
+// of (P V)^T to pvt (m x ldt).
+constexpr size_t kValueBlock = 48;
+template <typename Product>
+void accumulate_transposed(const Kernels& kern, size_t dv, size_t rows, float* pvt, size_t ldt, float* acc,
+                           size_t ld_acc, Product product) {
+  for (size_t c0 = 0; c0 < dv; c0 += kValueBlock) {
+    const size_t m = dv - c0 < kValueBlock ? dv - c0 : kValueBlock;
+    product(c0, m);
+    kern.add_transposed(pvt, ldt, m, rows, acc + c0, ld_acc);
+  }
+}
 
 // Targets compiled into this build that this CPU runs, best first.
 const std::vector<const Kernels*>& available_kernels();

@@ -206,6 +206,14 @@ bool AllFinite(const float* x, size_t row_stride, size_t rows, size_t n) {
   return hn::AllTrue(d, hn::Eq(bad, hn::Zero(d)));
 }
 
+// Row by row of dst: columns of dst first walked a whole query chunk of rows at a pitch of
+// pad(dim_v) floats, which at 256 (1 KiB) maps every row to 4 L1 sets; f32 d = 241, Zen 4, took
+// 555 ms against 411 row by row.
+void AddTransposed(const float* src, size_t lds, size_t rows, size_t cols, float* dst, size_t ldd) {
+  for (size_t j = 0; j < cols; ++j)
+    for (size_t i = 0; i < rows; ++i) dst[j * ldd + i] += src[i * lds + j];
+}
+
 const char* TargetLabel() {
   switch (HWY_TARGET) {
 #if HWY_ARCH_X86
@@ -225,7 +233,7 @@ const char* TargetLabel() {
 
 extern const Kernels kKernels;
 const Kernels kKernels = {TargetLabel(), HWY_TARGET, nullptr, &Gemm, &SoftmaxStep, &ScaleRows, &ToF32,
-                          &AllFinite};
+                          &AllFinite, &AddTransposed};
 
 }  // namespace HWY_NAMESPACE
 }  // namespace memattn::detail
