@@ -239,4 +239,19 @@ double key_broadcast_dbias_bound(const BackwardCase& c) {
   return *std::max_element(sums.begin(), sums.end());
 }
 
+void expect_same_bits_any_thread_count(BackwardCase& c, std::initializer_list<int> threads,
+                                       const std::string& what) {
+  c.options.num_threads = 1;
+  c.run_both();
+  const Buf want[] = {c.dq, c.dk, c.dv, *c.dbias};
+  for (int t : threads) {
+    c.options.num_threads = t;
+    c.run_both();
+    const Buf* got[] = {&c.dq, &c.dk, &c.dv, &*c.dbias};
+    for (int i = 0; i < 4; ++i)
+      EXPECT_EQ(bitwise_difference(*got[i], want[i]), "") << what << "threads " << t << " output " << i;
+  }
+}
+
 }  // namespace mt
+

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <optional>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -63,5 +64,10 @@ void expect_backward_accurate(BackwardCase& c, const GradCheck& check = {});
 // 4u (2 + |lse|) sum_c |dO_c| max_j |V_jc| (the lse rounding and the D = dO.O mismatch), summed
 // over the rows reduced into one element; the largest over the elements.
 double key_broadcast_dbias_bound(const BackwardCase& c);
+
+// Runs c (dbias requested) on 1 thread, then on each of `threads`, and expects dq, dk, dv and
+// dbias bitwise equal to the 1-thread run; `what` prefixes the failure messages.
+void expect_same_bits_any_thread_count(BackwardCase& c, std::initializer_list<int> threads,
+                                       const std::string& what = "");
 
 }  // namespace mt

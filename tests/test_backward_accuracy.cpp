@@ -94,17 +94,7 @@ TEST(BackwardAccuracyScale, det_corrected_rows_any_thread_count) {
     c.options.key_chunk = 16;
     c.set_bias({1, 4, 1, 38}, DType::f32, randn_values(4 * 38, 3001));
     c.request_dbias();
-    c.options.num_threads = 1;
-    c.run_both();
-    const Buf want[] = {c.dq, c.dk, c.dv, *c.dbias};
-    for (int threads : {2, 3}) {
-      c.options.num_threads = threads;
-      c.run_both();
-      const Buf* got[] = {&c.dq, &c.dk, &c.dv, &*c.dbias};
-      for (int i = 0; i < 4; ++i)
-        EXPECT_EQ(bitwise_difference(*got[i], want[i]), "")
-            << memattn::dtype_name(dt) << " threads " << threads << " output " << i;
-    }
+    expect_same_bits_any_thread_count(c, {2, 3}, std::string(memattn::dtype_name(dt)) + " ");
     DvRule rule;
     rule.check(c);
   }

@@ -132,16 +132,7 @@ TEST(BackwardBf16, det_bitwise_any_thread_count) {
   c.options.causal = true;
   c.set_bias({1, 4, 1, 170}, DType::f32, randn_values(4 * 170, 8601));
   c.request_dbias();
-  c.options.num_threads = 1;
-  c.run_both();
-  const Buf want[] = {c.dq, c.dk, c.dv, *c.dbias};
-  for (int threads : {2, 3}) {
-    c.options.num_threads = threads;
-    c.run_both();
-    const Buf* got[] = {&c.dq, &c.dk, &c.dv, &*c.dbias};
-    for (int i = 0; i < 4; ++i)
-      EXPECT_EQ(bitwise_difference(*got[i], want[i]), "") << "threads " << threads << " output " << i;
-  }
+  expect_same_bits_any_thread_count(c, {2, 3});
 }
 
 // The avx512 target runs the same backward on the f32 GEMM: both pass the rule, and their
