@@ -227,9 +227,14 @@ TEST(BackwardMemory, flash_constant_naive_quadratic) {
     memattn::Options o;
     o.num_threads = 2;
     const size_t flash = memattn::backward_workspace_bytes(t, t, t, o);
-    if (flash_bytes == 0) flash_bytes = flash;
+    // From n = 1024 on, the chunks (at most 512 keys) no longer shrink to fit n.
+    if (n == 256) flash_bytes = flash;
+    if (n == 1024) {
+      EXPECT_GE(flash, flash_bytes);
+      flash_bytes = flash;
+    }
     EXPECT_EQ(flash, flash_bytes) << "n = " << n;
-    EXPECT_LT(flash, size_t(2) << 20);
+    EXPECT_LT(flash, size_t(4) << 20);
     o.algorithm = Algorithm::naive;
     const size_t naive = memattn::backward_workspace_bytes(t, t, t, o);
     EXPECT_GE(naive, size_t(n) * size_t(n) * 4);
@@ -238,7 +243,7 @@ TEST(BackwardMemory, flash_constant_naive_quadratic) {
   }
   size_t peaks[2];
   for (int i = 0; i < 2; ++i) {
-    BackwardCase c(Shape{1, 300 * (i + 1), 300 * (i + 1), 2, 1, 32, 32}, DType::f32, 540);
+    BackwardCase c(Shape{1, 600 * (i + 1), 600 * (i + 1), 2, 1, 32, 32}, DType::f32, 540);
     c.options.num_threads = 2;
     c.run();
     TestAllocator alloc;

@@ -27,21 +27,28 @@ void plan_backward(BackwardParams& p, const Options& o) {
     fail(ErrorCode::unsupported,
          "algorithm: flash backward takes f32, bf16 or f16 inputs, got f64 (use naive for f64)");
 
+  // Bound whatever the algorithm, as in plan_forward: an unknown target is an error on every path.
+  p.kernels = &select_kernels(o.target);
+
   // Pass 1 keeps a key chunk's K^T, V^T, dK and dV (2 x key_chunk x (d + dv) floats) in L2 next
   // to a query tile (query_chunk x (d + dv)) and two query_chunk x key_chunk score tiles: 256 keys
   // and 128 queries at d = dv = 128 make about 900 KB, the 1 MB L2 of the Zen 5 cores this was
   // tuned on; wider heads halve the key chunk. Larger chunks reload each query tile (pass 1) and
   // each key chunk (pass 2) fewer times: 128 x 256 ran about 20% faster than 64 x 128 at
   // n = 2048, d = 128. The sizes never depend on the thread count.
-  int64_t ck_auto = 256;
-  while (ck_auto > 32 && p.dim + p.dim_v > 65536 / ck_auto) ck_auto /= 2;  // no product: huge dims
+  // The f32 products take twice that (512 keys at d = dv = 128, 1 MB of chunk state, past the
+  // L2 of a Zen 4 core, within the 2 MB of a Sapphire Rapids one): on Zen 4, n = 4096, alternating
+  // runs, 512 keys gave 40-43% of the f32 peak against 37-39% (d = 64, 1 thread) and 45-47%
+  // against 42-43% (d = 128, 1 and 2 threads). The bf16 dot products showed no difference
+  // (31-39% either way), so they keep 256.
+  const int64_t budget = uses_bf16_backward(p) ? 65536 : 131072;
+  int64_t ck_auto = budget / 256;
+  while (ck_auto > 32 && p.dim + p.dim_v > budget / ck_auto) ck_auto /= 2;  // no product: huge dims
   const int64_t cq = o.query_chunk ? o.query_chunk : 128;
   const int64_t ck = o.key_chunk ? o.key_chunk : ck_auto;
   p.query_chunk = std::max<int64_t>(1, std::min(cq, p.seq_q));
   p.key_chunk = std::max<int64_t>(1, std::min(ck, p.seq_k));
   p.threads = o.num_threads > 0 ? o.num_threads : omp_get_max_threads();
-  // Bound whatever the algorithm, as in plan_forward: an unknown target is an error on every path.
-  p.kernels = &select_kernels(o.target);
 }
 
 int64_t lse_items(const BackwardParams& p) {
