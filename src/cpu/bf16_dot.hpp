@@ -31,6 +31,23 @@ struct Bf16DotKernels {
                float* c, size_t ldc, size_t m, size_t nvec, size_t elems, bool accumulate);
 };
 
+// Value rows rows[0], rows[1] of n bf16 values at element stride `stride` (null: a key not read,
+// zero) as one row of pairs dst[c][0..2), zero-padded to `padded` columns; through
+// k->pair_two_rows when the rows are contiguous and k is not null. False if a value read is NaN or
+// infinite.
+inline bool pair_value_rows(const Bf16DotKernels* k, const uint16_t* const rows[2], int64_t stride, size_t n,
+                            size_t padded, uint16_t* dst) {
+  for (size_t c = 2 * n; c < 2 * padded; ++c) dst[c] = 0;
+  if (k != nullptr && stride == 1 && rows[0] != nullptr) return k->pair_two_rows(rows[0], rows[1], n, dst);
+  bool finite = true;
+  for (size_t c = 0; c < n; ++c)
+    for (int u = 0; u < 2; ++u) {
+      dst[2 * c + u] = rows[u] ? rows[u][int64_t(c) * stride] : 0;
+      finite &= (dst[2 * c + u] & 0x7f80u) != 0x7f80u;
+    }
+  return finite;
+}
+
 // The kernels when this CPU has AVX-512 BF16, else null.
 const Bf16DotKernels* bf16_dot_kernels();
 

@@ -117,9 +117,6 @@ void tile_gemm(const TileGemm& g) {
     }
 }
 
-// A bf16 value is NaN or infinite when its exponent bits are all set.
-bool finite_bits(uint16_t bits) { return (bits & 0x7f80u) != 0x7f80u; }
-
 void pack_probability_rows_portable(const float* st, size_t ld, size_t keys, size_t rows, uint16_t* p, size_t p_row) {
   for (size_t t0 = 0; t0 < keys; t0 += kAmxTileDepth) {
     const size_t t1 = std::min(t0 + kAmxTileDepth, keys);
@@ -304,17 +301,7 @@ bool AmxFamily<Ops>::pack_values(const Chunk& c) {
   bool finite = true;
   for (size_t t = 0; t < pad_tile_depth(size_t(c.keys)); t += 2) {
     const uint16_t* rows[2] = {value_row(c, t), value_row(c, t + 1)};
-    uint16_t* dst = s_.v + t * dvp_;
-    std::fill(dst + 2 * dv_, dst + 2 * dvp_, uint16_t(0));
-    if (vector != nullptr && stride == 1 && rows[0] != nullptr) {
-      finite &= vector->pair_two_rows(rows[0], rows[1], dv_, dst);
-      continue;
-    }
-    for (size_t col = 0; col < dv_; ++col)
-      for (int u = 0; u < 2; ++u) {
-        dst[2 * col + u] = rows[u] != nullptr ? rows[u][int64_t(col) * stride] : 0;
-        finite &= finite_bits(dst[2 * col + u]);
-      }
+    finite &= pair_value_rows(vector, rows, stride, dv_, dvp_, s_.v + t * dvp_);
   }
   return finite;
 }

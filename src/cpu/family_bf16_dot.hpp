@@ -70,7 +70,7 @@ class Bf16DotFamily {
       for (int64_t u = 0; u < 2; ++u)
         if (t + u < c.keys && c.key_read(t + u))
           rows[u] = reinterpret_cast<const uint16_t*>(p_.v.at<bf16>(c.b, c.j0 + t + u, c.g));
-      finite &= pair_value_rows(rows, s_.v + size_t(t / 2) * 2 * dvp_);
+      finite &= pair_value_rows(&kern_, rows, p_.v.stride[3], dv_, dvp_, s_.v + size_t(t / 2) * 2 * dvp_);
     }
     if (!c.full && !finite) return false;
     const size_t rows = size_t(c.rows), key_pairs = size_t(c.keys + 1) / 2;
@@ -89,20 +89,6 @@ class Bf16DotFamily {
 
  private:
   static size_t even(size_t n) { return n + n % 2; }
-
-  // Value rows t and t+1 (null: not read, zero) as bf16 pairs, zero-padded to dvp columns;
-  // false if a value read is NaN or infinite.
-  bool pair_value_rows(const uint16_t* const rows[2], uint16_t* dst) const {
-    std::fill(dst + 2 * dv_, dst + 2 * dvp_, uint16_t(0));
-    if (p_.v.stride[3] == 1 && rows[0] != nullptr) return kern_.pair_two_rows(rows[0], rows[1], dv_, dst);
-    bool finite = true;
-    for (size_t k = 0; k < dv_; ++k)
-      for (int u = 0; u < 2; ++u) {
-        dst[2 * k + u] = rows[u] ? rows[u][int64_t(k) * p_.v.stride[3]] : 0;
-        finite &= (dst[2 * k + u] & 0x7f80u) != 0x7f80u;
-      }
-    return finite;
-  }
 
   const Params& p_;
   const FlashSlices& w_;
