@@ -257,6 +257,11 @@ inline void check_backward_against_reference(const Problem& p, const std::vector
       if (dt == DType::f16 && std::fabs(want[f]) >= 65504) return;
       const double subnormal = dt == DType::f16 ? 0x1p-25 : dt == DType::bf16 ? 0x1p-134 : 0.0;
       const double bound = tol[f] + (unit_roundoff(dt) + u) * std::fabs(want[f]) + floor + subnormal, x = got.get(i);
+      // A bound past the dtype's largest finite value lets the rounding of cancelling terms
+      // (f16 dq of -0.02 from terms near 1e13, bound 9e13) exceed what the dtype can store, so
+      // the overflow to +-inf is within it.
+      const double largest = dt == DType::f16 ? 65504.0 : dt == DType::bf16 ? 0x1.fep127 : 0x1.fffffep127;
+      if (std::isinf(x) && bound >= largest) return;
       if (judgeable(p, bound))
         check(std::fabs(x - want[f]) <= bound, where(name, i[0], i[2], i[1], i[3], x, want[f], bound));
     });
