@@ -68,22 +68,6 @@ bool reset_peak_rss() {
   return f && (f << "5" << std::flush);
 }
 
-double seconds_of(const std::function<void()>& call) {
-  const auto t0 = std::chrono::steady_clock::now();
-  call();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-// Median milliseconds of `reps` calls after one warm-up; reps = fixed, else enough for min_seconds.
-std::pair<double, int64_t> time_calls(const std::function<void()>& call, const Config& c) {
-  const double warm = seconds_of(call);
-  const int64_t reps = c.reps ? c.reps : std::max<int64_t>(3, int64_t(std::ceil(c.min_seconds / warm)));
-  std::vector<double> t(static_cast<size_t>(reps));
-  for (double& x : t) x = seconds_of(call);
-  std::sort(t.begin(), t.end());
-  return {1e3 * (t[t.size() / 2] + t[(t.size() - 1) / 2]) / 2, reps};
-}
-
 // The operands of one shape, shared by every direction, causal, thread count and algorithm; the
 // backward ones are made on first use.
 struct Operands {
@@ -297,7 +281,7 @@ Row run_point(Operands& ops, Direction dir, Algorithm alg, const std::string& ta
   if (dir == Direction::backward) ops.lse_view();  // gradients and lse are operands, not extra memory
   const bool rss_known = reset_peak_rss();
   const int64_t rss_before = proc_status_bytes("VmRSS:");
-  const auto [ms, reps] = time_calls(make_call(dir, ops, o), c);
+  const auto [ms, reps] = time_calls(make_call(dir, ops, o), c.reps, c.min_seconds);
   const int64_t extra_rss = rss_known && rss_before >= 0 ? proc_status_bytes("VmHWM:") - rss_before : -1;
   const double gflops = flops(dir, ops.s, causal) / ms / 1e6;
   return {dir, alg, selected_target(o), family_of(dir, ops.s.dtype, o), ops.s, causal, threads, reps, ms,

@@ -1,5 +1,9 @@
-// Seeded operands for `memattn bench` (see bench_data.hpp).
+// Seeded operands and call timing for `memattn bench` (see bench_data.hpp).
 #include "bench_data.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
 
 #include "common/half.hpp"
 
@@ -16,6 +20,21 @@ void fill(void* data, DType dt, size_t count, uint64_t seed) {
     else if (dt == DType::bf16) static_cast<uint16_t*>(data)[i] = to_bf16(x).bits;
     else static_cast<uint16_t*>(data)[i] = to_f16(x).bits;
   }
+}
+
+double seconds_of(const std::function<void()>& call) {
+  const auto t0 = std::chrono::steady_clock::now();
+  call();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::pair<double, int64_t> time_calls(const std::function<void()>& call, int64_t reps, double min_seconds) {
+  const double warm = seconds_of(call);
+  if (reps == 0) reps = std::max<int64_t>(3, int64_t(std::ceil(min_seconds / warm)));
+  std::vector<double> t(static_cast<size_t>(reps));
+  for (double& x : t) x = seconds_of(call);
+  std::sort(t.begin(), t.end());
+  return {1e3 * (t[t.size() / 2] + t[(t.size() - 1) / 2]) / 2, reps};
 }
 
 Buffer::Buffer(DType dt, int64_t b, int64_t n, int64_t h, int64_t d, uint64_t seed) {

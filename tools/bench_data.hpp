@@ -1,8 +1,11 @@
-// Seeded operands for `memattn bench`: contiguous [batch, n, heads, d] tensors of unit variance.
+// Seeded operands for `memattn bench` (contiguous [batch, n, heads, d] tensors of unit variance)
+// and the timing of its calls.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <utility>
 #include <vector>
 
 #include "memattn/types.hpp"
@@ -11,6 +14,12 @@ namespace memattn::tool {
 
 // Unit-variance values, uniform on [-sqrt 3, sqrt 3], from a counter-based hash (fast and seeded).
 void fill(void* data, DType dt, size_t count, uint64_t seed);
+
+// Seconds one call takes.
+double seconds_of(const std::function<void()>& call);
+// Median milliseconds of `reps` calls after one warm-up (reps 0: enough calls to fill min_seconds,
+// at least 3), and the number of calls timed.
+std::pair<double, int64_t> time_calls(const std::function<void()>& call, int64_t reps, double min_seconds);
 
 // One contiguous [batch, n, heads, d] tensor and its storage.
 struct Buffer {

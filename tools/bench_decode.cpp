@@ -3,9 +3,7 @@
 #include "bench_decode.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
-#include <functional>
 #include <map>
 #include <string>
 
@@ -25,30 +23,14 @@ struct DecodeRow {
   double ms, gbps;
 };
 
-// Median milliseconds of `reps` calls (or enough to fill min_seconds, at least 3) after a warm-up.
-std::pair<double, int64_t> time_call(const std::function<void()>& call, const DecodeConfig& c) {
-  call();
-  std::vector<double> ms;
-  const auto start = std::chrono::steady_clock::now();
-  for (;;) {
-    const auto t0 = std::chrono::steady_clock::now();
-    call();
-    const auto t1 = std::chrono::steady_clock::now();
-    ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
-    const double total = std::chrono::duration<double>(t1 - start).count();
-    if (c.reps ? int64_t(ms.size()) >= c.reps : ms.size() >= 3 && total >= c.min_seconds) break;
-  }
-  std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
-  return {ms[ms.size() / 2], int64_t(ms.size())};
-}
-
 DecodeRow run_point(const DecodeConfig& c, int64_t sq, int64_t sk, DType dt, int threads) {
   // The queries are in the cache's dtype: memattn takes one dtype per call.
   Buffer q(dt, 1, sq, c.heads, c.d, 1), k(dt, 1, sk, c.kv_heads, c.d, 2), v(dt, 1, sk, c.kv_heads, c.d, 3);
   Buffer out(dt, 1, sq, c.heads, c.d, 4);
   Options o;
   o.causal = true, o.align = Align::bottom_right, o.num_threads = threads;
-  const auto [ms, reps] = time_call([&] { forward(q.view, k.view, v.view, out.view, nullptr, o); }, c);
+  const auto call = [&] { forward(q.view, k.view, v.view, out.view, nullptr, o); };
+  const auto [ms, reps] = time_calls(call, c.reps, c.min_seconds);
   const double kv_bytes = 2.0 * double(sk) * double(c.kv_heads) * double(c.d) * double(dtype_size(dt));
   return {sq, sk, dt, threads, reps, ms, kv_bytes / ms / 1e6};
 }
