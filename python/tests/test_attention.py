@@ -27,6 +27,8 @@ CASES = {
                                                  "causal": True}),
     "gqa_dv": ((2, 5, 6, 6, 2, 12, 5), {"scale": 0.3}),
     "mqa_long": ((1, 3, 70, 4, 1, 32, 32), {}),
+    # seq_q <= 16 against 4500 keys: the decode items (a GQA group per item, 3 key splits merged).
+    "decode_split": ((1, 4, 4500, 8, 2, 16, 16), {"causal": True, "align": "bottom_right"}),
 }
 
 KIND_DTYPES = [("numpy", "f32"), ("numpy", "f16"), ("torch", "f32"), ("torch", "f16"),
