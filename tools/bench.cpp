@@ -225,7 +225,9 @@ void print_peaks(const PeakIsa& isa, const std::map<int, Peak>& peaks, bool json
   }
 }
 
-void print_json(const std::vector<Row>& rows, const PeakIsa& isa, const std::map<int, Peak>& peaks) {
+// key_chunk and query_chunk: the chunks bench forced on every call (0: the planner chose).
+void print_json(const std::vector<Row>& rows, const PeakIsa& isa, const std::map<int, Peak>& peaks,
+                const Config& c) {
   std::printf("[\n");
   for (size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
@@ -233,12 +235,12 @@ void print_json(const std::vector<Row>& rows, const PeakIsa& isa, const std::map
                 "\"d\": %lld, \"batch\": %lld, \"heads\": %lld, \"causal\": %s, \"dtype\": \"%s\", "
                 "\"threads\": %d, \"reps\": %lld, \"ms\": %.4f, \"gflops\": %.3f, \"peak_gflops\": %.2f, "
                 "\"ratio\": %.4f, \"peak_kind\": \"%s\", \"workspace_bytes\": %zu, "
-                "\"extra_rss_bytes\": %lld, \"cpu\": \"%s\"}%s\n",
+                "\"extra_rss_bytes\": %lld, \"key_chunk\": %lld, \"query_chunk\": %lld, \"cpu\": \"%s\"}%s\n",
                 direction_name(r.direction), algorithm_name(r.algorithm), r.target.c_str(), r.family,
                 (long long)r.s.n, (long long)r.s.d, (long long)r.s.batch, (long long)r.s.heads,
                 r.causal ? "true" : "false", dtype_name(r.s.dtype), r.threads, (long long)r.reps, r.ms,
                 r.gflops, r.peak, r.ratio, family_peak(peaks.at(r.threads), r.family).kind, r.workspace,
-                (long long)r.extra_rss, isa.cpu.c_str(), i + 1 < rows.size() ? "," : "");
+                (long long)r.extra_rss, (long long)c.key_chunk, (long long)c.query_chunk, isa.cpu.c_str(), i + 1 < rows.size() ? "," : "");
   }
   std::printf("]\n");
 }
@@ -276,7 +278,7 @@ void print_table(const std::vector<Row>& rows, const PeakIsa& isa, const std::ma
 Row run_point(Operands& ops, Direction dir, Algorithm alg, const std::string& target, bool causal,
               int threads, const Config& c) {
   Options o;
-  o.algorithm = alg, o.causal = causal, o.num_threads = threads, o.key_chunk = c.key_chunk;
+  o.algorithm = alg, o.causal = causal, o.num_threads = threads, o.key_chunk = c.key_chunk, o.query_chunk = c.query_chunk;
   if (!target.empty()) o.target = target.c_str();
   if (dir == Direction::backward) ops.lse_view();  // gradients and lse are operands, not extra memory
   const bool rss_known = reset_peak_rss();
@@ -370,7 +372,7 @@ int bench_main(const Config& c) {
                            r.s.batch, r.s.heads, r.s.n);
   };
   std::stable_sort(rows.begin(), rows.end(), [&](const Row& a, const Row& b) { return key(a) < key(b); });
-  if (c.json) print_json(rows, isa, peaks);
+  if (c.json) print_json(rows, isa, peaks, c);
   else print_table(rows, isa, peaks, c);
   if (failed) std::fprintf(stderr, "memattn bench: %zu of %zu runs failed (see above)\n", failed, total);
   return failed ? 1 : 0;

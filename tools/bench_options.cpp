@@ -82,6 +82,9 @@ CLI::App* add_bench_command(CLI::App& app, Config& c) {
       ->check(positive_integer())->type_name("R");
   sub->add_option("--key-chunk", c.key_chunk, "keys per chunk of every call (default: the planner's choice)")
       ->check(positive_integer())->type_name("N");
+  sub->add_option("--query-chunk", c.query_chunk,
+                  "query rows per work item of every call (default: the planner's choice)")
+      ->check(positive_integer())->type_name("N");
   sub->add_option("--min-seconds", c.min_seconds, "seconds of timed calls per point")
       ->check(number_in(0, 3600, "a number of seconds in [0, 3600)"))->type_name("S")->capture_default_str();
   CLI::Option* quick = sub->add_flag("--quick")->description("n = 1024,4096 only (unless --n is given)");

@@ -25,6 +25,7 @@ struct Config {
   std::vector<Algorithm> algorithms{Algorithm::flash};
   int64_t reps = 0;          // 0: as many calls as fill min_seconds, at least 3
   int64_t key_chunk = 0;     // Options::key_chunk of every call (0: the planner's)
+  int64_t query_chunk = 0;   // Options::query_chunk of every call (0: the planner's)
   double min_seconds = 0.3;  // per point, after the warm-up call
   bool json = false, peak_only = false;
   bool decode = false;        // --decode: the decode sweep below instead

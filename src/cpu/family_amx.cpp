@@ -130,6 +130,7 @@ void pack_probability_rows_portable(const float* st, size_t ld, size_t keys, siz
 
 #ifdef MEMATTN_AMX_PACK_AVX512
 #define MEMATTN_AVX512F __attribute__((target("avx512f")))
+#define MEMATTN_AVX512BW __attribute__((target("avx512f,avx512bw")))
 
 // to_bf16 on 16 lanes, the bits in the low half of each 32-bit lane: nearest even by adding
 // 0x7fff plus the lowest kept bit, NaN quieted instead (bit 6 of the bf16).
@@ -189,9 +190,34 @@ MEMATTN_AVX512F void pack_probability_rows_avx512(const float* st, size_t ld, si
       for (size_t j = 0; j < 16; ++j) _mm512_storeu_si512(p + (r0 + j) * p_row + t0, v[j]);
     }
 }
+
+// Q^T pairs for 16 rows at a time: a row's bf16 pairs (2m, 2m+1) are its 32-bit word m, so the
+// pairs are the 32-bit transposition of the rows. rows[r] null: a zero row. Masked loads stop at
+// column `dim`, so nothing past a row is read.
+MEMATTN_AVX512BW void pack_query_pairs_avx512(const uint16_t* const rows[16], size_t dim, size_t depth,
+                                              uint32_t* qt, size_t ld) {
+  for (size_t m0 = 0; m0 < depth / 2; m0 += 16) {
+    const size_t c0 = 2 * m0, n = dim > c0 ? std::min<size_t>(dim - c0, 32) : 0;
+    const __mmask32 keep = n == 32 ? ~__mmask32(0) : (__mmask32(1) << n) - 1;
+    __m512i v[16];
+    for (size_t r = 0; r < 16; ++r)
+      v[r] = rows[r] != nullptr ? _mm512_maskz_loadu_epi16(keep, rows[r] + c0) : _mm512_setzero_si512();
+    transpose_16x16(v);
+    for (size_t j = 0; j < 16; ++j) _mm512_storeu_si512(qt + (m0 + j) * ld, v[j]);
+  }
+}
 #endif
 
 }  // namespace
+
+bool pack_query_pairs_vector() {
+#ifdef MEMATTN_AMX_PACK_AVX512
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return has;
+#else
+  return false;
+#endif
+}
 
 bool pack_probability_rows_vector() {
 #ifdef MEMATTN_AMX_PACK_AVX512
@@ -235,6 +261,19 @@ AmxFamily<Ops>::~AmxFamily() {
 // Q^T pairs: qt[c/2][r][c%2] = q_r[c], zero for rows past c.rows and columns past dim.
 template <typename Ops>
 void AmxFamily<Ops>::load_queries(const Chunk& c) {
+#ifdef MEMATTN_AMX_PACK_AVX512
+  if (p_.q.stride[3] == 1 && pack_query_pairs_vector()) {
+    for (size_t r0 = 0; r0 < cqp_; r0 += kAmxTileRows) {
+      const uint16_t* rows[kAmxTileRows];
+      for (size_t j = 0; j < kAmxTileRows; ++j) {
+        const int64_t r = int64_t(r0 + j);
+        rows[j] = r < c.rows ? reinterpret_cast<const uint16_t*>(p_.q.at<bf16>(c.b, c.query(r), c.head(r))) : nullptr;
+      }
+      pack_query_pairs_avx512(rows, d_, dp_, reinterpret_cast<uint32_t*>(s_.qt) + r0, cqp_);
+    }
+    return;
+  }
+#endif
   std::fill_n(s_.qt, dp_ * cqp_, uint16_t(0));
   for (int64_t r = 0; r < c.rows; ++r) {
     const bf16* q = p_.q.at<bf16>(c.b, c.query(r), c.head(r));

@@ -66,6 +66,8 @@ class AmxFamily {
 void pack_probability_rows(const float* st, size_t ld, size_t keys, size_t rows, uint16_t* p, size_t p_row,
                            bool vector);
 bool pack_probability_rows_vector();
+// Whether AmxFamily::load_queries may take its AVX-512 transposition (same bits as the scalar one).
+bool pack_query_pairs_vector();
 
 extern template class AmxFamily<AmxHardware>;
 extern template class AmxFamily<AmxEmulated>;

@@ -110,6 +110,21 @@ TEST(CliOptions, BenchListOptions) {
   EXPECT_EQ(count("\"family\": \"f32_fma\""), 4u);
 }
 
+TEST(CliOptions, BenchForcedChunks) {
+  const ToolResult r = run_tool({"bench", "--n", "40", "--d", "16", "--heads", "1", "--dtype", "f32,bf16", "--causal",
+                                 "0", "--threads", "1", "--reps", "1", "--json", "--key-chunk", "16", "--query-chunk",
+                                 "24"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(occurrences(r.out, "\"key_chunk\": 16, \"query_chunk\": 24,"), 2u) << r.out;
+  const ToolResult planner = run_tool({"bench", "--n", "40", "--d", "16", "--heads", "1", "--dtype", "f32", "--causal",
+                                       "0", "--threads", "1", "--reps", "1", "--json"});
+  ASSERT_EQ(planner.exit_code, 0) << planner.err;
+  EXPECT_EQ(occurrences(planner.out, "\"key_chunk\": 0, \"query_chunk\": 0,"), 1u) << planner.out;
+  const ToolResult zero = run_tool({"bench", "--n", "40", "--query-chunk", "0"});
+  EXPECT_EQ(zero.exit_code, 2) << zero.err;
+  EXPECT_NE(zero.err.find("--query-chunk"), std::string::npos) << zero.err;
+}
+
 TEST(CliOptions, BenchRejectsUnknownFamily) {
   const ToolResult r = run_tool({"bench", "--peak", "--threads", "1"}, ".", {"MEMATTN_FAMILY=bogus"});
   EXPECT_EQ(r.exit_code, 2) << r.err;
