@@ -139,10 +139,16 @@ const Bf16DotKernels* bf16_dot_kernels() {
   return has ? &kKernels : nullptr;
 }
 
+bool bf16_dot_outpaces_fma() {
+  static const bool amd = __builtin_cpu_is("amd");
+  return bf16_dot_kernels() != nullptr && amd;
+}
+
 }  // namespace memattn::detail
 
 #else
 namespace memattn::detail {
 const Bf16DotKernels* bf16_dot_kernels() { return nullptr; }
+bool bf16_dot_outpaces_fma() { return false; }
 }  // namespace memattn::detail
 #endif

@@ -1,4 +1,4 @@
-// Run-time choice of the SIMD target: the best this CPU runs, unless an option or MEMATTN_TARGET
+// Run-time choice of the SIMD target: the fastest this CPU runs, unless an option or MEMATTN_TARGET
 // forces one (so tests can run every target on one machine).
 #include <cstdlib>
 #include <string>
@@ -18,14 +18,15 @@ const std::vector<const Kernels*>& available_kernels() {
     const int64_t supported = hwy::SupportedTargets();
     for (const Kernels* k : compiled_kernels())
       if (k->hwy_target & supported) l.push_back(k);
-    // AVX-512 plus the bf16 dot product: the AVX-512 kernels with vdpbf16ps for bf16 inputs.
+    // AVX-512 plus the bf16 dot product: the AVX-512 kernels with vdpbf16ps for bf16 inputs,
+    // first (the default) where vdpbf16ps outpaces the f32 FMA, else right after avx512.
     static Kernels with_bf16;
-    for (const Kernels* k : l)
-      if (std::string(k->name) == "avx512" && bf16_dot_kernels() != nullptr) {
-        with_bf16 = *k;
+    for (auto it = l.begin(); it != l.end(); ++it)
+      if (std::string((*it)->name) == "avx512" && bf16_dot_kernels() != nullptr) {
+        with_bf16 = **it;
         with_bf16.name = "avx512_bf16";
         with_bf16.bf16 = bf16_dot_kernels();
-        l.insert(l.begin(), &with_bf16);
+        l.insert(bf16_dot_outpaces_fma() ? l.begin() : it + 1, &with_bf16);
         break;
       }
     return l;
