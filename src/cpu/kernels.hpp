@@ -48,8 +48,6 @@ struct Kernels {
   void (*scale_rows)(float* x, size_t ld, size_t rows, size_t cols, const float* alpha);
   // dst[0..n) = src[0..n) converted to f32; returns false if any value is NaN or infinite.
   bool (*to_f32)(const void* src, DType dtype, float* dst, size_t n);
-  // Are x[r * row_stride + c] finite for all r < rows, c < n?
-  bool (*all_finite)(const float* x, size_t row_stride, size_t rows, size_t n);
   // dst[j * ldd + i] += src[i * lds + j] for i < rows, j < cols: a tile added in transposed.
   void (*add_transposed)(const float* src, size_t lds, size_t rows, size_t cols, float* dst, size_t ldd);
 };

@@ -192,20 +192,6 @@ bool ToF32(const void* src, DType dtype, float* dst, size_t n) {
   }
 }
 
-bool AllFinite(const float* x, size_t row_stride, size_t rows, size_t n) {
-  const DF d;
-  const size_t L = hn::Lanes(d);
-  auto bad = hn::Zero(d);
-  for (size_t r = 0; r < rows; ++r) {
-    const float* row = x + r * row_stride;
-    size_t c = 0;
-    for (; c + L <= n; c += L) bad = hn::Or(bad, hn::VecFromMask(d, hn::Not(hn::IsFinite(hn::LoadU(d, row + c)))));
-    for (; c < n; ++c)
-      if (!std::isfinite(row[c])) return false;
-  }
-  return hn::AllTrue(d, hn::Eq(bad, hn::Zero(d)));
-}
-
 // Row by row of dst: columns of dst first walked a whole query chunk of rows at a pitch of
 // pad(dim_v) floats, which at 256 (1 KiB) maps every row to 4 L1 sets; f32 d = 241, Zen 4, took
 // 555 ms against 411 row by row.
@@ -233,7 +219,7 @@ const char* TargetLabel() {
 
 extern const Kernels kKernels;
 const Kernels kKernels = {TargetLabel(), HWY_TARGET, nullptr, &Gemm, &SoftmaxStep, &ScaleRows, &ToF32,
-                          &AllFinite, &AddTransposed};
+                          &AddTransposed};
 
 }  // namespace HWY_NAMESPACE
 }  // namespace memattn::detail
