@@ -1,8 +1,11 @@
 // AMX bf16: the TDPBF16PS emulation against a literal model of the SDM's pseudo-code, the hardware
 // against the emulation (only where AMX runs), the family's scores and P V on hand-built chunks
-// against double loops, and whole forward calls on the emulated family against the fp64 reference.
+// against double loops, whole forward calls on the emulated family against the fp64 reference, and
+// the caller's own tile configuration given back by every call (hardware and emulation).
 #include <gtest/gtest.h>
+#include <omp.h>
 
+#include <algorithm>
 #include <cfenv>
 #include <cmath>
 #include <cstdint>
@@ -12,6 +15,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/half.hpp"
@@ -644,4 +648,182 @@ TEST(AmxForward, GroupedQueryHeadsAndThreads) {
   expect_emulated_family_accurate(c);
   mt::Case h = bf16_case({1, 64, 96, 4, 1, 128, 64}, 52, 0, 0);  // the planner's chunks
   expect_emulated_family_accurate(h);
+}
+
+// ---- The caller's tile state across a call ----
+
+namespace {
+
+// A caller's own configuration, unlike memattn's (every tile 16 x 64): odd shapes, tiles left out.
+TileConfig callers_tiles() {
+  TileConfig cfg;
+  cfg.tile[0] = {3, 12};
+  cfg.tile[2] = {16, 64};
+  cfg.tile[5] = {7, 40};
+  cfg.tile[7] = {1, 4};
+  return cfg;
+}
+
+TileConfig other_tiles() {
+  TileConfig cfg;
+  cfg.tile[1] = {5, 20};
+  cfg.tile[6] = {16, 8};
+  return cfg;
+}
+
+std::string describe(const std::optional<TileConfig>& cfg) {
+  if (!cfg) return "no configuration";
+  std::string s;
+  for (int t = 0; t < kAmxTiles; ++t)
+    s += " tmm" + std::to_string(t) + " " + std::to_string(cfg->tile[t].rows) + "x" + std::to_string(cfg->tile[t].colsb);
+  return s;
+}
+
+// The 64 bytes LDTILECFG reads and STTILECFG writes, handled by the test itself rather than through
+// the code under test.
+struct alignas(64) TilecfgBytes {
+  uint8_t palette = 0, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+static_assert(sizeof(TilecfgBytes) == 64);
+
+TilecfgBytes palette1(const TileConfig& cfg) {
+  TilecfgBytes m;
+  m.palette = 1;
+  for (int t = 0; t < kAmxTiles; ++t) m.colsb[t] = cfg.tile[t].colsb, m.rows[t] = cfg.tile[t].rows;
+  return m;
+}
+
+std::string hex(const TilecfgBytes& m) {
+  const auto* b = reinterpret_cast<const uint8_t*>(&m);
+  std::string s;
+  for (size_t i = 0; i < sizeof m; ++i) {
+    static const char digits[] = "0123456789abcdef";
+    s += digits[b[i] >> 4], s += digits[b[i] & 15];
+    if (i % 16 == 15 && i + 1 < sizeof m) s += ' ';
+  }
+  return s;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+TilecfgBytes stored_tilecfg() {
+  TilecfgBytes m;
+  __asm__ volatile("sttilecfg %0" : "=m"(m)::"memory");
+  return m;
+}
+void load_tilecfg(const TilecfgBytes& m) { __asm__ volatile("ldtilecfg %0" ::"m"(m) : "memory"); }
+void release_tiles() { __asm__ volatile("tilerelease" ::: "memory"); }
+#else
+TilecfgBytes stored_tilecfg() { return {}; }
+void load_tilecfg(const TilecfgBytes&) {}
+void release_tiles() {}
+#endif
+
+// A bf16 forward call with more than a decode step's queries, so that it runs the tile family.
+mt::Case tile_family_case(int threads) {
+  mt::Case c({2, 64, 96, 2, 1, 64, 64}, memattn::DType::bf16, 61);
+  c.options.num_threads = threads;
+  return c;
+}
+
+bool runs_on_amx_hardware(const mt::Case& c) {
+  return std::string(memattn::tile_family(memattn::DType::bf16, c.options)) == "amx_bf16";
+}
+
+}  // namespace
+
+// A caller that uses AMX itself gets its tile configuration back from a forward call that ran on
+// the tiles, whether the call's items ran on the caller's thread alone or on several.
+TEST(AmxCallerState, ForwardGivesBackCallersTileConfiguration) {
+  if (!amx_bf16_usable()) GTEST_SKIP() << "no usable AMX-BF16 on this machine (CPU, XCR0 or kernel permission)";
+  for (int threads : {1, 0}) {
+    mt::Case c = tile_family_case(threads);
+    if (!runs_on_amx_hardware(c)) GTEST_SKIP() << "bf16 forward does not run on amx_bf16 here (MEMATTN_FAMILY?)";
+    const TilecfgBytes callers = palette1(callers_tiles());
+    load_tilecfg(callers);
+    c.run();
+    const TilecfgBytes after = stored_tilecfg();
+    release_tiles();
+    EXPECT_EQ(hex(after), hex(callers)) << threads << " threads (0: all)";
+  }
+}
+
+// A thread that held no tile state before the call holds none after it: no configuration kept, so
+// no tile state saved at its every context switch.
+TEST(AmxCallerState, ForwardLeavesNoTileStateWhereCallerHadNone) {
+  if (!amx_bf16_usable()) GTEST_SKIP() << "no usable AMX-BF16 on this machine (CPU, XCR0 or kernel permission)";
+  for (int threads : {1, 0}) {
+    mt::Case c = tile_family_case(threads);
+    if (!runs_on_amx_hardware(c)) GTEST_SKIP() << "bf16 forward does not run on amx_bf16 here (MEMATTN_FAMILY?)";
+    release_tiles();
+    c.run();
+    EXPECT_EQ(hex(stored_tilecfg()), hex(TilecfgBytes{})) << threads << " threads (0: all)";
+  }
+}
+
+// The OpenMP threads that ran the call's items (the caller's pool, which the regions below reuse)
+// end with no tile state, as they started, while the caller, thread 0 of each region, keeps its
+// configuration. Linux copies a thread's tile configuration into the threads it creates, so the
+// pool is made before the caller loads its configuration: workers the call itself created would
+// start with the caller's, and end with it.
+TEST(AmxCallerState, ForwardLeavesNoTileStateOnItsWorkers) {
+  if (!amx_bf16_usable()) GTEST_SKIP() << "no usable AMX-BF16 on this machine (CPU, XCR0 or kernel permission)";
+  const int threads = std::max(2, omp_get_max_threads());
+  mt::Case c = tile_family_case(threads);
+  if (!runs_on_amx_hardware(c)) GTEST_SKIP() << "bf16 forward does not run on amx_bf16 here (MEMATTN_FAMILY?)";
+  std::vector<std::string> seen(static_cast<size_t>(threads));
+  release_tiles();
+#pragma omp parallel num_threads(threads)
+  seen[size_t(omp_get_thread_num())] = hex(stored_tilecfg());
+  for (size_t t = 0; t < seen.size(); ++t) ASSERT_EQ(seen[t], hex(TilecfgBytes{})) << "before the call, OpenMP thread " << t;
+  const TilecfgBytes callers = palette1(callers_tiles());
+  load_tilecfg(callers);
+  c.run();
+#pragma omp parallel num_threads(threads)
+  seen[size_t(omp_get_thread_num())] = hex(stored_tilecfg());
+  release_tiles();
+  EXPECT_EQ(seen[0], hex(callers)) << "the caller's thread";
+  for (size_t t = 1; t < seen.size(); ++t) EXPECT_EQ(seen[t], hex(TilecfgBytes{})) << "OpenMP thread " << t;
+}
+
+// configure/release pairs nest: each release gives back what its own configure found, down to no
+// configuration at all; on the hardware (read by STTILECFG) and on the emulation alike. Each runs on
+// a fresh thread, which starts with no tile state.
+TEST(AmxCallerState, NestedConfigureGivesBackEachLevel) {
+  std::thread([] {
+    EXPECT_EQ(describe(AmxEmulated::configuration()), describe(std::nullopt));
+    AmxEmulated::configure(callers_tiles());
+    AmxEmulated::configure(other_tiles());
+    EXPECT_EQ(describe(AmxEmulated::configuration()), describe(other_tiles()));
+    AmxEmulated::release();
+    EXPECT_EQ(describe(AmxEmulated::configuration()), describe(callers_tiles())) << "emulated, after the inner release";
+    AmxEmulated::release();
+    EXPECT_EQ(describe(AmxEmulated::configuration()), describe(std::nullopt)) << "emulated, after the outer release";
+  }).join();
+  if (!amx_bf16_usable()) GTEST_SKIP() << "no usable AMX-BF16 on this machine (CPU, XCR0 or kernel permission)";
+  std::thread([] {
+    EXPECT_EQ(hex(stored_tilecfg()), hex(TilecfgBytes{})) << "a fresh thread";
+    AmxHardware::configure(callers_tiles());
+    AmxHardware::configure(other_tiles());
+    EXPECT_EQ(hex(stored_tilecfg()), hex(palette1(other_tiles())));
+    AmxHardware::release();
+    EXPECT_EQ(hex(stored_tilecfg()), hex(palette1(callers_tiles()))) << "hardware, after the inner release";
+    AmxHardware::release();
+    EXPECT_EQ(hex(stored_tilecfg()), hex(TilecfgBytes{})) << "hardware, after the outer release";
+  }).join();
+}
+
+// The emulated family keeps the same promise to a caller of the emulation: its configuration back
+// after the call, none where it had none.
+TEST(AmxCallerState, EmulatedForwardGivesBackCallersConfiguration) {
+  mt::Case c = tile_family_case(1);
+  AmxEmulated::configure(callers_tiles());
+  const bool ran = run_emulated_family(c);
+  const std::optional<TileConfig> after = AmxEmulated::configuration();
+  AmxEmulated::release();
+  if (!ran) GTEST_SKIP() << "the planner does not offer amx_bf16_emulated in this build";
+  EXPECT_EQ(describe(after), describe(callers_tiles()));
+  ASSERT_TRUE(run_emulated_family(c));
+  EXPECT_EQ(describe(AmxEmulated::configuration()), describe(std::nullopt));
 }

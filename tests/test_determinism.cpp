@@ -1,12 +1,14 @@
 // Determinism and concurrency of TESTPLAN section D for the forward pass: bitwise equal results
 // across repeats, thread counts and enclosing OpenMP regions, chunk sizes within the accuracy rule
-// (37); many concurrent callers and a forked child (38).
+// (37); many concurrent callers and a forked child, correct and parallel (38).
+#include <dirent.h>
 #include <gtest/gtest.h>
 #include <omp.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -43,6 +45,27 @@ std::pair<Buf, Buf> run_into(Case& c, const memattn::Options& o, memattn::Worksp
 
 bool same(const std::pair<Buf, Buf>& a, const std::pair<Buf, Buf>& b) {
   return a.first.bytes == b.first.bytes && a.second.bytes == b.second.bytes;
+}
+
+// The exit status of a forked child, waited for 10 s at most; -1 (with a test failure saying why)
+// if it hung or died of a signal.
+int child_exit_status(pid_t child) {
+  int status = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (waitpid(child, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      kill(child, SIGKILL);
+      waitpid(child, &status, 0);
+      ADD_FAILURE() << "the forked child hung for 10 s (OpenMP after fork?)";
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (!WIFEXITED(status)) {
+    ADD_FAILURE() << "the forked child died with signal " << WTERMSIG(status);
+    return -1;
+  }
+  return WEXITSTATUS(status);
 }
 
 }  // namespace
@@ -149,16 +172,62 @@ TEST(Determinism, conc_many_callers) {
     }
     _exit(status);
   }
-  int status = 0;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (waitpid(child, &status, WNOHANG) == 0) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      kill(child, SIGKILL);
-      waitpid(child, &status, 0);
-      FAIL() << "the forked child hung for 10 s (OpenMP after fork?)";
+  EXPECT_EQ(child_exit_status(child), 0) << "1: results differ from the serial run; 2: the call threw";
+}
+
+namespace {
+
+// The number of threads of this process (Linux: the entries of /proc/self/task), 0 where unknown.
+int process_threads() {
+  DIR* tasks = opendir("/proc/self/task");
+  if (!tasks) return 0;
+  int n = 0;
+  while (const dirent* e = readdir(tasks))
+    if (e->d_name[0] != '.') ++n;
+  closedir(tasks);
+  return n;
+}
+
+}  // namespace
+
+// A child forked after the parent ran parallel calls computes in parallel, not serially forever:
+// while it calls forward with 2 threads, the process holds a thread besides the child's own and a
+// watcher's (libgomp's pool does not survive fork(): parallel_for_items starts plain threads
+// there). Its results are still bitwise the serial run's.
+TEST(Determinism, conc_fork_child_computes_in_parallel) {
+  if (process_threads() == 0) GTEST_SKIP() << "no /proc/self/task to count this process's threads";
+  Case c(Shape{1, 256, 384, 4, 2, 64, 64}, DType::f32, 421);
+  memattn::Options parallel = c.options, serial = c.options;
+  parallel.num_threads = 2, serial.num_threads = 1;
+  const auto want = run_into(c, serial);
+  ASSERT_TRUE(same(run_into(c, parallel), want));  // the parent's OpenMP pool exists before fork()
+
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    int status = 0;
+    try {
+      const int own = process_threads();  // 1: fork() keeps only the calling thread
+      std::atomic<bool> done{false};
+      std::atomic<int> most{0};
+      std::thread watcher([&] {
+        while (!done.load()) {
+          most.store(std::max(most.load(), process_threads()));
+          std::this_thread::yield();
+        }
+      });
+      // Calls until a worker shows or 3 s pass, so that a watcher slow to be scheduled still sees one.
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+      while (most.load() <= own + 1 && std::chrono::steady_clock::now() < until)
+        if (!same(run_into(c, parallel), want)) status = 1;
+      done.store(true);
+      watcher.join();
+      if (status == 0 && most.load() <= own + 1) status = 3;
+    } catch (...) {
+      status = 2;
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    _exit(status);
   }
-  ASSERT_TRUE(WIFEXITED(status)) << "the forked child died with signal " << WTERMSIG(status);
-  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: results differ from the serial run; 2: the call threw";
+  EXPECT_EQ(child_exit_status(child), 0)
+      << "1: results differ from the serial run; 2: the call threw; 3: no worker thread, the child ran serially";
 }

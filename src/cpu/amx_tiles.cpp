@@ -1,5 +1,5 @@
-// AMX tile operations: the hardware backend's configuration, release and usability check, and the
-// scalar emulation of palette 1 and TDPBF16PS.
+// AMX tile operations: the hardware backend's configuration (saving and giving back the caller's),
+// release and usability check, and the scalar emulation of palette 1 and TDPBF16PS.
 #include "cpu/amx_tiles.hpp"
 
 #include <atomic>
@@ -72,24 +72,70 @@ bool amx_bf16_usable() {
   return usable;
 }
 
+namespace {
+
+// What each configure still awaiting its release saved, innermost last: one thread's, as the tile
+// state it saves is the thread's.
+template <typename Saved>
+class SavedConfigurations {
+ public:
+  void push(const Saved& s) {
+    if (depth_ == kAmxNesting) amx_fault("configure nested deeper than kAmxNesting without release");
+    saved_[depth_++] = s;
+  }
+  // False for a release with no configure pending: there is nothing to give back.
+  bool pop(Saved& s) {
+    if (depth_ == 0) return false;
+    s = saved_[--depth_];
+    return true;
+  }
+
+ private:
+  Saved saved_[kAmxNesting];
+  int depth_ = 0;
+};
+
+}  // namespace
+
 #if defined(__x86_64__) && defined(__GNUC__)
+namespace {
+
+// The 64-byte operand of LDTILECFG and STTILECFG: palette, start row, then 16 column widths and 16
+// row counts of which palette 1 uses 8; everything else zero. Palette 0 (STTILECFG's 64 zero bytes)
+// means the thread had no configuration loaded.
+struct alignas(64) TilecfgBytes {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+static_assert(sizeof(TilecfgBytes) == 64);
+
+thread_local SavedConfigurations<TilecfgBytes> t_hardware_saved;
+
+}  // namespace
+
 void AmxHardware::configure(const TileConfig& cfg) {
   if (!amx_bf16_usable()) amx_fault("AMX used where the CPU or the OS does not offer it");
   check_config(cfg);
-  // LDTILECFG's 64-byte operand: palette, start row, then 16 column widths and 16 row counts of
-  // which palette 1 uses 8; everything else must be zero.
-  struct alignas(64) Ldtilecfg {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-  } m{};
-  static_assert(sizeof(Ldtilecfg) == 64);
+  TilecfgBytes callers;
+  __asm__ volatile("sttilecfg %0" : "=m"(callers)::"memory");
+  t_hardware_saved.push(callers);
+  TilecfgBytes m{};
   m.palette = 1;
   for (int t = 0; t < kAmxTiles; ++t) m.colsb[t] = cfg.tile[t].colsb, m.rows[t] = cfg.tile[t].rows;
   __asm__ volatile("ldtilecfg %0" ::"m"(m) : "memory");
 }
 
-void AmxHardware::release() { __asm__ volatile("tilerelease" ::: "memory"); }
+// LDTILECFG of the saved bytes puts back the configuration STTILECFG read (it was valid then, so it
+// is now); TILERELEASE where there was none returns the thread to the state it had, no tile state.
+void AmxHardware::release() {
+  TilecfgBytes callers;
+  if (t_hardware_saved.pop(callers) && callers.palette != 0) {
+    __asm__ volatile("ldtilecfg %0" ::"m"(callers) : "memory");
+  } else {
+    __asm__ volatile("tilerelease" ::: "memory");
+  }
+}
 #endif
 
 // ---- The emulation ----
@@ -103,6 +149,7 @@ struct EmulatedTiles {
   uint8_t data[kAmxTiles][kAmxRows][kAmxColsb];
 };
 thread_local EmulatedTiles t_tiles;
+thread_local SavedConfigurations<std::optional<TileConfig>> t_emulated_saved;
 std::atomic<uint64_t> g_executed{0};
 
 const TileShape& configured_shape(int t) {
@@ -166,13 +213,24 @@ float tdpbf16ps_element(float c, const uint16_t* a, const uint16_t* b, ptrdiff_t
 
 void AmxEmulated::configure(const TileConfig& cfg) {
   check_config(cfg);
+  t_emulated_saved.push(configuration());
   t_tiles.cfg = cfg;
   t_tiles.configured = true;
   std::memset(t_tiles.data, 0, sizeof t_tiles.data);
 }
 
+std::optional<TileConfig> AmxEmulated::configuration() {
+  if (!t_tiles.configured) return std::nullopt;
+  return t_tiles.cfg;
+}
+
+// As the hardware backend: the configuration configure saved comes back with every tile zeroed,
+// and a thread that had none is left with none.
 void AmxEmulated::release() {
-  t_tiles.configured = false;
+  std::optional<TileConfig> callers;
+  t_emulated_saved.pop(callers);
+  t_tiles.configured = callers.has_value();
+  if (callers) t_tiles.cfg = *callers;
   std::memset(t_tiles.data, 0, sizeof t_tiles.data);
 }
 

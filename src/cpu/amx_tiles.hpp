@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 
 namespace memattn::detail {
 
@@ -25,14 +26,24 @@ struct TileConfig {
 bool amx_bf16_usable();
 
 // Both backends offer, for compile-time tile numbers T, C, A, B:
-//   configure(cfg)           load the thread's tile configuration (every tile zeroed)
+//   configure(cfg)           save the thread's tile configuration (STTILECFG), then load cfg
+//                            (LDTILECFG: every tile zeroed)
 //   zero<T>()                tile T = 0
 //   load<T>(p, stride)       tile T row r = the configured colsb bytes at p + r * stride
 //   store<T>(p, stride)      the reverse
 //   dpbf16ps<C, A, B>()      C (f32 rows) += A (bf16 rows) x B (bf16 pairs): TDPBF16PS
-//   release()                drop the thread's tile state (TILERELEASE)
+//   release()                give back what the matching configure saved: load that
+//                            configuration again (every tile zeroed), or, where the thread had
+//                            none, drop the thread's tile state (TILERELEASE)
 // A thread configures before its first tile operation and releases when it is done, so that no
-// thread keeps the tile state (and its cost at every context switch) past its use.
+// thread keeps the tile state (and its cost at every context switch) past its use, and a caller
+// that uses AMX itself finds its tile configuration (palette, rows and bytes per row of every
+// tile) as it left it. Its tile data is not kept: LDTILECFG zeroes every tile, and memattn's own
+// tile operations overwrite them anyway. The x86-64 System V psABI makes tmm0-tmm7 volatile (not
+// preserved across calls), so a caller may keep nothing in them across a call, to memattn or to
+// any other function. configure/release pairs nest (up to kAmxNesting deep), each release giving
+// back what its own configure saved.
+constexpr int kAmxNesting = 4;
 
 // Stops the process with `what`: a tile operation that the hardware would fault on (#UD, #GP).
 [[noreturn]] void amx_fault(const char* what);
@@ -84,11 +95,14 @@ struct AmxHardware {
 };
 #endif
 
-// The emulation: tile registers and configuration are per thread (thread_local), every shape rule
-// the hardware checks is checked (amx_fault), and TDPBF16PS reproduces the instruction's arithmetic
-// bit for bit (see tdpbf16ps_element in amx_tiles.cpp).
+// The emulation: tile registers and configuration are per thread (thread_local), configure and
+// release save and give back the thread's configuration as the hardware backend does, every shape
+// rule the hardware checks is checked (amx_fault), and TDPBF16PS reproduces the instruction's
+// arithmetic bit for bit (see tdpbf16ps_element in amx_tiles.cpp).
 struct AmxEmulated {
   static void configure(const TileConfig& cfg);
+  // The thread's loaded configuration, nullopt where it has none (what STTILECFG would store).
+  static std::optional<TileConfig> configuration();
   template <int T>
   static void zero() {
     zero_tile(T);
