@@ -7,16 +7,11 @@
 
 #include "api/params.hpp"
 #include "common/memory.hpp"
+#include "cpu/amx_gemm.hpp"
 #include "cpu/amx_tiles.hpp"
 #include "cpu/tile_family.hpp"
 
 namespace memattn::detail {
-
-// Every operand is cut into whole tiles: 16 rows, and 32 bf16 (one 64-byte tile row) along the
-// reduction. Tails are zero-padded, which adds exact zeros to every sum.
-constexpr size_t kAmxTileRows = 16, kAmxTileDepth = 32;
-inline size_t pad_tile_rows(size_t n) { return (n + kAmxTileRows - 1) / kAmxTileRows * kAmxTileRows; }
-inline size_t pad_tile_depth(size_t n) { return (n + kAmxTileDepth - 1) / kAmxTileDepth * kAmxTileDepth; }
 
 // The family's scratch in a worker's slice: O(chunk) memory, K and V packed one chunk at a time.
 struct AmxSlices {
@@ -58,16 +53,6 @@ class AmxFamily {
   const size_t d_, dv_, dp_, cqp_, dvp_, kp_;  // dim, dim_v, pad32(dim), pad(query_chunk),
                                                // pad(dim_v), pad32(key_chunk)
 };
-
-// The A operand of P V from the driver's transposed probabilities: p[r * p_row + t] =
-// bf16(st[t * ld + r]) rounded to nearest even (NaN stays NaN) for r < rows (a multiple of 16, at
-// most ld) and t < keys, zero for keys up to the next multiple of 32. `vector` takes the AVX-512
-// version, which gives the same bits, and may be true only where pack_probability_rows_vector().
-void pack_probability_rows(const float* st, size_t ld, size_t keys, size_t rows, uint16_t* p, size_t p_row,
-                           bool vector);
-bool pack_probability_rows_vector();
-// Whether AmxFamily::load_queries may take its AVX-512 transposition (same bits as the scalar one).
-bool pack_query_pairs_vector();
 
 extern template class AmxFamily<AmxHardware>;
 extern template class AmxFamily<AmxEmulated>;
