@@ -105,19 +105,10 @@ size_t workspace_of(Direction dir, const Operands& ops, const Options& o) {
                                    : backward_workspace_bytes(ops.q.view, ops.k.view, ops.v.view, o);
 }
 
-// The backward has no tile families of its own: its flash path runs its products on vdpbf16ps for
-// bf16 inputs where the kernels have the bf16 dot product (the avx512_bf16 target), else on the
-// f32 GEMM (the rule of the vdpbf16ps backward, uses_bf16_backward in plan/backward_plan.hpp);
-// naive (automatic for f64) runs neither.
-const char* backward_family(DType dt, const Options& o) {
-  const bool flash = o.algorithm == Algorithm::flash || (o.algorithm == Algorithm::automatic && dt != DType::f64);
-  if (!flash) return "none";
-  return dt == DType::bf16 && detail::select_kernels(o.target).bf16 != nullptr ? "bf16_dot" : "f32_fma";
-}
-
-// The tile family a call of this direction, dtype and options runs its products on.
-const char* family_of(Direction dir, DType dt, const Options& o) {
-  return dir == Direction::forward ? tile_family(dt, o) : backward_family(dt, o);
+// The tile family a call of this direction, operands and options runs its products on.
+const char* family_of(Direction dir, const Operands& ops, const Options& o) {
+  return dir == Direction::forward ? tile_family(ops.s.dtype, o)
+                                   : backward_tile_family(ops.q.view, ops.k.view, ops.v.view, o);
 }
 
 // The peak of the unit a tile family's products run on, and its name for the ratio's legend.
@@ -167,6 +158,7 @@ void for_each_point(const Config& c, ShapeFn&& on_shape, PointFn&& on_point) {
 double estimate_seconds(const Config& c, double& rate) {
   Options o;
   o.algorithm = c.algorithms[0], o.num_threads = 1;
+  if (!c.targets[0].empty()) o.target = c.targets[0].c_str();
   // The first dtype whose calls run: a MEMATTN_FAMILY that cannot run some dtype fails only those
   // points (tile_family throws where a call would).
   const auto runs = [&o](DType dt) {
@@ -255,7 +247,7 @@ void print_table(const std::vector<Row>& rows, const PeakIsa& isa, const std::ma
               "(FlashAttention-2's convention)\n"
               "family  = the tile family of the call's products: memattn::tile_family (none: a reference "
               "algorithm);\n"
-              "          backward: bf16_dot for bf16 on the avx512_bf16 target, else f32_fma\n"
+              "          backward: memattn::backward_tile_family\n"
               "ratio   = GFLOP/s / the peak above of the family's unit (bf16_dot: bf16 dot; amx_bf16: AMX; "
               "f32_fma,\n"
               "          amx_bf16_emulated (scalar), none: f32 FMA) and thread count\n"
@@ -286,7 +278,7 @@ Row run_point(Operands& ops, Direction dir, Algorithm alg, const std::string& ta
   const auto [ms, reps] = time_calls(make_call(dir, ops, o), c.reps, c.min_seconds);
   const int64_t extra_rss = rss_known && rss_before >= 0 ? proc_status_bytes("VmHWM:") - rss_before : -1;
   const double gflops = flops(dir, ops.s, causal) / ms / 1e6;
-  return {dir, alg, selected_target(o), family_of(dir, ops.s.dtype, o), ops.s, causal, threads, reps, ms,
+  return {dir, alg, selected_target(o), family_of(dir, ops, o), ops.s, causal, threads, reps, ms,
           gflops, 0, 0, workspace_of(dir, ops, o), extra_rss};
 }
 

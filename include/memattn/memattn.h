@@ -122,6 +122,14 @@ memattn_status memattn_backward_workspace_bytes(const memattn_tensor* q, const m
                                                 const memattn_options* options, int bias_grad,
                                                 size_t* bytes);
 
+/* The tile family memattn_backward runs its products on for these operands and options (NULL: the
+ * defaults): "f32_fma", "bf16_dot", "amx_bf16" (bf16, head dims multiples of 32, AMX usable) or
+ * "amx_bf16_emulated" (MEMATTN_FAMILY), or "none" for the naive algorithm. A static string; NULL
+ * on error, with memattn_last_error() saying why (the operands are checked as memattn_backward
+ * checks them). */
+const char* memattn_backward_tile_family(const memattn_tensor* q, const memattn_tensor* k,
+                                         const memattn_tensor* v, const memattn_options* options);
+
 /* The exact result over the union of `parts` disjoint key sets from each set's (out, lse) pair:
  * lse = log sum_p exp(lses[p]), out = sum_p exp(lses[p] - lse) outs[p], row by row, parts in order.
  * outs[p] [batch, seq_q, heads, head_dim_v], one dtype; lses[p] f32 [batch, heads, seq_q]; out of
@@ -149,7 +157,7 @@ const char* memattn_status_name(memattn_status status);
 /* The library version, e.g. "0.1.0". */
 const char* memattn_version(void);
 
-/* SIMD targets this build runs on this CPU, best first, comma-separated (e.g. "avx2,sse4,scalar").
+/* SIMD targets this build runs on this CPU, fastest first, comma-separated (e.g. "avx2,sse4,scalar").
  * A static string, never NULL. */
 const char* memattn_supported_targets(void);
 

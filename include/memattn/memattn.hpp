@@ -42,6 +42,13 @@ struct BackwardRequest {
 size_t backward_workspace_bytes(const Tensor& q, const Tensor& k, const Tensor& v,
                                 const Options& options, const BackwardRequest& request = {});
 
+// The tile family whose products backward() runs for these operands and options on this machine:
+// "f32_fma", "bf16_dot" (vdpbf16ps; bf16 on the avx512_bf16 target), "amx_bf16" (bf16 with head
+// dims that are multiples of 32, where AMX is usable) or "amx_bf16_emulated" (MEMATTN_FAMILY, for
+// tests); "none" for the naive algorithm. Unlike the forward's, it depends on the head dims.
+// Validates the shared operands like backward(); throws the same errors. A static string.
+const char* backward_tile_family(const Tensor& q, const Tensor& k, const Tensor& v, const Options& options = {});
+
 // Gradients of forward() given dout = dLoss/dout: dq, dk, dv have the shapes and dtype of q, k, v
 // (any non-overlapping strides); out and lse are forward()'s outputs for the same operands (lse is
 // required: the flash path recomputes the probabilities from it, the naive path recomputes the

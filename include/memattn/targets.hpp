@@ -8,7 +8,7 @@
 
 namespace memattn {
 
-// Targets this build has kernels for and this CPU runs, best first (e.g. avx512, avx2, sse4, emu128).
+// Targets this build has kernels for and this CPU runs, fastest first (e.g. avx512, avx2, sse4, emu128).
 std::vector<std::string> supported_targets();
 // The target forward() uses with these options (Options.target, else MEMATTN_TARGET, else the best).
 std::string selected_target(const Options& options = {});

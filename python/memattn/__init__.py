@@ -16,6 +16,7 @@ __version__ = _memattn.__version__
 
 __all__ = ["attention", "attention_backward", "merge", "workspace_bytes",
            "backward_workspace_bytes", "supported_targets", "selected_target", "tile_family",
+           "backward_tile_family",
            "__version__"]
 
 
@@ -183,8 +184,20 @@ def backward_workspace_bytes(q, k, v, bias_grad=False, *, causal=False, align="t
                                              _t.operand(v, "v"), options, bool(bias_grad))
 
 
+def backward_tile_family(q, k, v, *, algorithm="auto", target=None, num_threads=0):
+    """The tile family attention_backward() runs its products on for these operands on this
+    machine: 'f32_fma', 'bf16_dot', 'amx_bf16' (bf16, head dims multiples of 32, AMX usable) or
+    'amx_bf16_emulated' (MEMATTN_FAMILY), or 'none' for the naive algorithm. Checks q, k, v as
+    attention_backward() does and raises what it would."""
+    kind = _t.common_kind({"q": q, "k": k, "v": v})
+    options = _options(kind, False, "top_left", None, None, None, None, algorithm, num_threads,
+                       target)
+    return _memattn.backward_tile_family(_t.operand(q, "q"), _t.operand(k, "k"), _t.operand(v, "v"),
+                                         options)
+
+
 def supported_targets():
-    """SIMD targets this build runs on this CPU, best first (e.g. ['avx512', 'avx2', ...])."""
+    """SIMD targets this build runs on this CPU, fastest first (e.g. ['avx512', 'avx2', ...])."""
     return list(_memattn.supported_targets())
 
 

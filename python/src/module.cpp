@@ -213,6 +213,13 @@ PYBIND11_MODULE(_memattn, m) {
       },
       py::arg("like"), py::arg("options"),
       "memattn::tile_family for the dtype of `like` (an operand: numpy array or descriptor).");
+  m.def(
+      "backward_tile_family",
+      [](py::handle q, py::handle k, py::handle v, const CallOptions& options) {
+        return memattn::backward_tile_family(to_tensor(q, "q", Access::read), to_tensor(k, "k", Access::read),
+                                             to_tensor(v, "v", Access::read), options.get());
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("options"));
   m.def("inspect_operand", &inspect_operand, py::arg("operand"), py::arg("name") = "operand",
         py::arg("broadcast") = false,
         "(address, dtype, shape, element strides) of the view memattn takes of an operand.");

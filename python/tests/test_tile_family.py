@@ -51,7 +51,9 @@ def test_bf16_on_the_bf16_dot_target():
         pytest.skip("this CPU has no AVX-512 BF16 (no avx512_bf16 target)")
     want = "amx_bf16" if amx_usable() else "bf16_dot"
     assert memattn.tile_family("bf16", target="avx512_bf16") == want
-    assert memattn.tile_family("bf16") == want  # the best target
+    first = memattn.supported_targets()[0]  # avx512_bf16 only where vdpbf16ps outpaces the FMA
+    assert memattn.tile_family("bf16") == ("amx_bf16" if amx_usable() else
+                                           "bf16_dot" if first == "avx512_bf16" else "f32_fma")
 
 
 @pytest.mark.parametrize("target", ["avx512", "avx2"])
@@ -155,3 +157,33 @@ def test_reported_family_is_the_one_that_runs(rng, monkeypatch, target):
             assert same, f"{family} and {reported} differ"
         else:
             assert not same, f"{family} gives the default call's bits, yet {reported} was reported"
+
+
+def operand(dtype, seq, dim):
+    """A [1, seq, 1, dim] torch tensor of `dtype` ('bf16' or 'f32')."""
+    torch = pytest.importorskip("torch")
+    return torch.zeros(1, seq, 1, dim, dtype={"bf16": torch.bfloat16, "f32": torch.float32}[dtype])
+
+
+@pytest.mark.parametrize("dim", [64, 48])
+def test_backward_family(dim):
+    """AMX for bf16 head dims that are multiples of 32 where usable, else the bf16 dot products on
+    avx512_bf16, else f32; f32 inputs run f32 and the naive algorithm none."""
+    q, k, v = operand("bf16", 5, dim), operand("bf16", 7, dim), operand("bf16", 7, 32)
+    dot = "avx512_bf16" in memattn.supported_targets()
+    target = "avx512_bf16" if dot else None
+    want = ("amx_bf16" if amx_usable() and dim % 32 == 0 else "bf16_dot" if dot else "f32_fma")
+    assert memattn.backward_tile_family(q, k, v, target=target) == want
+    f32 = [operand("f32", 5, dim), operand("f32", 7, dim), operand("f32", 7, 32)]
+    assert memattn.backward_tile_family(*f32) == "f32_fma"
+    assert memattn.backward_tile_family(q, k, v, algorithm="naive") == "none"
+
+
+def test_backward_family_errors(monkeypatch):
+    q, v = operand("bf16", 5, 64), operand("bf16", 7, 64)
+    with pytest.raises(ValueError) as e:
+        memattn.backward_tile_family(q, operand("bf16", 7, 48), v)
+    assert "k" in str(e.value)
+    monkeypatch.setenv("MEMATTN_FAMILY", "bogus")
+    with pytest.raises(ValueError, match="MEMATTN_FAMILY"):
+        memattn.backward_tile_family(q, operand("bf16", 7, 64), v)

@@ -1,4 +1,4 @@
-// backward() and backward_workspace_bytes(): validate, plan, take the workspace, dispatch once.
+// backward(), backward_workspace_bytes() and backward_tile_family(): validate, plan, take the workspace, dispatch once.
 #include <cstdint>
 #include <string>
 
@@ -29,6 +29,14 @@ size_t backward_workspace_bytes(const Tensor& q, const Tensor& k, const Tensor& 
                                           nullptr, o, nullptr, request);
   plan_backward(p, o);
   return detail::backward_workspace_bytes(p);
+}
+
+const char* backward_tile_family(const Tensor& q, const Tensor& k, const Tensor& v, const Options& o) {
+  using namespace detail;
+  BackwardParams p = make_backward_params(q, k, v, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, o, nullptr,
+                                          BackwardRequest{});
+  plan_backward(p, o);
+  return p.algorithm == Algorithm::flash ? family_name(p.family) : "none";
 }
 
 void backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,

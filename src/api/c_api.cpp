@@ -281,4 +281,16 @@ const char* memattn_tile_family(memattn_dtype dtype, const memattn_options* opti
   return status == MEMATTN_OK ? family : nullptr;
 }
 
+const char* memattn_backward_tile_family(const memattn_tensor* q, const memattn_tensor* k,
+                                         const memattn_tensor* v, const memattn_options* options) {
+  const char* family = nullptr;
+  const memattn_status status = guarded([&] {
+    const Tensor cq = to_tensor(q, "q"), ck = to_tensor(k, "k"), cv = to_tensor(v, "v");
+    const memattn_options defaults = memattn_options_default();
+    const CppOptions o(options ? options : &defaults);
+    family = memattn::backward_tile_family(cq, ck, cv, o.options);
+  });
+  return status == MEMATTN_OK ? family : nullptr;
+}
+
 }  // extern "C"

@@ -9,6 +9,8 @@
 #include <type_traits>
 
 #include "common/rowops.hpp"
+#include "cpu/amx_backward.hpp"
+#include "cpu/amx_tiles.hpp"
 #include "cpu/bf16_dot.hpp"
 #include "cpu/bf16_dot_backward.hpp"
 #include "cpu/flash_backward_kernels.hpp"
@@ -50,11 +52,14 @@ struct TileWorker {
   const BackwardKernels& bk;
   const Lanes lanes;
   // The bf16 path's kernels (uses_bf16_backward), else null. Its products take bf16 operands (the
-  // inputs exactly; P and dS rounded to nearest even) and sum in f32 on vdpbf16ps; Q, dO, K and V
-  // go from their bf16 bits straight into the products' layouts, and f32 copies are made only for
-  // the element-wise fallback of tiles with non-finite values.
+  // inputs exactly; P and dS rounded to nearest even) and sum in f32 on vdpbf16ps, or on AMX tiles
+  // (uses_amx_backward: the same operands, AMX's A operands from amx_*); Q, dO, K and V go from
+  // their bf16 bits straight into the products' layouts, and f32 copies are made only for the
+  // element-wise fallback of tiles with non-finite values.
   const Bf16DotKernels* const dot16;
   const Bf16BackwardKernels* const pack16;
+  const TileFamily family;
+  const AmxTileScope tiles;
   FlashBackwardSlices w;
   size_t d, dv, dp, dvp, cqp, ckp;
   size_t ld;       // the score tiles' row length: ckp (keys in the lanes) or cqp
@@ -82,8 +87,9 @@ struct TileWorker {
 
   TileWorker(const BackwardParams& p_, const BackwardKernels& bk_, Lanes lanes_, char* slice)
       : p(p_), kern(*p_.kernels), bk(bk_), lanes(lanes_),
-        dot16(std::is_same_v<T, bf16> && uses_bf16_backward(p_) ? p_.kernels->bf16 : nullptr),
+        dot16(std::is_same_v<T, bf16> && uses_bf16_backward(p_) ? bf16_dot_kernels() : nullptr),
         pack16(dot16 ? bf16_backward_kernels() : nullptr),
+        family(dot16 ? p_.family : TileFamily::f32_fma), tiles(family),
         scale_after_dot(dot16 != nullptr || std::fabs(p_.scale) > 1.0f) {
     Carver c(slice);
     w = FlashBackwardSlices::carve(p, c);
@@ -416,7 +422,7 @@ struct TileWorker {
   void scores(int64_t keys) const {
     const size_t n = row_count(keys);
     const bool keys_in_lanes = lanes == Lanes::keys;
-    if (dot16) dot16->scores(x_rows, x_stride, w.xt16, ld, w.st, n, de);
+    if (dot16) rows_times_pairs(x_rows, x_stride, w.xt16, w.st, n, de);
     else kern.gemm({keys_in_lanes ? w.q : w.k, dp, 1, keys_in_lanes ? w.kt : w.qt, ld, w.st, ld, n, ld, d, false});
     scale_tile(w.st, keys);
   }
@@ -425,7 +431,7 @@ struct TileWorker {
   void dprobs(int64_t keys) const {
     const size_t n = row_count(keys);
     const bool keys_in_lanes = lanes == Lanes::keys;
-    if (dot16) dot16->scores(y_rows, y_stride, w.yt16, ld, w.dpt, n, dve);
+    if (dot16) rows_times_pairs(y_rows, y_stride, w.yt16, w.dpt, n, dve);
     else kern.gemm({keys_in_lanes ? w.dout : w.v, dvp, 1, keys_in_lanes ? w.vt : w.doutt, ld, w.dpt, ld, n, ld, dv, false});
   }
 
@@ -443,12 +449,25 @@ struct TileWorker {
   // the tile's lanes l (dV += P^T dO and dK += dS^T Q in pass 1, dQ += dS K in pass 2). r is the
   // row side's operand: f32 rows of ldr floats, or on the bf16 path r16's pairs of rows (ldr
   // pairs a row), against the tile rounded to bf16 pairs of rows.
-  void lane_gradient(const float* tile, int64_t keys, const float* r, const uint16_t* r16, size_t ldr,
-                     float* acc) const {
+  void lane_gradient(const float* tile, int64_t keys, const float* r, uint16_t* r16, size_t ldr, float* acc) const {
     const size_t n = row_count(keys), lanes_n = lane_count(keys);
     if (!dot16) return kern.gemm({tile, 1, ld, r, ldr, acc, ldr, lanes_n, ldr, n, true});
+    const AmxBackwardScratch amx{w.amx_rows, w.amx_a, w.amx_c};
+    if (family == TileFamily::amx_bf16) return amx_lane_gradient<AmxHardware>(tile, ld, n, lanes_n, r16, ldr, acc, amx);
+    if (family == TileFamily::amx_bf16_emulated)
+      return amx_lane_gradient<AmxEmulated>(tile, ld, n, lanes_n, r16, ldr, acc, amx);
     dot16->pair_rows_f32(tile, ld, n, w.tp16);
     dot16->pv(w.tp16, ld, r16, ldr, acc, lanes_n, (n + 1) / 2);
+  }
+
+  // The bf16 path's S or dP: c (n x ld) = the n rows of a (depth bf16 each, a_row apart) times the
+  // lane side's pairs b.
+  void rows_times_pairs(const uint16_t* a, size_t a_row, const uint16_t* b, float* c, size_t n, size_t depth) const {
+    const AmxBackwardScratch amx{w.amx_rows, w.amx_a, w.amx_c};
+    if (family == TileFamily::amx_bf16) return amx_rows_times_pairs<AmxHardware>(a, a_row, b, ld, c, n, depth, amx);
+    if (family == TileFamily::amx_bf16_emulated)
+      return amx_rows_times_pairs<AmxEmulated>(a, a_row, b, ld, c, n, depth, amx);
+    dot16->scores(a, a_row, b, ld, c, n, depth);
   }
 };
 

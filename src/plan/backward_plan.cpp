@@ -7,6 +7,8 @@
 #include <string>
 
 #include "api/validate.hpp"
+#include "cpu/amx_gemm.hpp"
+#include "plan/plan.hpp"
 
 namespace memattn::detail {
 namespace {
@@ -29,6 +31,7 @@ void plan_backward(BackwardParams& p, const Options& o) {
 
   // Bound whatever the algorithm, as in plan_forward: an unknown target is an error on every path.
   p.kernels = &select_kernels(o.target);
+  p.family = p.algorithm == Algorithm::flash ? choose_family(p, true) : TileFamily::f32_fma;
 
   // Pass 1 keeps a key chunk's K^T, V^T, dK and dV (2 x key_chunk x (d + dv) floats) in L2 next
   // to a query tile (query_chunk x (d + dv)) and two query_chunk x key_chunk score tiles: 256 keys
@@ -112,15 +115,23 @@ FlashBackwardSlices FlashBackwardSlices::carve(const BackwardParams& p, Carver& 
   const size_t rows = p.bias_broadcast(2) ? 1 : cq, cols = p.bias_broadcast(3) ? 1 : size_t(p.seq_k);
   w.dbias = c.take<float>(p.has_dbias ? checked_mul(rows, cols) : 0);
   const size_t side = pad_pairs(std::max(cq, ck)), lanes = std::max(cqp, ckp);
+  // The AMX products read the pairs of rows of xp16 and yp16 (their B operands) in whole tile
+  // depths of 32 rows, and take the tiles' A operands and a partial C tile from amx_*.
+  const bool amx = uses_amx_backward(p);
+  const auto amx_only = [amx](size_t n) { return amx ? n : 0; };
+  const auto depth = [amx](size_t n) { return amx ? pad_tile_depth(n) : pad_pairs(n); };
   w.x16 = c.take<uint16_t>(bf16_only(checked_mul(side, pad_pairs(d))));
   w.y16 = c.take<uint16_t>(bf16_only(checked_mul(side, pad_pairs(dv))));
   w.xt16 = c.take<uint16_t>(bf16_only(checked_mul(pad_pairs(d), lanes)));
   w.yt16 = c.take<uint16_t>(bf16_only(checked_mul(pad_pairs(dv), lanes)));
-  w.xp16 = c.take<uint16_t>(bf16_only(checked_mul(side, dp)));
-  w.yp16 = c.take<uint16_t>(bf16_only(checked_mul(pad_pairs(cq), dvp)));
+  w.xp16 = c.take<uint16_t>(bf16_only(checked_mul(depth(std::max(cq, ck)), dp)));
+  w.yp16 = c.take<uint16_t>(bf16_only(checked_mul(depth(cq), dvp)));
   w.tp16 = c.take<uint16_t>(
       bf16_only(std::max(checked_mul(pad_pairs(cq), ckp), checked_mul(pad_pairs(ck), cqp))));
   w.g16 = c.take<uint16_t>(bf16_only(checked_mul(5, std::max(d, dv))));
+  w.amx_rows = c.take<uint16_t>(amx_only(checked_mul(lanes, pad_tile_depth(std::max(cq, ck)))));
+  w.amx_a = c.take<uint16_t>(amx_only(checked_mul(kAmxTileRows, std::max(d, dv))));
+  w.amx_c = c.take<float>(amx_only(kAmxTileRows * kAmxTileRows));
   w.live = c.take<uint8_t>(ck);
   w.packed = c.take<uint8_t>(ck);
   return w;

@@ -41,12 +41,14 @@ int backward_workers(const BackwardParams& p);
 // Exact bytes backward needs: a slice per worker plus kAlign slack to align a caller's pointer.
 size_t backward_workspace_bytes(const BackwardParams& p);
 
-// bf16 inputs on the avx512_bf16 target (Kernels::bf16 is set only after its CPUID check) run the
-// flash backward's products on vdpbf16ps: bf16 operands in pairs, odd dims and counts zero-padded,
-// f32 sums. Every other dtype or target runs them on the f32 GEMM.
-inline bool uses_bf16_backward(const BackwardParams& p) {
-  return p.dtype == DType::bf16 && p.kernels != nullptr && p.kernels->bf16 != nullptr;
+// The flash backward's products by p.family (plan_backward): bf16 inputs on the bf16_dot family
+// (the avx512_bf16 target) run them on vdpbf16ps, bf16 operands in pairs, odd dims and counts
+// zero-padded, f32 sums; on amx_bf16 (head dims multiples of 32) on TDPBF16PS tiles, with the same
+// operands. Every other dtype or family runs them on the f32 GEMM.
+inline bool uses_amx_backward(const BackwardParams& p) {
+  return p.family == TileFamily::amx_bf16 || p.family == TileFamily::amx_bf16_emulated;
 }
+inline bool uses_bf16_backward(const BackwardParams& p) { return p.family != TileFamily::f32_fma; }
 
 // n values rounded up to whole bf16 pairs (the last one zero-padded).
 inline size_t pad_pairs(size_t n) { return n + n % 2; }
@@ -86,10 +88,15 @@ struct FlashBackwardSlices {
   uint16_t* y16;   // E(M) x E(dim_v): the row side's dO or v (A of dP)
   uint16_t* xt16;  // E(dim)/2 x pad(M) pairs: the lane side's k or q, transposed (B of S)
   uint16_t* yt16;  // E(dim_v)/2 x pad(M) pairs: the lane side's v or dO, transposed (B of dP)
-  uint16_t* xp16;  // E(M)/2 x pad(dim) pairs of rows: the row side's q or k (B of dK, dQ)
-  uint16_t* yp16;  // E(query_chunk)/2 x pad(dim_v) pairs of rows: dO (pass 1: B of dV)
+  uint16_t* xp16;  // E(M)/2 x pad(dim) pairs of rows: the row side's q or k (B of dK, dQ); AMX:
+                   // pad32(M)/2 pairs of rows
+  uint16_t* yp16;  // E(query_chunk)/2 x pad(dim_v) pairs of rows: dO (pass 1: B of dV); AMX:
+                   // pad32(query_chunk)/2
   uint16_t* tp16;  // P or dS rounded to bf16, pairs of score tile rows (A of dV, dK, dQ)
   uint16_t* g16;   // 5 x max(dim, dim_v): strided bf16 rows gathered on their way to the above
+  uint16_t* amx_rows;  // pad(M) x pad32(M): P or dS transposed into bf16 rows (A of dV, dK, dQ)
+  uint16_t* amx_a;     // 16 x max(dim, dim_v): the last rows of S's or dP's A operand, zero-padded
+  float* amx_c;        // 16 x 16: a C tile that crosses the end of its rows
   uint8_t* live;  // key_chunk: key seen by some row of the tile (else never read)
   uint8_t* packed;  // key_chunk: key already loaded into k and v (pass 1)
   static FlashBackwardSlices carve(const BackwardParams& p, Carver& c);

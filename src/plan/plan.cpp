@@ -8,9 +8,11 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 
 #include "api/validate.hpp"
 #include "cpu/amx_tiles.hpp"
+#include "cpu/bf16_dot_backward.hpp"
 #include "cpu/flash_forward.hpp"
 
 namespace memattn::detail {
@@ -47,36 +49,42 @@ void plan_decode(Params& p) {
 constexpr TileFamily kFamilies[] = {TileFamily::f32_fma, TileFamily::bf16_dot, TileFamily::amx_bf16,
                                     TileFamily::amx_bf16_emulated};
 
-// Can family f run p's flash forward on this CPU and its selected kernels?
-bool family_runs(TileFamily f, const Params& p) {
+// Can family f run p's flash forward (or backward) on this CPU and its selected kernels? The
+// backward's AMX products take whole tiles of the head dims (multiples of 32) and pack their
+// operands with the AVX-512 BF16 kernels of the bf16 dot backward.
+bool family_runs(TileFamily f, const Params& p, bool backward) {
+  const bool amx_backward = p.dim % 32 == 0 && p.dim_v % 32 == 0 && bf16_backward_kernels() != nullptr;
   switch (f) {
     case TileFamily::f32_fma: return true;
     case TileFamily::bf16_dot: return p.dtype == DType::bf16 && p.kernels->bf16 != nullptr;
-    case TileFamily::amx_bf16: return p.dtype == DType::bf16 && amx_bf16_usable();
-    case TileFamily::amx_bf16_emulated: return p.dtype == DType::bf16;  // any CPU: for tests
+    case TileFamily::amx_bf16: return p.dtype == DType::bf16 && amx_bf16_usable() && (!backward || amx_backward);
+    case TileFamily::amx_bf16_emulated: return p.dtype == DType::bf16 && (!backward || amx_backward);  // tests
     default: return false;
   }
 }
 
-// The fastest family that runs p, or the one MEMATTN_FAMILY names (an error if it cannot run).
-TileFamily choose_family(const Params& p) {
+}  // namespace
+
+TileFamily choose_family(const Params& p, bool backward) {
   if (const char* forced = std::getenv("MEMATTN_FAMILY"); forced != nullptr && *forced != '\0') {
     for (TileFamily f : kFamilies)
       if (std::strcmp(forced, family_name(f)) == 0) {
-        if (!family_runs(f, p))
+        if (family_runs(f, p, backward)) return f;
+        // An AMX family forced on head dims its backward does not tile takes the default below.
+        if (!backward || !family_runs(f, p, false))
           fail(ErrorCode::unsupported, cat("MEMATTN_FAMILY: ", forced, " cannot run this call (dtype ",
                                            dtype_name(p.dtype), ", target ", p.kernels->name, ")"));
-        return f;
+        break;
       }
-    fail(ErrorCode::invalid_argument,
-         cat("MEMATTN_FAMILY: expected f32_fma, bf16_dot, amx_bf16 or amx_bf16_emulated, got ", forced));
+    if (std::none_of(std::begin(kFamilies), std::end(kFamilies),
+                     [&](TileFamily f) { return std::strcmp(forced, family_name(f)) == 0; }))
+      fail(ErrorCode::invalid_argument,
+           cat("MEMATTN_FAMILY: expected f32_fma, bf16_dot, amx_bf16 or amx_bf16_emulated, got ", forced));
   }
   for (TileFamily f : {TileFamily::amx_bf16, TileFamily::bf16_dot})
-    if (family_runs(f, p)) return f;
+    if (family_runs(f, p, backward)) return f;
   return TileFamily::f32_fma;
 }
-
-}  // namespace
 
 void plan_forward(Params& p, const Options& o) {
   p.algorithm = o.algorithm;
@@ -90,7 +98,7 @@ void plan_forward(Params& p, const Options& o) {
   // Bound whatever the algorithm: a target name this build does not run is an error on every
   // path, and no path can reach a flash driver without its kernels.
   p.kernels = &select_kernels(o.target);
-  p.family = p.algorithm == Algorithm::flash ? choose_family(p) : TileFamily::f32_fma;
+  p.family = p.algorithm == Algorithm::flash ? choose_family(p, false) : TileFamily::f32_fma;
   int64_t cq = o.query_chunk, ck = o.key_chunk;
   if (p.algorithm == Algorithm::chunked) {
     // The paper's choice: a constant query chunk (1024) and key chunks of sqrt(n), which keeps

@@ -16,6 +16,11 @@ namespace memattn::detail {
 // bitwise identical for any number of threads.
 void plan_forward(Params& p, const Options& o);
 
+// The tile family of p's flash forward or backward products: the one MEMATTN_FAMILY names (an
+// error where it cannot run p's dtype and target; an AMX family on head dims the backward's tiles
+// do not take falls to the default there), else the fastest that runs: amx_bf16, bf16_dot, f32_fma.
+TileFamily choose_family(const Params& p, bool backward);
+
 // Independent units of parallel work: (batch, head, query chunk), (batch, kv head, key split)
 // for grouped flash items, or (batch, head).
 int64_t work_items(const Params& p);

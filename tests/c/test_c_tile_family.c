@@ -174,6 +174,23 @@ static void test_reported_family_runs(void) {
   CHECK(ran >= 2); /* f32_fma and amx_bf16_emulated run bf16 anywhere */
 }
 
+/* memattn_backward_tile_family: AMX for bf16 head dims that are multiples of 32 where AMX is
+ * usable, the bf16 dot products on avx512_bf16 otherwise, f32 for f32, none for naive; NULL and a
+ * message naming the operand for a bad one. */
+static void test_backward_family(int amx) {
+  const memattn_tensor q64 = TENSOR(bq, MEMATTN_BF16, 1, N_Q, 1, DIM), k64 = TENSOR(bk, MEMATTN_BF16, 1, N_K, 1, DIM),
+                       q48 = TENSOR(bq, MEMATTN_BF16, 1, N_Q, 1, 48), k48 = TENSOR(bk, MEMATTN_BF16, 1, N_K, 1, 48);
+  const int dot = has_target("avx512_bf16");
+  const memattn_options on_dot = with(dot ? "avx512_bf16" : NULL, MEMATTN_ALGORITHM_AUTOMATIC);
+  CHECK(is(memattn_backward_tile_family(&q64, &k64, &k64, &on_dot), amx ? "amx_bf16" : dot ? "bf16_dot" : "f32_fma"));
+  CHECK(is(memattn_backward_tile_family(&q48, &k48, &k64, &on_dot), dot ? "bf16_dot" : "f32_fma"));
+  CHECK(is(memattn_backward_tile_family(&tq, &tk, &tv, NULL), "f32_fma"));
+  const memattn_options naive = with(NULL, MEMATTN_ALGORITHM_NAIVE);
+  CHECK(is(memattn_backward_tile_family(&q64, &k64, &k64, &naive), "none"));
+  CHECK(memattn_backward_tile_family(&q64, &tk, &k64, NULL) == NULL && last_error_has("k"));
+  CHECK(memattn_backward_tile_family(&q64, NULL, &k64, NULL) == NULL && last_error_has("k"));
+}
+
 int main(void) {
   unsetenv("MEMATTN_FAMILY");
   unsetenv("MEMATTN_TARGET");
@@ -183,6 +200,7 @@ int main(void) {
   test_errors();
   test_forced_family();
   test_reported_family_runs();
+  test_backward_family(amx);
   printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed != 0;
 }
