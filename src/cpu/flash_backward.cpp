@@ -1,8 +1,9 @@
 // flash backward driver (FlashAttention-2's recomputation from lse, no Nq x Nk matrix), in
 // passes so that every gradient element is summed by one thread in a fixed order:
-//   lse pass, per (batch, head, query chunk) holding a row whose f32 lse is too coarse (large
-//           |lse|, rare at ordinary scales): each such row's correction to it, from one sweep of
-//           S over its keys (about one GEMM of the seven), parked in the row's dq until pass 2;
+//   lse pass, per (batch, head, query chunk): each row's D = rowsum(dO * O), and, for a row
+//           whose f32 lse is too coarse (large |lse|, rare at ordinary scales), its correction to
+//           it, from one sweep of S over its keys (about one GEMM of the seven); both parked in
+//           the row's dq until pass 2;
 //   pass 1, per (batch, kv head, key chunk): dK and dV of the chunk over every query row of the
 //           group's heads that sees it;
 //   pass 2, per (batch, head, query chunk): dQ of the chunk (and the item's dbias rows),
@@ -41,6 +42,7 @@ void lse_pass(const BackwardParams& p, const BackwardKernels& bk, void* ws, size
     TileWorker<T> x(p, bk, Lanes::queries, slice);
     const int64_t b = item / (p.heads_q * q_chunks), h = item / q_chunks % p.heads_q;
     const int64_t i0 = item % q_chunks * cq, rows = std::min(cq, p.seq_q - i0);
+    if (x.dsums_parkable()) x.park_dsums(b, h, i0, rows);
     if (!x.any_coarse_lse(b, h, i0, rows)) return;
     x.load_queries(b, h, i0, rows);
     x.park_lse_corrections();
@@ -53,6 +55,7 @@ void dkv_pass(const BackwardParams& p, const BackwardKernels& bk, void* ws, size
   const int64_t k_chunks = (p.seq_k + ck - 1) / ck;
   parallel_for_items(dkv_items(p), backward_workers(p), ws, slice_bytes, [&](int64_t item, char* slice) {
     TileWorker<T> x(p, bk, Lanes::keys, slice);
+    x.read_parked_dsums = x.dsums_parkable();
     const FlashBackwardSlices& w = x.w;
     const int64_t bg = item / k_chunks, b = bg / p.heads_kv, g = bg % p.heads_kv;
     const int64_t j0 = item % k_chunks * ck, keys = std::min(ck, p.seq_k - j0);
@@ -115,6 +118,7 @@ void dq_pass(const BackwardParams& p, const BackwardKernels& bk, void* ws, size_
   const int64_t db_cols = one_col ? 1 : p.seq_k;
   parallel_for_items(own.items(), backward_workers(p), ws, slice_bytes, [&](int64_t item, char* slice) {
     TileWorker<T> x(p, bk, Lanes::queries, slice);
+    x.read_parked_dsums = x.dsums_parkable();
     const FlashBackwardSlices& w = x.w;
     const int64_t xb = item / (own.heads * own.chunks), xh = item / own.chunks % own.heads;
     // Under causal or window masks later query chunks see more keys: hand them out first.
