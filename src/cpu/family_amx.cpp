@@ -60,7 +60,7 @@ void AmxFamily<Ops>::load_queries(const Chunk& c) {
 // (where its rows allowed) was 3-7% slower at d = 128 on a Sapphire Rapids class Xeon (the tile
 // loads' 16 rows at the BSHD pitch share few cache sets) and 1-3% faster at d = 64.
 template <typename Ops>
-const uint16_t* AmxFamily<Ops>::key_rows(const Chunk& c, ptrdiff_t& row_bytes) {
+void AmxFamily<Ops>::pack_keys(const Chunk& c) {
   const size_t keys = size_t(c.keys);
   for (size_t t = 0; t < pad_tile_rows(keys); ++t) {
     uint16_t* row = s_.k + t * dp_;
@@ -76,17 +76,14 @@ const uint16_t* AmxFamily<Ops>::key_rows(const Chunk& c, ptrdiff_t& row_bytes) {
     }
     std::fill(row + d_, row + dp_, uint16_t(0));
   }
-  row_bytes = ptrdiff_t(dp_ * sizeof(uint16_t));
-  return s_.k;
 }
 
 // S^T = K Q^T straight into the driver's st[key][query]: keys are C's rows, queries its columns.
 template <typename Ops>
 void AmxFamily<Ops>::scores(const Chunk& c) {
-  ptrdiff_t a_row = 0;
-  const uint16_t* a = key_rows(c, a_row);
-  const TileGemm g{reinterpret_cast<const uint8_t*>(a),
-                   a_row,
+  pack_keys(c);
+  const TileGemm g{reinterpret_cast<const uint8_t*>(s_.k),
+                   ptrdiff_t(dp_ * sizeof(uint16_t)),
                    reinterpret_cast<const uint8_t*>(s_.qt),
                    ptrdiff_t(cqp_ * 2 * sizeof(uint16_t)),
                    w_.st,

@@ -16,7 +16,7 @@ namespace memattn::detail {
 // The family's scratch in a worker's slice: O(chunk) memory, K and V packed one chunk at a time.
 struct AmxSlices {
   uint16_t* qt;    // pad32(dim)/2 x pad(query_chunk) x 2: Q^T as VNNI pairs (B of the scores)
-  uint16_t* k;     // pad16(key_chunk) x pad32(dim): the key chunk's rows when not read in place
+  uint16_t* k;     // pad16(key_chunk) x pad32(dim): the key chunk's rows
   uint16_t* v;     // pad32(key_chunk)/2 x pad(dim_v) x 2: the value chunk as VNNI pairs
   uint16_t* p;     // pad(query_chunk) x pad32(key_chunk): the probabilities as bf16 query rows
   float* bounce;   // one 16 x 16 f32 tile for C tiles that cross the end of st or acc
@@ -43,7 +43,7 @@ class AmxFamily {
   bool accumulate_values(const Chunk& c);
 
  private:
-  const uint16_t* key_rows(const Chunk& c, ptrdiff_t& row_bytes);
+  void pack_keys(const Chunk& c);
   const uint16_t* value_row(const Chunk& c, size_t t) const;
   bool pack_values(const Chunk& c);
 
