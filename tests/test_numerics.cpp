@@ -1,6 +1,7 @@
 // Numerical edge cases of TESTPLAN section B for the forward pass: fully masked rows (15), huge
 // finite negative biases (17), one key (18), empty dims (20), adversarial magnitudes (24, 25),
-// subnormals and the caller's MXCSR (28), lse (32). NaN/Inf cases are in test_propagation.cpp.
+// subnormals, subnormal softmax weights and the caller's MXCSR around forward, backward and merge
+// (28), lse (32). NaN/Inf cases are in test_propagation.cpp.
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -13,7 +14,8 @@
 #include <functional>
 #include <limits>
 
-#include "support.hpp"
+#include "cpu/kernels.hpp"
+#include "support_backward.hpp"
 
 using namespace mt;
 using memattn::Algorithm;
@@ -320,6 +322,20 @@ double min_subnormal(DType dt) {
   }
 }
 
+// The scale of values whose products and outputs are subnormal in dt: flushing them to zero fails.
+double subnormal_scale(DType dt) {
+  switch (dt) {
+    case DType::f16:
+      return 1e-6;
+    case DType::bf16:
+      return 4e-39;
+    case DType::f32:
+      return 1e-40;
+    default:
+      return 1e-310;
+  }
+}
+
 // The control bits of the caller's floating-point state (x86 MXCSR: DAZ, exception masks,
 // rounding, FTZ). The sticky exception flags (bits 0-5) are not state: any arithmetic sets them.
 #if defined(__x86_64__)
@@ -333,14 +349,9 @@ unsigned read_fp_state() { return 0; }
 TEST(Numerics, num_subnormal_ftz) {
   const Shape s{1, 17, 29, 2, 1, 16, 16};
   for (DType dt : kDtypes) {
-    // Values whose products and outputs are subnormal in dt: flushing them to zero would fail.
-    const double tiny = dt == DType::f16    ? 1e-6
-                        : dt == DType::bf16 ? 4e-39
-                        : dt == DType::f32  ? 1e-40
-                                            : 1e-310;
     Case c(s, dt, 101);
     c.options.key_chunk = 8;
-    fill_randn(c.v, 102, tiny);
+    fill_randn(c.v, 102, subnormal_scale(dt));
     const RefProblem p = c.problem();
     const RefResult ref = dt == DType::f64 ? reference_extended(p) : reference64(p);
     const RefResult base = baseline(p, dt);
@@ -385,6 +396,86 @@ TEST(Numerics, num_subnormal_ftz) {
   }
   _mm_setcsr(saved);
 #endif
+}
+
+namespace {
+
+// The caller states a call must hand back as it found them: the process's own, with FTZ and DAZ
+// set, and with FTZ, DAZ and round toward zero.
+#if defined(__x86_64__)
+constexpr unsigned kFtzDaz = 0x8040u, kRoundTowardZero = 0x6000u;
+#endif
+
+// Runs `call` under each of those MXCSR states and expects the control bits unchanged after it.
+void expect_fp_state_kept(const std::string& what, const std::function<void()>& call) {
+#if defined(__x86_64__)
+  const unsigned saved = _mm_getcsr();
+  for (unsigned state : {saved, saved | kFtzDaz, saved | kFtzDaz | kRoundTowardZero}) {
+    _mm_setcsr(state);
+    call();
+    const unsigned after = read_fp_state();
+    _mm_setcsr(saved);
+    EXPECT_EQ(after, state & ~0x3fu) << what << ": the call changed the caller's MXCSR " << std::hex << state;
+  }
+#else
+  call();
+#endif
+}
+
+}  // namespace
+
+// TESTPLAN 28 around backward (every dtype, naive and flash on every SIMD target) and merge (every
+// part dtype): subnormal values flow through, and the caller's MXCSR comes back as it was.
+TEST(Numerics, num_subnormal_ftz_backward_and_merge) {
+  const Shape s{1, 17, 29, 2, 1, 16, 16};
+  for (DType dt : kDtypes) {
+    BackwardCase c(s, dt, 106);
+    c.options.key_chunk = 8;
+    fill_randn(c.v, 107, subnormal_scale(dt));
+    c.run();
+    for (Algorithm alg : {Algorithm::naive, Algorithm::flash}) {
+      if (alg == Algorithm::flash && dt == DType::f64) continue;
+      c.options.algorithm = alg;
+      for (const std::string& target : memattn::supported_targets()) {
+        if (alg == Algorithm::naive && target != memattn::supported_targets().front()) continue;
+        c.options.target = target.c_str();
+        expect_fp_state_kept("backward " + describe(c), [&] { c.run_backward(); });
+      }
+    }
+    // Two parts holding the same (out, lse): merged, they give out again.
+    Buf merged(dt == DType::f64 ? DType::f64 : DType::f32, c.out.shape), merged_lse(DType::f32, c.lse.shape);
+    const Tensor outs[] = {c.out.view(), c.out.view()}, lses[] = {c.lse.view(), c.lse.view()};
+    const Tensor merged_view = merged.view(), merged_lse_view = merged_lse.view();
+    expect_fp_state_kept(std::string("merge ") + memattn::dtype_name(dt),
+                         [&] { memattn::merge(outs, lses, merged_view, &merged_lse_view); });
+  }
+}
+
+// The softmax's exp below the normal range (issue 10): for scores x in [-105, -86] below the
+// running max, every SIMD target's weight is within 2 ulp of exp(x), an ulp of a subnormal being
+// 2^-149; nonzero wherever exp(x) >= 2^-149, 0 below -104 (where exp(x) < 2^-150 rounds to 0).
+// A weight flushed to 0 would turn an infinite value into NaN (Propagation.num_inf_in_v_at_subnormal_weight).
+TEST(Numerics, num_subnormal_softmax_weights) {
+  using memattn::detail::Kernels;
+  const size_t ld = memattn::detail::kPadFloats, keys = 4096;
+  for (const Kernels* k : memattn::detail::available_kernels()) {
+    SCOPED_TRACE(k->name);
+    std::vector<float> st(keys * ld);
+    for (size_t i = 0; i < st.size(); ++i) st[i] = -86.0f - 19.0f * float(i) / float(st.size());
+    std::fill_n(st.begin(), ld, 0.0f);  // the running max is 0 in every lane
+    const std::vector<float> x = st;
+    std::vector<float> mx(ld, -INFINITY), sum(ld, 0.0f), alpha(ld);
+    k->softmax_step(st.data(), keys, ld, 1.0f, mx.data(), sum.data(), alpha.data());
+    double worst = 0;
+    for (size_t i = ld; i < st.size(); ++i) {
+      const double exact = std::exp(double(x[i]));
+      const double ulp = double(std::nextafter(float(exact), INFINITY)) - double(float(exact));
+      worst = std::max(worst, std::fabs(double(st[i]) - exact) / ulp);
+      if (exact >= std::numeric_limits<float>::denorm_min()) ASSERT_GT(st[i], 0.0f) << "exp(" << x[i] << ")";
+      if (x[i] < -104.0f) ASSERT_EQ(st[i], 0.0f) << "exp(" << x[i] << ")";
+    }
+    EXPECT_LE(worst, 2.0);
+  }
 }
 
 TEST(Numerics, num_lse_output) {

@@ -82,11 +82,15 @@ void Gemm(const GemmArgs& g) {
 
 // exp(x) for x <= 0 (the softmax only exponentiates score - running max), NaN kept, -inf -> 0.
 // Cody-Waite reduction x = n ln2 + r with |r| <= ln2/2 and Highway's minimax polynomial for
-// e^r (max error about 1 ulp, the bound Highway documents for its Exp), then 2^n added into the
-// exponent bits. Below -87 the result is 0: such a weight is under 2^-125 next to the row
-// maximum's weight of 1, so it changes no f32 sum. Fewer operations than hwy's general Exp: no
-// range split for large positive x. NaN is put back at the end (the float-to-int conversion
-// saturates it into a finite exponent).
+// e^r (max error about 1 ulp, the bound Highway documents for its Exp), then 2^n in two steps:
+// n added into the exponent bits of 2^32 e^r (the polynomial's last FMA scales it exactly), a
+// normal float for every n >= -150, then a multiply by 2^-32, exact where exp(x) is normal (the
+// bits of n added into the exponent of e^r) and one rounding where it is subnormal. So down to
+// ln(2^-150) ~ -103.97 the result is exp(x) rounded to an f32 subnormal (within 2 ulp), not 0: a
+// tiny weight times an infinite value stays infinite, as in IEEE arithmetic (a flush to 0 made it
+// 0 * inf = NaN). Below -104, where exp(x) < 2^-150 rounds to 0 anyway, the result is 0. Fewer
+// operations than hwy's general Exp: no range split for large positive x. NaN is put back at the
+// end (the float-to-int conversion saturates it into a finite exponent).
 HWY_INLINE VF ExpNonPositive(DF d, VF x) {
   const hn::RebindToSigned<DF> di;
   const VF n = hn::Round(hn::Mul(x, hn::Set(d, 1.44269504088896341f)));
@@ -98,17 +102,19 @@ HWY_INLINE VF ExpNonPositive(DF d, VF x) {
   q = hn::MulAdd(q, r, hn::Set(d, 0.0416664853692054748535156f));
   q = hn::MulAdd(q, r, hn::Set(d, 0.166666671633720397949219f));
   q = hn::MulAdd(q, r, hn::Set(d, 0.5f));
-  const VF e_r = hn::Add(hn::MulAdd(q, hn::Mul(r, r), r), hn::Set(d, 1.0f));
+  const VF two_32 = hn::Set(d, 0x1p32f);  // 2^(n + 32) e^r is normal for n >= -150, finite for n <= 0
+  const VF e_r_pre = hn::MulAdd(hn::MulAdd(q, hn::Mul(r, r), r), two_32, two_32);
 #if HWY_TARGET == HWY_EMU128 || HWY_TARGET == HWY_SCALAR
   // These targets convert with a plain C++ cast, undefined for NaN and -inf (x of a fully masked
   // row is -inf - -inf); such lanes are replaced below anyway, so any exponent does.
-  const VF n_int = hn::IfThenElse(hn::Ge(n, hn::Set(d, -128.0f)), n, hn::Set(d, -128.0f));
+  const VF n_int = hn::IfThenElse(hn::Ge(n, hn::Set(d, -160.0f)), n, hn::Set(d, -160.0f));
 #else
   const VF n_int = n;  // the SIMD conversions are defined for every input
 #endif
-  const auto scaled = hn::Add(hn::BitCast(di, e_r), hn::ShiftLeft<23>(hn::ConvertTo(di, n_int)));
-  const VF y = hn::IfThenZeroElse(hn::Lt(x, hn::Set(d, -87.0f)), hn::BitCast(d, scaled));
-  return hn::IfThenElse(hn::IsNaN(x), x, y);
+  const auto scaled = hn::Add(hn::BitCast(di, e_r_pre), hn::ShiftLeft<23>(hn::ConvertTo(di, n_int)));
+  const VF y = hn::Mul(hn::BitCast(d, scaled), hn::Set(d, 0x1p-32f));
+  const VF y_in_range = hn::IfThenZeroElse(hn::Lt(x, hn::Set(d, -104.0f)), y);
+  return hn::IfThenElse(hn::IsNaN(x), x, y_in_range);
 }
 
 void SoftmaxStep(float* st, size_t keys, size_t ld, float scale, float* row_max, float* row_sum,
