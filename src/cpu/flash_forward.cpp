@@ -99,9 +99,13 @@ class FlashItem {
     *const_cast<float*>(lse.at<float>(b, h, i)) = sum == 0.0f ? kNegInf : max + std::log(sum);
   }
   float& st(int64_t t, int64_t r) const { return w_.st[size_t(t) * cqp_ + size_t(r)]; }
-  // Scores multiplied by scale after the dot products: fused into the softmax step in the steady
-  // state, before bias and masking (-inf must stay -inf) otherwise.
-  bool scale_in_softmax(const Chunk& c) const { return fam_.scale_after_dot() && c.full && !p_.has_bias; }
+  // Scores multiplied by scale after the dot products: by the softmax step where nothing is added
+  // to them first, before bias and masking otherwise. A positive scale keeps -inf -inf, so masked
+  // chunks leave it to the softmax too, and every chunk of a call then rounds its scores the same
+  // way (the softmax applies a positive scale as it reads the scores, see SoftmaxStep).
+  bool scale_in_softmax(const Chunk& c) const {
+    return fam_.scale_after_dot() && !p_.has_bias && (c.full || p_.scale > 0.0f);
+  }
 
   // live[t]: some row sees key t. Returns false when no row sees any key of the chunk.
   bool mark_live_keys(const Chunk& c) {

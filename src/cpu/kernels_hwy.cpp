@@ -123,16 +123,22 @@ void SoftmaxStep(float* st, size_t keys, size_t ld, float scale, float* row_max,
   const size_t L = hn::Lanes(d);
   const VF neg_inf = hn::Set(d, -HUGE_VALF), zero = hn::Zero(d), one = hn::Set(d, 1.0f);
   const VF vscale = hn::Set(d, scale);
+  // A positive scale is applied where the scores are read, not stored back first: rounding is
+  // monotone, so the max of the rounded scaled scores is the rounded scaled max of the raw ones,
+  // and every bit is as if the scaled scores had been stored (one pass of stores fewer). Other
+  // scales (negative or zero) scale in place first.
+  const bool scale_on_read = scale > 0.0f && scale != 1.0f;
   for (size_t q = 0; q < ld; q += L) {
     VF mx = neg_inf;
     for (size_t t = 0; t < keys; ++t) {
       VF s = hn::LoadU(d, st + t * ld + q);
-      if (scale != 1.0f) {
+      if (scale != 1.0f && !scale_on_read) {
         s = hn::Mul(s, vscale);
         hn::StoreU(s, d, st + t * ld + q);
       }
       mx = hn::IfThenElse(hn::Gt(s, mx), s, mx);  // comparisons with NaN are false: NaN skipped
     }
+    if (scale_on_read) mx = hn::Mul(mx, vscale);
     const VF m_old = hn::LoadU(d, row_max + q);
     const VF m_new = hn::Max(m_old, mx);
     // Nothing visible yet (max -inf): shift 0 so masked scores give 0 and NaN stays NaN.
@@ -140,7 +146,9 @@ void SoftmaxStep(float* st, size_t keys, size_t ld, float scale, float* row_max,
     const VF a = hn::IfThenElse(hn::Eq(m_new, m_old), one, ExpNonPositive(d, hn::Sub(m_old, m_new)));
     VF sum = zero;
     for (size_t t = 0; t < keys; ++t) {
-      const VF e = ExpNonPositive(d, hn::Sub(hn::LoadU(d, st + t * ld + q), shift));
+      VF s = hn::LoadU(d, st + t * ld + q);
+      if (scale_on_read) s = hn::Mul(s, vscale);
+      const VF e = ExpNonPositive(d, hn::Sub(s, shift));
       hn::StoreU(e, d, st + t * ld + q);
       sum = hn::Add(sum, e);
     }
