@@ -1,6 +1,7 @@
 // Determinism and concurrency of TESTPLAN section D for the forward pass: bitwise equal results
 // across repeats, thread counts and enclosing OpenMP regions, chunk sizes within the accuracy rule
-// (37); many concurrent callers and a forked child, correct and parallel (38).
+// (37); many concurrent callers, a forked child (correct and parallel) and calls nested in a
+// caller's OpenMP region (no oversubscription) (38).
 #include <dirent.h>
 #include <gtest/gtest.h>
 #include <omp.h>
@@ -230,4 +231,63 @@ TEST(Determinism, conc_fork_child_computes_in_parallel) {
   }
   EXPECT_EQ(child_exit_status(child), 0)
       << "1: results differ from the serial run; 2: the call threw; 3: no worker thread, the child ran serially";
+}
+
+namespace {
+
+// The most threads this process held beyond `own` (its threads before, plus the watcher counting
+// them) while a caller's `#pragma omp parallel num_threads(2)` region, with OpenMP's max active
+// levels at `levels`, called forward with `num_threads` from both its threads, 10 times; each
+// result is checked bitwise against `want`.
+int threads_added_inside_caller_region(Case& c, const std::pair<Buf, Buf>& want, int levels, int num_threads,
+                                       std::atomic<int>& mismatches) {
+  const int saved_levels = omp_get_max_active_levels();
+  omp_set_max_active_levels(levels);
+  // The caller's own team, started before counting: its thread is not the library's doing.
+  std::atomic<int> members{0};
+#pragma omp parallel num_threads(2)
+  ++members;
+  const int own = process_threads();
+  std::atomic<bool> done{false};
+  std::atomic<int> most{0};
+  std::thread watcher([&] {
+    while (!done.load()) {
+      most.store(std::max(most.load(), process_threads()));
+      std::this_thread::yield();
+    }
+  });
+  for (int r = 0; r < 10; ++r) {
+#pragma omp parallel num_threads(2)
+    {
+      memattn::Options o = c.options;
+      o.num_threads = num_threads;
+      if (!same(run_into(c, o), want)) ++mismatches;
+    }
+  }
+  done.store(true);
+  watcher.join();
+  omp_set_max_active_levels(saved_levels);
+  return most.load() - own - 1;
+}
+
+}  // namespace
+
+// Calls from inside a caller's 2-thread OpenMP region do not oversubscribe: with nesting off
+// (libgomp's default) they run serially, adding no thread; with nesting on, num_threads = 0 ("all
+// that OpenMP offers") adds none either, the caller's team already holding the cores, and an
+// explicit num_threads = 2 adds at most one thread per caller thread. Results stay bitwise equal.
+TEST(Determinism, conc_nested_calls_do_not_oversubscribe) {
+  if (process_threads() == 0) GTEST_SKIP() << "no /proc/self/task to count this process's threads";
+  Case c(Shape{1, 256, 384, 4, 2, 64, 64}, DType::f32, 431);
+  memattn::Options serial = c.options;
+  serial.num_threads = 1;
+  const auto want = run_into(c, serial);
+  std::atomic<int> mismatches{0};
+  for (int levels : {1, 2}) {
+    EXPECT_LE(threads_added_inside_caller_region(c, want, levels, 0, mismatches), 0)
+        << "num_threads 0, max active levels " << levels;
+    EXPECT_LE(threads_added_inside_caller_region(c, want, levels, 2, mismatches), levels == 1 ? 0 : 2)
+        << "num_threads 2, max active levels " << levels;
+  }
+  EXPECT_EQ(mismatches.load(), 0);
 }

@@ -12,6 +12,7 @@
 #include "api/validate.hpp"
 #include "common/half.hpp"
 #include "common/parallel.hpp"
+#include "common/threads.hpp"
 #include "memattn/memattn.hpp"
 
 namespace memattn {
@@ -71,7 +72,7 @@ void check_lse(const Tensor& t, const std::string& name, const int64_t (&want)[4
 int resolve_threads(int requested) {
   if (requested < 0)
     fail(ErrorCode::invalid_argument, cat("num_threads must be 0 (all) or > 0, got ", requested));
-  return requested > 0 ? requested : std::max(1, omp_get_max_threads());
+  return requested > 0 ? requested : default_threads();
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "api/validate.hpp"
+#include "common/threads.hpp"
 #include "cpu/amx_gemm.hpp"
 #include "plan/plan.hpp"
 
@@ -51,7 +52,7 @@ void plan_backward(BackwardParams& p, const Options& o) {
   const int64_t ck = o.key_chunk ? o.key_chunk : ck_auto;
   p.query_chunk = std::max<int64_t>(1, std::min(cq, p.seq_q));
   p.key_chunk = std::max<int64_t>(1, std::min(ck, p.seq_k));
-  p.threads = o.num_threads > 0 ? o.num_threads : omp_get_max_threads();
+  p.threads = o.num_threads > 0 ? o.num_threads : default_threads();
 }
 
 int64_t lse_items(const BackwardParams& p) {

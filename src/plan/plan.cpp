@@ -11,6 +11,7 @@
 #include <iterator>
 
 #include "api/validate.hpp"
+#include "common/threads.hpp"
 #include "cpu/amx_tiles.hpp"
 #include "cpu/bf16_dot_backward.hpp"
 #include "cpu/flash_forward.hpp"
@@ -142,7 +143,7 @@ void plan_forward(Params& p, const Options& o) {
   p.query_chunk = std::max<int64_t>(1, std::min(cq ? cq : p.seq_q, p.seq_q));
   p.key_chunk = std::max<int64_t>(1, std::min(ck ? ck : p.seq_k, p.seq_k));
   if (p.algorithm == Algorithm::flash && o.query_chunk == 0) plan_decode(p);
-  p.threads = o.num_threads > 0 ? o.num_threads : omp_get_max_threads();
+  p.threads = o.num_threads > 0 ? o.num_threads : default_threads();
 }
 
 const char* family_name(TileFamily f) {
