@@ -60,6 +60,32 @@ int64_t Buf::numel() const {
   return n;
 }
 
+namespace {
+
+// IEEE binary16 by its bits, written here rather than through _Float16 (clang 14 lacks it on x86,
+// and the TSan build is clang's) or the library's own conversions (the code under test).
+double f16_bits_value(uint16_t h) {
+  const int sign = h >> 15, exp = (h >> 10) & 0x1f, frac = h & 0x3ff;
+  const double magnitude = exp == 0    ? std::ldexp(frac, -24)
+                           : exp == 31 ? (frac ? std::numeric_limits<double>::quiet_NaN() : HUGE_VAL)
+                                       : std::ldexp(1024 + frac, exp - 25);
+  return sign ? -magnitude : magnitude;
+}
+
+// The bits of r, a value f16 holds exactly (round_to(f16, .) gave it), infinity or NaN.
+uint16_t f16_bits_of_exact(double r) {
+  if (std::isnan(r)) return 0x7e00;
+  const uint16_t sign = std::signbit(r) ? 0x8000 : 0;
+  const double a = std::fabs(r);
+  if (std::isinf(a)) return sign | 0x7c00;
+  if (a < std::ldexp(1.0, -14)) return sign | uint16_t(std::ldexp(a, 24));  // subnormal or zero
+  int e;
+  std::frexp(a, &e);  // a = m 2^e, m in [0.5, 1)
+  return sign | uint16_t((e + 14) << 10) | uint16_t(std::ldexp(a, 11 - e) - 1024);
+}
+
+}  // namespace
+
 double Buf::get(int64_t i) const {
   const unsigned char* p = bytes.data() + size_t(i) * memattn::dtype_size(dtype);
   switch (dtype) {
@@ -70,7 +96,7 @@ double Buf::get(int64_t i) const {
       uint16_t b; std::memcpy(&b, p, 2);
       const uint32_t u = uint32_t(b) << 16; float f; std::memcpy(&f, &u, 4); return f;
     }
-    case DType::f16: { _Float16 h; std::memcpy(&h, p, 2); return double(h); }
+    case DType::f16: { uint16_t h; std::memcpy(&h, p, 2); return f16_bits_value(h); }
   }
   return 0;
 }
@@ -88,7 +114,7 @@ void Buf::set(int64_t i, double x) {
       if (std::isnan(f)) u = 0x7fc00000u;
       const uint16_t b = uint16_t(u >> 16); std::memcpy(p, &b, 2); break;
     }
-    case DType::f16: { _Float16 h = _Float16(float(r)); std::memcpy(p, &h, 2); break; }
+    case DType::f16: { const uint16_t h = f16_bits_of_exact(r); std::memcpy(p, &h, 2); break; }
   }
 }
 

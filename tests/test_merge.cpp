@@ -154,7 +154,9 @@ void check_split(const SplitCase& sc, uint64_t seed) {
   const std::string what = describe(sp.whole) + " seed " + std::to_string(seed) + " parts " +
                            std::to_string(cuts.size() - 1);
 
-  auto [out, lse] = sp.merged(sc.dtype, sp.in_order());
+  const auto merged = sp.merged(sc.dtype, sp.in_order());
+  const auto& out = merged.first;  // names a lambda below can capture (clang 14: no bindings)
+  const auto& lse = merged.second;
   EXPECT_EQ(accuracy_failure(out.values(), ref.out, base.out, sc.dtype, 2.0, slack), "") << what;
   EXPECT_EQ(accuracy_failure(out.values(), ref.out, sp.whole.out_values(), sc.dtype, 2.0, slack),
             "")

@@ -289,7 +289,9 @@ TEST(Propagation, num_inf_in_v_at_subnormal_weight_bf16_families) {
   if (std::find(targets.begin(), targets.end(), "avx512_bf16") != targets.end())
     runs.emplace_back("bf16_dot", "avx512_bf16");
   if (memattn::detail::amx_bf16_usable()) runs.emplace_back("amx_bf16", nullptr);
-  for (const auto& [family, target] : runs) {
+  for (const auto& run : runs) {
+    const std::string& family = run.first;  // names the lambdas below can capture (not bindings)
+    const char* const target = run.second;
     ScopedEnv force("MEMATTN_FAMILY", family.c_str());
     for_each_tiny_weight_case(DType::bf16, [&](Case& c) {
       c.options.algorithm = Algorithm::flash;
