@@ -130,3 +130,17 @@ TEST(Decode, GroupedHeadsMatchOneHeadPerItemOnOneSplit) {
   EXPECT_EQ(bitwise_difference(grouped.out, dense.out), "");
   EXPECT_EQ(bitwise_difference(grouped.lse, dense.lse), "");
 }
+
+// TESTPLAN 19: one query against Sk = 1, 2 and 65537 cached keys (GQA, every dtype, causal
+// bottom-right as a decode step is), forward against Ref64 on every algorithm and target; the
+// 2^31/D/H + 1 length of the same case runs in HugeSizes.lay_dims_near_int32_limits.
+TEST(Decode, num_decode_long_kv) {
+  for (DType dt : {DType::f32, DType::bf16, DType::f16})
+    for (int64_t sk : {1, 2, 65537}) {
+      Case c({1, 1, sk, 4, 2, 64, 64}, dt, 700 + uint64_t(sk));
+      c.options.causal = true;
+      c.options.align = Align::bottom_right;
+      SCOPED_TRACE(describe(c));
+      expect_accurate_all(c);
+    }
+}
