@@ -189,6 +189,30 @@ int process_threads() {
   return n;
 }
 
+// The most threads this process held while it lived (itself included), counted by a watcher
+// thread as often as it is scheduled.
+class ThreadWatcher {
+ public:
+  ThreadWatcher() : watcher_([this] {
+      while (!done_.load()) {
+        most_.store(std::max(most_.load(), process_threads()));
+        std::this_thread::yield();
+      }
+    }) {}
+  ~ThreadWatcher() { stop(); }
+  int most() const { return most_.load(); }
+  int stop() {
+    done_.store(true);
+    if (watcher_.joinable()) watcher_.join();
+    return most();
+  }
+
+ private:
+  std::atomic<bool> done_{false};
+  std::atomic<int> most_{0};
+  std::thread watcher_;
+};
+
 }  // namespace
 
 // A child forked after the parent ran parallel calls computes in parallel, not serially forever:
@@ -209,21 +233,12 @@ TEST(Determinism, conc_fork_child_computes_in_parallel) {
     int status = 0;
     try {
       const int own = process_threads();  // 1: fork() keeps only the calling thread
-      std::atomic<bool> done{false};
-      std::atomic<int> most{0};
-      std::thread watcher([&] {
-        while (!done.load()) {
-          most.store(std::max(most.load(), process_threads()));
-          std::this_thread::yield();
-        }
-      });
+      ThreadWatcher watcher;
       // Calls until a worker shows or 3 s pass, so that a watcher slow to be scheduled still sees one.
       const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
-      while (most.load() <= own + 1 && std::chrono::steady_clock::now() < until)
+      while (watcher.most() <= own + 1 && std::chrono::steady_clock::now() < until)
         if (!same(run_into(c, parallel), want)) status = 1;
-      done.store(true);
-      watcher.join();
-      if (status == 0 && most.load() <= own + 1) status = 3;
+      if (status == 0 && watcher.stop() <= own + 1) status = 3;
     } catch (...) {
       status = 2;
     }
@@ -248,14 +263,7 @@ int threads_added_inside_caller_region(Case& c, const std::pair<Buf, Buf>& want,
 #pragma omp parallel num_threads(2)
   ++members;
   const int own = process_threads();
-  std::atomic<bool> done{false};
-  std::atomic<int> most{0};
-  std::thread watcher([&] {
-    while (!done.load()) {
-      most.store(std::max(most.load(), process_threads()));
-      std::this_thread::yield();
-    }
-  });
+  ThreadWatcher watcher;
   for (int r = 0; r < 10; ++r) {
 #pragma omp parallel num_threads(2)
     {
@@ -264,10 +272,9 @@ int threads_added_inside_caller_region(Case& c, const std::pair<Buf, Buf>& want,
       if (!same(run_into(c, o), want)) ++mismatches;
     }
   }
-  done.store(true);
-  watcher.join();
+  const int most = watcher.stop();
   omp_set_max_active_levels(saved_levels);
-  return most.load() - own - 1;
+  return most - own - 1;
 }
 
 }  // namespace
