@@ -33,25 +33,29 @@ AmxFamily<Ops>::~AmxFamily() {
   Ops::release();
 }
 
-// Q^T pairs: qt[c/2][r][c%2] = q_r[c], zero for rows past c.rows and columns past dim.
+// Q^T pairs: qt[c/2][r][c%2] = q_r[c], zero for rows past c.rows and columns past dim, 16 rows at
+// a time through pack_query_pairs. Rows with strided elements are gathered first into the key
+// slice, which is free until scores() packs the chunk's keys (16 rows of pad32(dim) fit in it).
 template <typename Ops>
 void AmxFamily<Ops>::load_queries(const Chunk& c) {
-  if (p_.q.stride[3] == 1) {
-    for (size_t r0 = 0; r0 < cqp_; r0 += kAmxTileRows) {
-      const uint16_t* rows[kAmxTileRows];
-      for (size_t j = 0; j < kAmxTileRows; ++j) {
-        const int64_t r = int64_t(r0 + j);
-        rows[j] = r < c.rows ? reinterpret_cast<const uint16_t*>(p_.q.at<bf16>(c.b, c.query(r), c.head(r))) : nullptr;
+  const int64_t stride = p_.q.stride[3];
+  for (size_t r0 = 0; r0 < cqp_; r0 += kAmxTileRows) {
+    const uint16_t* rows[kAmxTileRows];
+    for (size_t j = 0; j < kAmxTileRows; ++j) {
+      const int64_t r = int64_t(r0 + j);
+      if (r >= c.rows) {
+        rows[j] = nullptr;
+        continue;
       }
-      pack_query_pairs(rows, d_, dp_, reinterpret_cast<uint32_t*>(s_.qt) + r0, cqp_);
+      const uint16_t* q = reinterpret_cast<const uint16_t*>(p_.q.at<bf16>(c.b, c.query(r), c.head(r)));
+      if (stride != 1) {
+        uint16_t* gathered = s_.k + j * dp_;
+        for (size_t k = 0; k < d_; ++k) gathered[k] = q[int64_t(k) * stride];
+        q = gathered;
+      }
+      rows[j] = q;
     }
-    return;
-  }
-  std::fill_n(s_.qt, dp_ * cqp_, uint16_t(0));
-  for (int64_t r = 0; r < c.rows; ++r) {
-    const bf16* q = p_.q.at<bf16>(c.b, c.query(r), c.head(r));
-    for (size_t k = 0; k < d_; ++k)
-      s_.qt[((k / 2) * cqp_ + size_t(r)) * 2 + k % 2] = q[int64_t(k) * p_.q.stride[3]].bits;
+    pack_query_pairs(rows, d_, dp_, reinterpret_cast<uint32_t*>(s_.qt) + r0, cqp_);
   }
 }
 

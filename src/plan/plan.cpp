@@ -68,19 +68,16 @@ bool family_runs(TileFamily f, const Params& p, bool backward) {
 
 TileFamily choose_family(const Params& p, bool backward) {
   if (const char* forced = std::getenv("MEMATTN_FAMILY"); forced != nullptr && *forced != '\0') {
-    for (TileFamily f : kFamilies)
-      if (std::strcmp(forced, family_name(f)) == 0) {
-        if (family_runs(f, p, backward)) return f;
-        // An AMX family forced on head dims its backward does not tile takes the default below.
-        if (!backward || !family_runs(f, p, false))
-          fail(ErrorCode::unsupported, cat("MEMATTN_FAMILY: ", forced, " cannot run this call (dtype ",
-                                           dtype_name(p.dtype), ", target ", p.kernels->name, ")"));
-        break;
-      }
-    if (std::none_of(std::begin(kFamilies), std::end(kFamilies),
-                     [&](TileFamily f) { return std::strcmp(forced, family_name(f)) == 0; }))
+    const TileFamily* named = std::find_if(std::begin(kFamilies), std::end(kFamilies),
+                                           [&](TileFamily f) { return std::strcmp(forced, family_name(f)) == 0; });
+    if (named == std::end(kFamilies))
       fail(ErrorCode::invalid_argument,
            cat("MEMATTN_FAMILY: expected f32_fma, bf16_dot, amx_bf16 or amx_bf16_emulated, got ", forced));
+    if (family_runs(*named, p, backward)) return *named;
+    // An AMX family forced on head dims its backward does not tile takes the default below.
+    if (!backward || !family_runs(*named, p, false))
+      fail(ErrorCode::unsupported, cat("MEMATTN_FAMILY: ", forced, " cannot run this call (dtype ",
+                                       dtype_name(p.dtype), ", target ", p.kernels->name, ")"));
   }
   for (TileFamily f : {TileFamily::amx_bf16, TileFamily::bf16_dot})
     if (family_runs(f, p, backward)) return f;
