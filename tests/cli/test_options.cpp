@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "cli_support.hpp"
+#include "memattn/memattn.hpp"
 
 namespace memattn::cli_test {
 namespace {
@@ -123,6 +124,20 @@ TEST(CliOptions, BenchForcedChunks) {
   const ToolResult zero = run_tool({"bench", "--n", "40", "--query-chunk", "0"});
   EXPECT_EQ(zero.exit_code, 2) << zero.err;
   EXPECT_NE(zero.err.find("--query-chunk"), std::string::npos) << zero.err;
+}
+
+// Backward rows name the family memattn::backward_tile_family reports for the point's operands:
+// it depends on the head dim (AMX tiles take multiples of 32 only).
+TEST(CliOptions, BenchBackwardRowsNameTheBackwardFamily) {
+  for (int64_t d : {32, 48}) {
+    const memattn::Tensor q = memattn::Tensor::contiguous(nullptr, memattn::DType::bf16, {0, 40, 1, d});
+    const std::string want = memattn::backward_tile_family(q, q, q);
+    const ToolResult r = run_tool({"bench", "--n", "40", "--d", std::to_string(d), "--heads", "1", "--dtype", "bf16",
+                                   "--causal", "0", "--threads", "1", "--reps", "1", "--json", "--direction",
+                                   "backward"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(occurrences(r.out, "\"family\": \"" + want + "\""), 1u) << d << " " << r.out;
+  }
 }
 
 TEST(CliOptions, BenchRejectsUnknownFamily) {
