@@ -251,11 +251,15 @@ inline void check_backward_against_reference(const Problem& p, const std::vector
     const Index s = got.view.shape;
     for_each_index(got.view, [&](const Index& i) {
       const size_t f = flat(s, i[0], i[1], i[2], i[3]);
-      // Each gradient is rounded to its own dtype (dbias may be f16 or bf16 beside f32 inputs):
+      // Each gradient is rounded to its own dtype (dbias may differ from the inputs' dtype):
       // its unit roundoff, half its smallest subnormal, and f16's overflow at 65520.
       const DType dt = got.view.dtype;
       if (dt == DType::f16 && std::fabs(want[f]) >= 65504) return;
-      const double subnormal = dt == DType::f16 ? 0x1p-25 : dt == DType::bf16 ? 0x1p-134 : 0.0;
+      // An f32 dbias beside f64 inputs rounds values below 2^-149 to zero (a fuzzed 3.5e-144 gave 0).
+      const double subnormal = dt == DType::f16    ? 0x1p-25
+                               : dt == DType::bf16 ? 0x1p-134
+                               : dt == DType::f32  ? 0x1p-150
+                                                   : 0.0;
       const double bound = tol[f] + (unit_roundoff(dt) + u) * std::fabs(want[f]) + floor + subnormal, x = got.get(i);
       // A bound past the dtype's largest finite value lets the rounding of cancelling terms
       // (f16 dq of -0.02 from terms near 1e13, bound 9e13) exceed what the dtype can store, so
