@@ -103,26 +103,32 @@ MEMATTN_BF16_TARGET void pair_rows_f32(const float* src, size_t ld, size_t keys,
     }
 }
 
+// 32 columns per step: one two-source permutation per 16 pairs puts r0[c], r1[c] side by side
+// (the earlier zero-extend, shift and OR took 25% of the bf16 forward on a Zen 5, d = 128, since
+// every query tile pairs its value chunk again). NaN and infinity are the magnitudes at or above
+// 0x7f80, so one running unsigned maximum of the magnitudes, compared once, finds them.
 MEMATTN_BF16_TARGET bool pair_two_rows(const uint16_t* r0, const uint16_t* r1, size_t n, uint16_t* dst) {
-  // A bf16 value is NaN or infinite when its exponent bits (0x7f80) are all set.
-  const __m512i exp_mask = _mm512_set1_epi32(0x7f807f80);
-  __mmask16 bad = 0;
-  // The last n % 16 columns through masked loads and stores (masked-off elements are never
-  // touched) rather than one by one in scalar code: head dims off a multiple of 16 pair every
-  // value row pair of every chunk.
-  for (size_t c = 0; c < n; c += 16) {
-    const __mmask16 m = n - c >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - c)) - 1);
-    const __m512i lo = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(_mm512_maskz_loadu_epi16(m, r0 + c)));
-    const __m512i hi = r1 ? _mm512_cvtepu16_epi32(_mm512_castsi512_si256(_mm512_maskz_loadu_epi16(m, r1 + c)))
-                          : _mm512_setzero_si512();
-    const __m512i pair = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
-    const __m512i e = _mm512_and_si512(pair, exp_mask);
-    bad |= _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(e, _mm512_set1_epi32(0x7f80)), _mm512_set1_epi32(0x7f80));
-    bad |= _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(e, _mm512_set1_epi32(0x7f800000)),
-                                        _mm512_set1_epi32(0x7f800000));
-    _mm512_mask_storeu_epi32(dst + 2 * c, m, pair);
+  alignas(64) static constexpr uint16_t kLow[32] = {0, 32, 1, 33, 2,  34, 3,  35, 4,  36, 5,  37, 6,  38, 7,  39,
+                                                    8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  const __m512i low = _mm512_load_si512(kLow);
+  const __m512i high = _mm512_add_epi16(low, _mm512_set1_epi16(16));
+  const __m512i magnitude = _mm512_set1_epi16(0x7fff);
+  __m512i largest = _mm512_setzero_si512();
+  // Masked loads and stores take the last n % 32 columns (masked-off elements are never touched).
+  for (size_t c = 0; c < n; c += 32) {
+    const size_t left = n - c;
+    const __mmask32 m = left >= 32 ? __mmask32(~0u) : __mmask32((1u << left) - 1);
+    const __m512i a = _mm512_maskz_loadu_epi16(m, r0 + c);
+    const __m512i b = r1 ? _mm512_maskz_loadu_epi16(m, r1 + c) : _mm512_setzero_si512();
+    largest = _mm512_max_epu16(largest, _mm512_and_si512(a, magnitude));
+    largest = _mm512_max_epu16(largest, _mm512_and_si512(b, magnitude));
+    const size_t low_pairs = std::min<size_t>(left, 16), high_pairs = left > 16 ? std::min<size_t>(left - 16, 16) : 0;
+    _mm512_mask_storeu_epi32(dst + 2 * c, __mmask16((1u << low_pairs) - 1), _mm512_permutex2var_epi16(a, low, b));
+    if (high_pairs != 0)
+      _mm512_mask_storeu_epi32(dst + 2 * c + 32, __mmask16((1u << high_pairs) - 1),
+                               _mm512_permutex2var_epi16(a, high, b));
   }
-  return bad == 0;
+  return _mm512_cmpge_epu16_mask(largest, _mm512_set1_epi16(0x7f80)) == 0;
 }
 
 const Bf16DotKernels kKernels{&scores, &pv, &pair_rows_f32, &pair_two_rows, &dot_gemm};
