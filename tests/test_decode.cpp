@@ -20,6 +20,10 @@ memattn::detail::Params planned(const Shape& s, const memattn::Options& o = {}) 
   const Tensor v = Tensor::contiguous(nullptr, DType::f32, {s.B, 0, s.Hkv, s.Dv});
   memattn::detail::Params p = memattn::detail::make_forward_params(q, k, v, nullptr, nullptr, o);
   p.seq_q = s.Sq, p.seq_k = s.Sk;
+  // Empty tensors get zero strides; the planner reads those of the contiguous cache.
+  const int64_t k_strides[4] = {s.Sk * s.Hkv * s.D, s.Hkv * s.D, s.D, 1};
+  const int64_t v_strides[4] = {s.Sk * s.Hkv * s.Dv, s.Hkv * s.Dv, s.Dv, 1};
+  std::copy_n(k_strides, 4, p.k.stride), std::copy_n(v_strides, 4, p.v.stride);
   memattn::detail::plan_forward(p, o);
   return p;
 }
@@ -33,14 +37,16 @@ TEST(Decode, PlannerGroupsHeadsAndSplitsKeys) {
   EXPECT_EQ(p.split_keys % p.key_chunk, 0);
   EXPECT_GE(p.split_keys, 2048);
   EXPECT_EQ(p.splits, (5000 + p.split_keys - 1) / p.split_keys);
-  EXPECT_EQ(memattn::detail::work_items(p), 2 * 2 * p.splits);
+  const int64_t blocks = (2 + p.kv_heads_per_item - 1) / p.kv_heads_per_item;
+  EXPECT_EQ(memattn::detail::work_items(p), 2 * blocks * p.splits);
   // Every (batch, kv head, split) once, splits covering the keys without overlap.
   std::vector<int> seen(size_t(2 * 2 * 5000), 0);
   for (int64_t i = 0; i < memattn::detail::work_items(p); ++i) {
     const auto it = memattn::detail::flash_item(p, i);
     EXPECT_EQ(it.heads, 4);
     EXPECT_EQ(it.h0, it.g * 4);
-    for (int64_t j = it.k_lo; j < it.k_hi; ++j) ++seen[size_t((it.b * 2 + it.g) * 5000 + j)];
+    for (int64_t g = it.g; g < it.g + it.kv_heads; ++g)
+      for (int64_t j = it.k_lo; j < it.k_hi; ++j) ++seen[size_t((it.b * 2 + g) * 5000 + j)];
   }
   for (int x : seen) ASSERT_EQ(x, 1);
   // Long caches: at most 64 splits, so the partials stop growing with seq_k.
@@ -143,4 +149,54 @@ TEST(Decode, num_decode_long_kv) {
       SCOPED_TRACE(describe(c));
       expect_accurate_all(c);
     }
+}
+
+// Decode items take several kv heads where K and V keep a key's heads side by side (BSHD), so a
+// key range's rows are read whole; never more than the threads leave work for, and one head where
+// the heads are apart (head-major caches).
+TEST(Decode, PlannerTakesAdjacentKvHeadsTogether) {
+  memattn::Options one_thread;
+  one_thread.num_threads = 1;
+  const auto p = planned({2, 1, 5000, 32, 8, 64, 64}, one_thread);
+  ASSERT_TRUE(p.grouped);
+  EXPECT_EQ(p.kv_heads_per_item, 8);  // 4 KiB of f32 rows at d = 64: 16 heads, capped at the 8
+  EXPECT_EQ(memattn::detail::work_items(p), 2 * p.splits);
+  // Every (batch, kv head, split) once, each item's heads after its first.
+  std::vector<int> seen(size_t(2 * 8 * p.splits), 0);
+  for (int64_t i = 0; i < memattn::detail::work_items(p); ++i) {
+    const auto it = memattn::detail::flash_item(p, i);
+    EXPECT_EQ(it.h0, it.g * 4);
+    for (int64_t g = it.g; g < it.g + it.kv_heads; ++g) ++seen[size_t((it.b * 8 + g) * p.splits + it.split)];
+  }
+  for (int x : seen) ASSERT_EQ(x, 1);
+  // 7 threads and 2 x 3 splits: blocks of 4 heads give 12 items, enough for every thread.
+  memattn::Options seven;
+  seven.num_threads = 7;
+  const auto q = planned({2, 1, 5000, 32, 8, 64, 64}, seven);
+  EXPECT_EQ(q.kv_heads_per_item, 4);
+  EXPECT_GE(memattn::detail::work_items(q), 7);
+}
+
+TEST(Decode, KvHeadsPerItemDoNotChangeBits) {
+  // The same cache as BSHD (heads side by side: several kv heads per item) and head-major (one
+  // per item), on 1 and 3 threads (3 threads take fewer heads per item): the same bits.
+  for (DType dt : {DType::f32, DType::bf16}) {
+    const Shape s{1, 2, 4500, 16, 4, 64, 48};
+    Case bshd(s, dt, 41);
+    bshd.options.causal = true, bshd.options.align = Align::bottom_right, bshd.options.num_threads = 1;
+    bshd.run();
+    for (int threads : {1, 3}) {
+      Case head_major(s, dt, 41);
+      head_major.options = bshd.options;
+      head_major.options.num_threads = threads;
+      Buf k_storage(dt, {s.B, s.Hkv, s.Sk, s.D}), v_storage(dt, {s.B, s.Hkv, s.Sk, s.Dv});
+      const Tensor k{k_storage.data(), dt, 4, {s.B, s.Sk, s.Hkv, s.D}, {s.Hkv * s.Sk * s.D, s.D, s.Sk * s.D, 1}};
+      const Tensor v{v_storage.data(), dt, 4, {s.B, s.Sk, s.Hkv, s.Dv}, {s.Hkv * s.Sk * s.Dv, s.Dv, s.Sk * s.Dv, 1}};
+      copy_to_view(head_major.k, k), copy_to_view(head_major.v, v);
+      const Tensor lse = head_major.lse.view();
+      memattn::forward(head_major.q.view(), k, v, head_major.out.view(), &lse, head_major.options);
+      EXPECT_EQ(bitwise_difference(head_major.out, bshd.out), "") << threads << " threads, " << describe(bshd);
+      EXPECT_EQ(bitwise_difference(head_major.lse, bshd.lse), "") << threads << " threads, " << describe(bshd);
+    }
+  }
 }

@@ -55,6 +55,10 @@ struct Params {
   // The flash key range is cut into `splits` parts of split_keys keys (a multiple of key_chunk);
   // with more than one, items write normalised (out, lse) partials that are merged afterwards.
   int64_t split_keys = 0, splits = 1;
+  // Grouped items take this many consecutive kv heads (the last block may have fewer): where the
+  // heads of a key sit side by side in memory, walking them together reads whole rows. It does
+  // not change any result (each head's rows are computed as alone).
+  int64_t kv_heads_per_item = 1;
   int threads = 1;
   const Kernels* kernels = nullptr;  // the SIMD target of the flash path
   TileFamily family = TileFamily::f32_fma;  // the flash forward's products

@@ -74,13 +74,22 @@ class F32Family {
     // L3: the copy took the forward from 45-52% to 56-60% of the FMA peak (d = 64: +3%).
     // Copying K as well gained nothing more there (its product runs over the head dim, in rows).
     const float* v = s_.v;
-    const size_t ldv = dvp_;
+    size_t ldv = dvp_;
     bool finite = true;
-    for (int64_t t = 0; t < c.keys; ++t) {
-      float* vt = s_.v + size_t(t) * dvp_;
-      std::fill(vt + dv_, vt + dvp_, 0.0f);
-      if (c.key_read(t)) finite &= load_row(kern_, p_.v.at<T>(c.b, c.j0 + t, c.g), p_.v.stride[3], dv_, vt);
-      else std::fill_n(vt, dv_, 0.0f);
+    // Grouped (decode) items read each value row once, so there is no reuse for the copy to
+    // protect, and the copy's stores alias the loads of rows at a 4 KiB pitch: read in place
+    // where every row sees every key (NaN and Inf then reach every row, as they should).
+    if (std::is_same_v<T, float> && p_.grouped && c.full && p_.v.stride[3] == 1 && p_.v.stride[1] >= 0 &&
+        (transposed || dv_ == dvp_)) {
+      v = reinterpret_cast<const float*>(p_.v.at<T>(c.b, c.j0, c.g));
+      ldv = size_t(p_.v.stride[1]);
+    } else {
+      for (int64_t t = 0; t < c.keys; ++t) {
+        float* vt = s_.v + size_t(t) * dvp_;
+        std::fill(vt + dv_, vt + dvp_, 0.0f);
+        if (c.key_read(t)) finite &= load_row(kern_, p_.v.at<T>(c.b, c.j0 + t, c.g), p_.v.stride[3], dv_, vt);
+        else std::fill_n(vt, dv_, 0.0f);
+      }
     }
     if (!c.full && !finite) return false;
     const size_t rows = size_t(c.rows), keys = size_t(c.keys);

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <new>
 #include <type_traits>
 #include <vector>
 
@@ -37,41 +38,53 @@ class FlashItem {
     return c.used();
   }
 
-  // Item `it`; its rows go to the call's out and lse, or, when the keys are split, to its
-  // split's (out, lse) partial (f32 views in the workspace, for the merge).
-  void run(const FlashWorkItem& it, const View& partial_out, const View& partial_lse) {
+  // Starts item `it` (kv head it.g alone): its queries loaded, its row statistics and
+  // accumulators reset. Key bounds are monotone in the query, so the rows see at most
+  // [first, last) of the item's keys, which chunk() then walks; they do not depend on the head, so
+  // the kv heads of a multi-head item walk the same chunks.
+  void begin(const FlashWorkItem& it) {
     const int64_t rows = it.heads * it.queries;
-    Chunk c{it.b, it.h0, it.g, it.i0, it.queries, rows, 0, 0, false, false, w_.live};
-    fam_.load_queries(c);
+    c_ = Chunk{it.b, it.h0, it.g, it.i0, it.queries, rows, 0, 0, false, false, w_.live};
+    fam_.load_queries(c_);
     std::fill_n(w_.row_max, cqp_, kNegInf);
     std::fill_n(w_.row_sum, cqp_, 0.0f);
     std::fill_n(w_.acc, size_t(rows) * dvp_, 0.0f);
-    // Key bounds are monotone in the query, so the rows see at most [first, last) of the item's
-    // keys; chunks start at multiples of key_chunk (splits are multiples of it) so every row sums
-    // its keys in the same order whatever its item.
-    const int64_t i_last = it.i0 + it.queries - 1, ck = p_.key_chunk;
-    const int64_t first = std::max(p_.key_begin(it.i0), it.k_lo), last = std::min(p_.key_end(i_last), it.k_hi);
+    i_last_ = it.i0 + it.queries - 1;
+    first_ = std::max(p_.key_begin(it.i0), it.k_lo), last_ = std::min(p_.key_end(i_last_), it.k_hi);
     // Without a boolean mask each row sees one interval of keys and the intervals move right
     // together, so the rows see [first, last) without gaps once query i0 sees anything.
-    const bool contiguous = !p_.has_mask && p_.key_end(it.i0) > p_.key_begin(it.i0);
-    for (c.j0 = first / ck * ck; c.j0 < last; c.j0 += ck) {
-      c.keys = std::min(ck, last - c.j0);  // no row sees keys past `last`
-      c.full = !p_.has_mask && p_.key_begin(i_last) <= c.j0 && p_.key_end(it.i0) >= c.j0 + c.keys;
-      c.all_read = c.full || (contiguous && first <= c.j0);
-      if (!c.all_read && !mark_live_keys(c)) continue;
-      fam_.scores(c);
-      modify_scores(c);
-      kern_.softmax_step(w_.st, size_t(c.keys), cqp_, scale_in_softmax(c) ? p_.scale : 1.0f,
-                         w_.row_max, w_.row_sum, w_.alpha);
-      kern_.scale_rows(w_.acc, dvp_, size_t(rows), dvp_, w_.alpha);
-      if (!fam_.accumulate_values(c)) accumulate_visible_pairs(c);
-    }
-    for (int64_t r = 0; r < rows; ++r) {
+    contiguous_ = !p_.has_mask && p_.key_end(it.i0) > p_.key_begin(it.i0);
+  }
+  // Chunks start at multiples of key_chunk (splits are multiples of it) so every row sums its
+  // keys in the same order whatever its item.
+  int64_t first_chunk() const { return first_ / p_.key_chunk * p_.key_chunk; }
+  int64_t last() const { return last_; }
+
+  // The chunk of keys from j0 (a multiple of key_chunk below last()).
+  void chunk(int64_t j0) {
+    Chunk& c = c_;
+    c.j0 = j0;
+    c.keys = std::min(p_.key_chunk, last_ - c.j0);  // no row sees keys past `last`
+    c.full = !p_.has_mask && p_.key_begin(i_last_) <= c.j0 && p_.key_end(c.i0) >= c.j0 + c.keys;
+    c.all_read = c.full || (contiguous_ && first_ <= c.j0);
+    if (!c.all_read && !mark_live_keys(c)) return;
+    fam_.scores(c);
+    modify_scores(c);
+    kern_.softmax_step(w_.st, size_t(c.keys), cqp_, scale_in_softmax(c) ? p_.scale : 1.0f, w_.row_max,
+                       w_.row_sum, w_.alpha);
+    kern_.scale_rows(w_.acc, dvp_, size_t(c.rows), dvp_, w_.alpha);
+    if (!fam_.accumulate_values(c)) accumulate_visible_pairs(c);
+  }
+
+  // The rows go to the call's out and lse, or, when the keys are split, to the split's (out,
+  // lse) partial (f32 views in the workspace, for the merge).
+  void finish(const View& partial_out, const View& partial_lse) {
+    for (int64_t r = 0; r < c_.rows; ++r) {
       const float* acc = w_.acc + size_t(r) * dvp_;
       if (p_.splits > 1)
-        store_partial(partial_out, partial_lse, it.b, c.head(r), c.query(r), acc, w_.row_max[r], w_.row_sum[r]);
+        store_partial(partial_out, partial_lse, c_.b, c_.head(r), c_.query(r), acc, w_.row_max[r], w_.row_sum[r]);
       else
-        store_row<T>(p_, it.b, c.head(r), c.query(r), acc, 1, w_.row_max[r], w_.row_sum[r]);
+        store_row<T>(p_, c_.b, c_.head(r), c_.query(r), acc, 1, w_.row_max[r], w_.row_sum[r]);
     }
   }
 
@@ -165,7 +178,33 @@ class FlashItem {
   const FlashSlices w_;
   Family fam_;
   const size_t dv_, cqp_, dvp_;
+  Chunk c_{};  // the item's rows and the chunk in hand
+  int64_t i_last_ = 0, first_ = 0, last_ = 0;
+  bool contiguous_ = false;
 };
+
+// Runs work item `it`: one FlashItem per kv head of the item, each in its own part of the
+// worker's slice, stepping through the same key chunks in lockstep so that the rows of every head
+// at a key are read together (see decode_kv_heads_per_item in plan.cpp).
+template <typename T, typename F>
+void run_item(const Params& p, const FlashWorkItem& it, char* slice, size_t head_slice, const View& partial_out,
+              const View& partial_lse) {
+  alignas(FlashItem<T, F>) unsigned char storage[kMaxKvHeadsPerItem][sizeof(FlashItem<T, F>)];
+  FlashItem<T, F>* heads[kMaxKvHeadsPerItem] = {};
+  const int64_t n = std::clamp<int64_t>(it.kv_heads, 1, kMaxKvHeadsPerItem);
+  for (int64_t k = 0; k < n; ++k) {
+    heads[k] = new (storage[k]) FlashItem<T, F>(p, slice + size_t(k) * head_slice);
+    FlashWorkItem one = it;
+    one.g = it.g + k, one.h0 = it.h0 + k * it.heads, one.kv_heads = 1;
+    heads[k]->begin(one);
+  }
+  for (int64_t j0 = heads[0]->first_chunk(); j0 < heads[0]->last(); j0 += p.key_chunk)
+    for (int64_t k = 0; k < n; ++k) heads[k]->chunk(j0);
+  for (int64_t k = 0; k < n; ++k) {
+    heads[k]->finish(partial_out, partial_lse);
+    heads[k]->~FlashItem<T, F>();
+  }
+}
 
 // The call's (out, lse) partials of split s, laid out [split][batch][seq_q][heads_q][dim_v] and
 // [split][batch][heads_q][seq_q] after the workers' slices.
@@ -215,12 +254,12 @@ void merge_partials(const Params& p, const Partials& parts) {
 // Runs every work item of the call on family F, then merges the key splits' partials.
 template <typename T, typename F>
 void run_items(const Params& p, void* workspace) {
-  const size_t slice = FlashItem<T, F>::slice_bytes(p);
+  const size_t head_slice = FlashItem<T, F>::slice_bytes(p), slice = head_slice * size_t(p.kv_heads_per_item);
   const Partials parts(p, static_cast<char*>(workspace) + slice * size_t(workers(p)));
   parallel_items(p, workspace, slice, [&](int64_t index, char* worker_slice) {
     const FlashWorkItem it = flash_item(p, index);
-    FlashItem<T, F>(p, worker_slice)
-        .run(it, view_of(parts.out_part(p, it.split)), view_of(parts.lse_part(p, it.split)));
+    run_item<T, F>(p, it, worker_slice, head_slice, view_of(parts.out_part(p, it.split)),
+                   view_of(parts.lse_part(p, it.split)));
   });
   if (p.splits > 1) merge_partials(p, parts);
 }
@@ -241,11 +280,12 @@ void flash_forward(const Params& p, void* workspace) {
 }
 
 size_t flash_forward_slice_bytes(const Params& p) {
+  const size_t heads = size_t(p.kv_heads_per_item);
   switch (p.family) {
-    case TileFamily::bf16_dot: return FlashItem<bf16, Bf16DotFamily>::slice_bytes(p);
-    case TileFamily::amx_bf16: return FlashItem<bf16, AmxFamily<AmxHardware>>::slice_bytes(p);
-    case TileFamily::amx_bf16_emulated: return FlashItem<bf16, AmxFamily<AmxEmulated>>::slice_bytes(p);
-    default: return FlashItem<float, F32Family<float>>::slice_bytes(p);
+    case TileFamily::bf16_dot: return heads * FlashItem<bf16, Bf16DotFamily>::slice_bytes(p);
+    case TileFamily::amx_bf16: return heads * FlashItem<bf16, AmxFamily<AmxHardware>>::slice_bytes(p);
+    case TileFamily::amx_bf16_emulated: return heads * FlashItem<bf16, AmxFamily<AmxEmulated>>::slice_bytes(p);
+    default: return heads * FlashItem<float, F32Family<float>>::slice_bytes(p);
   }
 }
 

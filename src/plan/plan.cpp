@@ -38,6 +38,24 @@ int64_t round_down(int64_t x, int64_t m) { return std::max(m, x / m * m); }
 // MQA groups) the per-worker tiles would grow with the head count.
 constexpr int64_t kDecodeQueries = 16, kMaxGroupRows = 256, kMinSplitKeys = 2048, kMaxSplits = 64;
 
+// The kv heads of one decode item: where K and V keep a key's heads side by side (BSHD caches,
+// and pages of them), a chunk of keys read one head at a time touches a new 4 KiB page every row
+// (512 B of f32 at d = 128), which the hardware prefetchers do not follow and which costs a page
+// walk per row; walking the heads of a key range together reads each page whole. Enough heads for
+// 4 KiB of a key's K row, as long as the items still give every thread work. Results do not
+// depend on it, so it may look at strides and threads.
+int64_t decode_kv_heads_per_item(const Params& p) {
+  const int64_t elem = int64_t(dtype_size(p.dtype));
+  const bool heads_adjacent = p.k.stride[2] == p.dim && p.v.stride[2] == p.dim_v && p.heads_kv > 1;
+  if (!heads_adjacent) return 1;
+  int64_t per = std::clamp<int64_t>(4096 / std::max<int64_t>(1, p.dim * elem), 1, std::min<int64_t>(p.heads_kv, kMaxKvHeadsPerItem));
+  const auto items = [&](int64_t h) { return p.batch * ((p.heads_kv + h - 1) / h) * p.splits; };
+  while (per > 1 && items(per) < p.threads) --per;
+  // As many heads in each block as the block count allows (7 of 8 heads would leave a block of 1).
+  const int64_t blocks = (p.heads_kv + per - 1) / per;
+  return (p.heads_kv + blocks - 1) / blocks;
+}
+
 void plan_decode(Params& p) {
   if (p.seq_q > kDecodeQueries || p.group * p.seq_q > kMaxGroupRows) return;
   p.grouped = true;
@@ -45,6 +63,7 @@ void plan_decode(Params& p) {
   const int64_t want = std::max(kMinSplitKeys, (p.seq_k + kMaxSplits - 1) / kMaxSplits);
   p.split_keys = (want + p.key_chunk - 1) / p.key_chunk * p.key_chunk;
   p.splits = std::max<int64_t>(1, (p.seq_k + p.split_keys - 1) / p.split_keys);
+  p.kv_heads_per_item = decode_kv_heads_per_item(p);
 }
 
 constexpr TileFamily kFamilies[] = {TileFamily::f32_fma, TileFamily::bf16_dot, TileFamily::amx_bf16,
@@ -139,8 +158,8 @@ void plan_forward(Params& p, const Options& o) {
   // Chunks never exceed the sequences, so tiny problems take tiny workspaces.
   p.query_chunk = std::max<int64_t>(1, std::min(cq ? cq : p.seq_q, p.seq_q));
   p.key_chunk = std::max<int64_t>(1, std::min(ck ? ck : p.seq_k, p.seq_k));
-  if (p.algorithm == Algorithm::flash && o.query_chunk == 0) plan_decode(p);
   p.threads = o.num_threads > 0 ? o.num_threads : default_threads();
+  if (p.algorithm == Algorithm::flash && o.query_chunk == 0) plan_decode(p);
 }
 
 const char* family_name(TileFamily f) {
@@ -155,7 +174,7 @@ const char* family_name(TileFamily f) {
 int64_t work_items(const Params& p) {
   switch (p.algorithm) {
     case Algorithm::flash:
-      if (p.grouped) return p.batch * p.heads_kv * p.splits;
+      if (p.grouped) return p.batch * ((p.heads_kv + p.kv_heads_per_item - 1) / p.kv_heads_per_item) * p.splits;
       [[fallthrough]];
     case Algorithm::chunked:
       return p.batch * p.heads_q * ((p.seq_q + p.query_chunk - 1) / p.query_chunk);
@@ -166,9 +185,10 @@ int64_t work_items(const Params& p) {
 
 FlashWorkItem flash_item(const Params& p, int64_t index) {
   if (p.grouped) {
-    const int64_t s = index % p.splits, bg = index / p.splits, g = bg % p.heads_kv;
-    return {bg / p.heads_kv, g, g * p.group, p.group, 0, p.seq_q, s * p.split_keys,
-            std::min(p.seq_k, (s + 1) * p.split_keys), s};
+    const int64_t per = p.kv_heads_per_item, blocks = (p.heads_kv + per - 1) / per;
+    const int64_t s = index % p.splits, bg = index / p.splits, g = bg % blocks * per;
+    return {bg / blocks, g, g * p.group, p.group, 0, p.seq_q, s * p.split_keys,
+            std::min(p.seq_k, (s + 1) * p.split_keys), s, std::min(per, p.heads_kv - g)};
   }
   const int64_t cq = p.query_chunk, q_chunks = (p.seq_q + cq - 1) / cq, bh = index / q_chunks;
   // Under causal or window masks later query chunks see more keys: hand them out first so the

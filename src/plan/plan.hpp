@@ -21,14 +21,20 @@ void plan_forward(Params& p, const Options& o);
 // do not take falls to the default there), else the fastest that runs: amx_bf16, bf16_dot, f32_fma.
 TileFamily choose_family(const Params& p, bool backward);
 
-// Independent units of parallel work: (batch, head, query chunk), (batch, kv head, key split)
-// for grouped flash items, or (batch, head).
+// Independent units of parallel work: (batch, head, query chunk), (batch, block of
+// kv_heads_per_item kv heads, key split) for grouped flash items, or (batch, head).
 int64_t work_items(const Params& p);
 
 // One flash work item: query rows (heads [h0, h0 + heads) x queries [i0, i0 + queries), head-major)
-// of batch b against keys [k_lo, k_hi) of kv head g, which is key split `split` of the row.
+// of batch b against keys [k_lo, k_hi) of kv head g, which is key split `split` of the row; and
+// the same rows of the next kv_heads - 1 kv heads (their query heads follow, `heads` per kv
+// head), walked through the same key chunks in lockstep.
+// A grouped item's kv heads each keep their own slice (tiles, accumulators): bounded, so the
+// per-worker workspace stays small.
+constexpr int64_t kMaxKvHeadsPerItem = 16;
 struct FlashWorkItem {
   int64_t b, g, h0, heads, i0, queries, k_lo, k_hi, split;
+  int64_t kv_heads = 1;
 };
 // Item `index` of [0, work_items(p)): the planner's item list, a pure function of the shapes.
 FlashWorkItem flash_item(const Params& p, int64_t index);
