@@ -199,15 +199,21 @@ RefResult naive_pass(const RefProblem& p, RS rs, RP rp, RA acc, RO ro) {
           for (int64_t c = 0; c < s.D; ++c)
             d = acc(d + Real(p.q[((b * s.Sq + i) * s.Hq + h) * s.D + c]) *
                             Real(p.k[((b * s.Sk + j) * s.Hkv + g) * s.D + c]));
-          Real x = acc(Real(p.scale) * d);
+          Real x = modified_score(p, b, h, i, j, acc(Real(p.scale) * d), acc);
           if (!p.bias.empty()) x = acc(x + Real(bcast(p.bias, p.bias_shape, b, h, i, j)));
           sc[j] = rs(x);
           if (sc[j] > m) m = sc[j];
         }
         double* out = &r.out[size_t(((b * s.Sq + i) * s.Hq + h) * s.Dv)];
+        // A sink is one more logit in the denominator, with no value: a row without visible keys
+        // then has out 0 and lse = sink.
+        const bool sink = !p.sinks.empty();
+        const Real sink_logit = sink ? Real(p.sinks[size_t(h)]) : Real(0);
+        if (!any && sink) r.lse[size_t((b * s.Hq + h) * s.Sq + i)] = double(sink_logit);
         if (!any) continue;  // fully masked: out 0, lse -inf
-        const Real shift = std::isinf(m) && m < 0 ? Real(0) : m;
-        Real l = 0;
+        Real shift = std::isinf(m) && m < 0 ? Real(0) : m;
+        if (sink && (sink_logit > m || (std::isinf(m) && m < 0))) shift = sink_logit;
+        Real l = sink ? acc(std::exp(sink_logit - shift)) : Real(0);
         std::fill(o.begin(), o.end(), Real(0));
         bool nan = false;
         for (int64_t j = 0; j < s.Sk; ++j) {
@@ -224,7 +230,7 @@ RefResult naive_pass(const RefProblem& p, RS rs, RP rp, RA acc, RO ro) {
         }
         if (l == 0 && !nan) continue;  // every visible score -inf (bias): treated as fully masked
         for (int64_t c = 0; c < s.Dv; ++c) out[c] = double(ro(o[c]));
-        r.lse[size_t((b * s.Hq + h) * s.Sq + i)] = double(m + std::log(l));
+        r.lse[size_t((b * s.Hq + h) * s.Sq + i)] = double(shift + std::log(l));
       }
   return r;
 }
@@ -288,7 +294,24 @@ RefProblem Case::problem() const {
   p.window_right = options.window_right;
   if (mask) p.mask = mask->values(), p.mask_shape = mask->shape;
   if (bias) p.bias = bias->values(), p.bias_shape = bias->shape;
+  p.softcap = dtype == DType::f64 ? options.softcap : double(float(options.softcap));
+  if (alibi) p.alibi_slopes = alibi->values(), p.alibi_per_batch = alibi->shape.size() == 2;
+  if (sinks) p.sinks = sinks->values();
   return p;
+}
+
+void Case::set_alibi(std::vector<int64_t> shape, const std::vector<double>& values) {
+  alibi.emplace(DType::f32, shape);
+  for (size_t i = 0; i < values.size(); ++i) alibi->set(int64_t(i), values[i]);
+  alibi_view = alibi->view();
+  options.alibi_slopes = &alibi_view;
+}
+
+void Case::set_sinks(const std::vector<double>& values) {
+  sinks.emplace(DType::f32, std::vector<int64_t>{int64_t(values.size())});
+  for (size_t i = 0; i < values.size(); ++i) sinks->set(int64_t(i), values[i]);
+  sinks_view = sinks->view();
+  options.sinks = &sinks_view;
 }
 
 void Case::run() {
@@ -419,6 +442,9 @@ std::string describe(const Case& c) {
   if (o.scale) r << " scale " << *o.scale;
   if (o.mask) r << " mask";
   if (o.bias) r << " bias " << memattn::dtype_name(o.bias->dtype);
+  if (o.softcap > 0) r << " softcap " << o.softcap;
+  if (o.alibi_slopes) r << " alibi" << (o.alibi_slopes->ndim == 2 ? "[B,H]" : "[H]");
+  if (o.sinks) r << " sinks";
   if (o.target) r << " target " << o.target;
   return r.str();
 }
@@ -523,6 +549,9 @@ std::string conditioning_failure(const std::vector<double>& got, const RefProble
                                           : 0x1p-24;
   const double u_acc = dt == DType::f64 ? 0x1p-53 : 0x1p-24;
   const double u_p = dt == DType::bf16 || dt == DType::f16 ? u_out : 0.0;
+  // Half the spacing of the output dtype's subnormals: the rounding of a tiny output (a row whose
+  // weight a far larger attention sink takes) is absolute there.
+  const double subnormal = dt == DType::f16 ? 0x1p-25 : dt == DType::bf16 ? 0x1p-134 : dt == DType::f32 ? 0x1p-150 : 0.0;
   const double log_sk = std::log2(double(std::max<int64_t>(p.s.Sk, 1)));
   for (size_t e = 0; e < got.size(); ++e) {
     if (!std::isfinite(ref.out[e]) || !std::isfinite(weighted[e])) continue;
@@ -531,7 +560,7 @@ std::string conditioning_failure(const std::vector<double>& got, const RefProble
     const double lse = ref.lse[size_t((b * p.s.Hq + h) * p.s.Sq + i)];
     const double scores = std::isfinite(lse) ? std::fabs(lse) : 0;
     const double bound =
-        u_out * std::fabs(ref.out[e]) + (u_p + 16 * u_acc * (1 + log_sk + scores)) * weighted[e];
+        u_out * std::fabs(ref.out[e]) + (u_p + 16 * u_acc * (1 + log_sk + scores)) * weighted[e] + subnormal;
     if (!(std::fabs(got[e] - ref.out[e]) <= bound)) {
       std::ostringstream s;
       s.precision(17);

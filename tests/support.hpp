@@ -2,6 +2,7 @@
 // same-precision naive baseline (Base_dt) and the FlashAttention accuracy rule of TESTPLAN.md.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -61,7 +62,27 @@ struct RefProblem {
   std::vector<int64_t> mask_shape;
   std::vector<double> bias;  // empty: none
   std::vector<int64_t> bias_shape;
+  // Score modifiers (docs/api.md): the cap (0: off, as the library resolves it), ALiBi slopes
+  // ([Hq] or [B, Hq] row-major; empty: none) and one sink logit per query head (empty: none).
+  double softcap = 0;
+  std::vector<double> alibi_slopes;
+  bool alibi_per_batch = false;
+  std::vector<double> sinks;
 };
+
+// The definition of the score modifiers (docs/api.md) on the scaled score x of query row i against
+// key j of (b, h): softcap * tanh(x / softcap), then ALiBi's -slope * |i + diag - j|, in `Real`
+// with each step rounded by `acc`; the bias comes after.
+template <typename Real, typename RA>
+Real modified_score(const RefProblem& p, int64_t b, int64_t h, int64_t i, int64_t j, Real x, RA acc) {
+  if (p.softcap > 0) x = acc(Real(p.softcap) * std::tanh(x / Real(p.softcap)));
+  if (!p.alibi_slopes.empty()) {
+    const int64_t diag = p.align == memattn::Align::bottom_right ? p.s.Sk - p.s.Sq : 0;
+    const double slope = p.alibi_slopes[size_t((p.alibi_per_batch ? b * p.s.Hq : 0) + h)];
+    x = acc(x - Real(slope) * Real(std::llabs(i + diag - j)));
+  }
+  return x;
+}
 
 struct RefResult {
   std::vector<double> out;  // [B,Sq,Hq,Dv]
@@ -83,12 +104,16 @@ struct Case {
   Buf q, k, v, out;
   Buf lse;
   std::optional<Buf> mask, bias;
+  std::optional<Buf> alibi, sinks;  // f32 score-modifier operands
   memattn::Options options;
-  Tensor mask_view, bias_view;
+  Tensor mask_view, bias_view, alibi_view, sinks_view;
 
   Case(Shape s, DType dt, uint64_t seed = 1, double sigma = 1.0);
   void set_mask(std::vector<int64_t> shape, const std::vector<uint8_t>& values);
   void set_bias(std::vector<int64_t> shape, DType dt, const std::vector<double>& values);
+  // ALiBi slopes of shape [Hq] or [B, Hq]; sink logits [Hq] (f32, stored as given).
+  void set_alibi(std::vector<int64_t> shape, const std::vector<double>& values);
+  void set_sinks(const std::vector<double>& values);
   RefProblem problem() const;     // the exact values and options as a RefProblem
   void run();                     // forward into out and lse with options
   std::vector<double> out_values() const { return out.values(); }

@@ -33,8 +33,10 @@ RefGrads backward_pass(const RefProblem& p, const std::vector<double>& dout, RS 
   const Shape& s = p.s;
   const int64_t group = s.Hkv ? s.Hq / s.Hkv : 1;
   std::vector<Real> dq(size_t(s.B * s.Sq * s.Hq * s.D)), dk(size_t(s.B * s.Sk * s.Hkv * s.D)),
-      dv(size_t(s.B * s.Sk * s.Hkv * s.Dv)), db(p.bias.empty() ? 0 : size_t(numel(p.bias_shape)));
-  std::vector<Real> sc(size_t(s.Sk)), pr(size_t(s.Sk)), dp(size_t(s.Sk));
+      dv(size_t(s.B * s.Sk * s.Hkv * s.Dv)), db(p.bias.empty() ? 0 : size_t(numel(p.bias_shape))),
+      dsinks(p.sinks.size());
+  // capd: d(capped score)/d(scaled score) = 1 - tanh^2, 1 without a softcap.
+  std::vector<Real> sc(size_t(s.Sk)), pr(size_t(s.Sk)), dp(size_t(s.Sk)), capd(size_t(s.Sk), Real(1));
   std::vector<char> vis(size_t(s.Sk));
   const auto Q = [&](int64_t b, int64_t i, int64_t h, int64_t c) { return Real(p.q[size_t(((b * s.Sq + i) * s.Hq + h) * s.D + c)]); };
   const auto K = [&](int64_t b, int64_t j, int64_t g, int64_t c) { return Real(p.k[size_t(((b * s.Sk + j) * s.Hkv + g) * s.D + c)]); };
@@ -53,18 +55,28 @@ RefGrads backward_pass(const RefProblem& p, const std::vector<double>& dout, RS 
           any = true;
           Real d = 0;
           for (int64_t c = 0; c < s.D; ++c) d = acc(d + Q(b, i, h, c) * K(b, j, g, c));
-          Real x = acc(scale * d);
+          const Real scaled = acc(scale * d);
+          if (p.softcap > 0) {
+            const Real t = std::tanh(scaled / Real(p.softcap));
+            capd[size_t(j)] = rp(acc(Real(1) - t * t));
+          }
+          Real x = modified_score(p, b, h, i, j, scaled, acc);
           if (!p.bias.empty()) x = acc(x + Real(p.bias[size_t(bias_offset(p.bias_shape, b, h, i, j))]));
           sc[size_t(j)] = rs(x);
           nan |= std::isnan(sc[size_t(j)]);
           if (sc[size_t(j)] > m) m = sc[size_t(j)];
         }
         if (!any) continue;
-        const Real shift = std::isinf(m) && m < 0 ? Real(0) : m;
+        // The sink joins the denominator (shifted by the larger of it and the max).
+        const bool sink = !p.sinks.empty();
+        const Real sink_logit = sink ? Real(p.sinks[size_t(h)]) : Real(0);
+        Real shift = std::isinf(m) && m < 0 ? Real(0) : m;
+        if (sink && (sink_logit > m || (std::isinf(m) && m < 0))) shift = sink_logit;
         Real l = 0;
         for (int64_t j = 0; j < s.Sk; ++j)
           if (vis[size_t(j)]) l = acc(l + acc(std::exp(sc[size_t(j)] - shift)));
         if (l == 0 && !nan) continue;  // every visible score -inf: fully masked, no gradient
+        if (sink) l = acc(l + acc(std::exp(sink_logit - shift)));
         Real rowsum = 0;
         for (int64_t j = 0; j < s.Sk; ++j) {
           if (!vis[size_t(j)]) continue;
@@ -74,14 +86,17 @@ RefGrads backward_pass(const RefProblem& p, const std::vector<double>& dout, RS 
           dp[size_t(j)] = rp(d);
           rowsum = acc(rowsum + pr[size_t(j)] * dp[size_t(j)]);
         }
+        // dL/dsink = -P_sink * D, D = sum_j P dP (= dO . O).
+        if (sink) dsinks[size_t(h)] = acc(dsinks[size_t(h)] - acc(std::exp(sink_logit - shift) / l) * rowsum);
         for (int64_t j = 0; j < s.Sk; ++j) {
           if (!vis[size_t(j)]) continue;
           const Real ds = rp(acc(pr[size_t(j)] * acc(dp[size_t(j)] - rowsum)));
+          const Real ds_raw = rp(acc(ds * capd[size_t(j)]));  // back through the softcap
           for (int64_t c = 0; c < s.D; ++c) {
             Real& q_grad = dq[size_t(((b * s.Sq + i) * s.Hq + h) * s.D + c)];
-            q_grad = acc(q_grad + acc(scale * ds) * K(b, j, g, c));
+            q_grad = acc(q_grad + acc(scale * ds_raw) * K(b, j, g, c));
             Real& k_grad = dk[size_t(((b * s.Sk + j) * s.Hkv + g) * s.D + c)];
-            k_grad = acc(k_grad + acc(scale * ds) * Q(b, i, h, c));
+            k_grad = acc(k_grad + acc(scale * ds_raw) * Q(b, i, h, c));
           }
           for (int64_t c = 0; c < s.Dv; ++c) {
             Real& v_grad = dv[size_t(((b * s.Sk + j) * s.Hkv + g) * s.Dv + c)];
@@ -97,6 +112,7 @@ RefGrads backward_pass(const RefProblem& p, const std::vector<double>& dout, RS 
   for (auto [from, to] : {std::pair{&dq, &r.dq}, std::pair{&dk, &r.dk}, std::pair{&dv, &r.dv}})
     for (Real x : *from) to->push_back(double(ro(x)));
   for (Real x : db) r.dbias.push_back(double(rb(x)));
+  for (Real x : dsinks) r.dsinks.push_back(double(x));
   return r;
 }
 
@@ -148,6 +164,7 @@ RefGrads finite_difference_grads(const RefProblem& p, const std::vector<double>&
   diff(x.k, g.dk);
   diff(x.v, g.dv);
   diff(x.bias, g.dbias);
+  diff(x.sinks, g.dsinks);
   return g;
 }
 
@@ -159,26 +176,32 @@ BackwardCase::BackwardCase(Shape sh, DType dt, uint64_t seed, double sigma)
 
 void BackwardCase::request_dbias() { dbias.emplace(bias->dtype, bias->shape); }
 
+void BackwardCase::request_dsinks() { dsinks.emplace(DType::f32, sinks->shape); }
+
 void BackwardCase::run_both() {
   run();
   run_backward();
 }
 
 void BackwardCase::run_backward(memattn::Workspace ws) {
-  Tensor dbias_view;
+  Tensor dbias_view, dsinks_view;
   if (dbias) dbias_view = dbias->view();
+  if (dsinks) dsinks_view = dsinks->view();
   memattn::backward(q.view(), k.view(), v.view(), out.view(), dout.view(), lse.view(), dq.view(),
-                    dk.view(), dv.view(), options, dbias ? &dbias_view : nullptr, ws);
+                    dk.view(), dv.view(), options, dbias ? &dbias_view : nullptr, ws,
+                    dsinks ? &dsinks_view : nullptr);
 }
 
 RefGrads BackwardCase::grads() const {
-  return {dq.values(), dk.values(), dv.values(), dbias ? dbias->values() : std::vector<double>{}};
+  return {dq.values(), dk.values(), dv.values(), dbias ? dbias->values() : std::vector<double>{},
+          dsinks ? dsinks->values() : std::vector<double>{}};
 }
 
 void expect_backward_accurate(BackwardCase& c, const GradCheck& check) {
   const double nan = std::numeric_limits<double>::quiet_NaN();
   for (Buf* g : {&c.dq, &c.dk, &c.dv}) g->fill(nan);
   if (c.dbias) c.dbias->fill(nan);
+  if (c.dsinks) c.dsinks->fill(nan);
   c.run_both();
   const RefProblem p = c.problem();
   const std::vector<double> dout = c.dout.values();
@@ -206,6 +229,9 @@ void expect_backward_accurate(BackwardCase& c, const GradCheck& check) {
     EXPECT_EQ(accuracy_failure(got.dbias, ref.dbias, base.dbias, bias_dt, check.k, check.abs_slack), "")
         << "dbias: " << describe(c);
   }
+  if (c.dsinks)
+    EXPECT_EQ(accuracy_failure(got.dsinks, ref.dsinks, base.dsinks, DType::f32, check.k, check.abs_slack), "")
+        << "dsinks: " << describe(c);
   if (check.expect_zeros) return;
   std::vector<double> all = got.dq;
   all.insert(all.end(), got.dk.begin(), got.dk.end());

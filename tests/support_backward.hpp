@@ -15,6 +15,7 @@ namespace mt {
 // dk [B,Sk,Hkv,D], dv [B,Sk,Hkv,Dv], dbias in the bias's own shape (empty without a bias).
 struct RefGrads {
   std::vector<double> dq, dk, dv, dbias;
+  std::vector<double> dsinks;  // [Hq] with sinks (empty without)
 };
 
 // Analytic gradients in fp64 on the exact values (Ref64's backward): P recomputed by a naive
@@ -28,16 +29,18 @@ RefGrads reference_backward_extended(const RefProblem& p, const std::vector<doub
 RefGrads baseline_backward(const RefProblem& p, const std::vector<double>& dout, DType dt,
                            DType bias_dt);
 // Central differences (f(x + h) - f(x - h)) / 2h of sum(reference64(p).out * dout), for every
-// element of q, k, v and the bias.
+// element of q, k, v, the bias and the sinks.
 RefGrads finite_difference_grads(const RefProblem& p, const std::vector<double>& dout, double h);
 
 // A Case with the backward's operands: dout (seeded randn), dq, dk, dv and, on request, dbias.
 struct BackwardCase : Case {
   Buf dout, dq, dk, dv;
   std::optional<Buf> dbias;
+  std::optional<Buf> dsinks;  // f32 [Hq], on request
 
   BackwardCase(Shape s, DType dt, uint64_t seed = 1, double sigma = 1.0);
   void request_dbias();  // dbias shaped and typed like the bias (set_bias first)
+  void request_dsinks();  // dsinks [Hq] f32 (set_sinks first)
   // forward() into out and lse, then backward() into the gradients, with `options`.
   void run_both();
   // backward() alone, from the current out and lse.

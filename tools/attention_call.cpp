@@ -19,19 +19,25 @@ std::optional<Tensor> slice_broadcast(const std::optional<Tensor>& t, int dim, i
   return slice(*t, dim, start, len);
 }
 
+// The call's options pointing at its own views.
+Options with_views(const AttentionCall& c) {
+  Options o = c.options;
+  o.mask = c.mask ? &*c.mask : nullptr;
+  o.bias = c.bias ? &*c.bias : nullptr;
+  o.alibi_slopes = c.alibi_slopes ? &*c.alibi_slopes : nullptr;
+  o.sinks = c.sinks ? &*c.sinks : nullptr;
+  return o;
+}
+
 }  // namespace
 
 void AttentionCall::forward() const {
-  Options o = options;
-  o.mask = mask ? &*mask : nullptr;
-  o.bias = bias ? &*bias : nullptr;
+  const Options o = with_views(*this);
   memattn::forward(q, k, v, out, lse ? &*lse : nullptr, o);
 }
 
 void AttentionCall::backward() const {
-  Options o = options;
-  o.mask = mask ? &*mask : nullptr;
-  o.bias = bias ? &*bias : nullptr;
+  const Options o = with_views(*this);
   memattn::backward(q, k, v, out, grads->dout, *lse, grads->dq, grads->dk, grads->dv, o);
 }
 
@@ -45,6 +51,11 @@ AttentionCall AttentionCall::piece(int64_t b, int64_t g) const {
   if (lse) p.lse = slice(slice(*lse, 0, b, 1), 1, h0, group);
   p.mask = slice_broadcast(slice_broadcast(mask, 0, b, 1), 1, h0, group);
   p.bias = slice_broadcast(slice_broadcast(bias, 0, b, 1), 1, h0, group);
+  // Slopes [heads_q] or [batch, heads_q], sinks [heads_q]: the piece's heads (and batch element).
+  if (alibi_slopes)
+    p.alibi_slopes = alibi_slopes->ndim == 1 ? slice(*alibi_slopes, 0, h0, group)
+                                             : slice(slice(*alibi_slopes, 0, b, 1), 1, h0, group);
+  if (sinks) p.sinks = slice(*sinks, 0, h0, group);
   if (grads) p.grads = Gradients{q_like(grads->dout), q_like(grads->dq), kv_like(grads->dk), kv_like(grads->dv)};
   return p;
 }

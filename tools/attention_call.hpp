@@ -13,11 +13,11 @@ struct Gradients {
   Tensor dout, dq, dk, dv;  // dout: input; dq, dk, dv: outputs
 };
 
-// forward() (and backward() when `grads` is set) on these views. `options.mask` and `options.bias`
-// are ignored: the views here are the ones used.
+// forward() (and backward() when `grads` is set) on these views. `options.mask`, `bias`,
+// `alibi_slopes` and `sinks` are ignored: the views here are the ones used.
 struct AttentionCall {
   Tensor q, k, v, out;
-  std::optional<Tensor> lse, mask, bias;
+  std::optional<Tensor> lse, mask, bias, alibi_slopes, sinks;
   std::optional<Gradients> grads;
   Options options;
 
@@ -25,7 +25,8 @@ struct AttentionCall {
   void backward() const;  // needs lse and grads
 
   // The sub-call of batch element b and kv head g (with the query heads that read it): every view
-  // cut to that batch element and group of heads; mask and bias dims of size 1 stay broadcast.
+  // cut to that batch element and group of heads (ALiBi slopes and sinks too); mask and bias dims
+  // of size 1 stay broadcast.
   AttentionCall piece(int64_t b, int64_t g) const;
 };
 

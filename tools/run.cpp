@@ -25,8 +25,9 @@ struct NamedPath {
 
 // The first output that names an input or an earlier output, as a message; "" when there is none.
 std::string coinciding_paths(const RunConfig& c) {
-  const NamedPath inputs[] = {{"--q", c.q}, {"--k", c.k}, {"--v", c.v}, {"--mask", c.mask}, {"--bias", c.bias},
-                              {"--dout", c.dout}};
+  const NamedPath inputs[] = {{"--q", c.q},         {"--k", c.k},       {"--v", c.v},
+                              {"--mask", c.mask},   {"--bias", c.bias}, {"--alibi-slopes", c.alibi_slopes},
+                              {"--sinks", c.sinks}, {"--dout", c.dout}};
   const NamedPath outputs[] = {{"-o", c.out}, {"--lse", c.lse}, {"--dq", c.dq}, {"--dk", c.dk}, {"--dv", c.dv}};
   for (size_t i = 0; i < std::size(outputs); ++i) {
     const NamedPath& o = outputs[i];
@@ -67,20 +68,27 @@ void run_files(const RunConfig& c) {
   const NpyArray q = read_npy(c.q, {kFloats, 4, "[batch, seq_q, heads_q, dim]"});
   const NpyArray k = read_npy(c.k, {kFloats, 4, "[batch, seq_k, heads_kv, dim]"});
   const NpyArray v = read_npy(c.v, {kFloats, 4, "[batch, seq_k, heads_kv, dim_v]"});
-  std::optional<NpyArray> mask, bias, dout;
+  std::optional<NpyArray> mask, bias, slopes, sinks, dout;
   if (!c.mask.empty()) mask = read_npy(c.mask, {{DType::u8}, 4, kMaskDims});
   if (!c.bias.empty()) bias = read_npy(c.bias, {kFloats, 4, kMaskDims});
+  // Their rank ([heads_q] or [batch, heads_q]) is the library's to check, with its message.
+  if (!c.alibi_slopes.empty()) slopes = read_npy(c.alibi_slopes, {{DType::f32}, -1, "[heads_q] or [batch, heads_q]"});
+  if (!c.sinks.empty()) sinks = read_npy(c.sinks, {{DType::f32}, -1, "[heads_q]"});
   if (c.backward) dout = read_npy(c.dout, {kFloats, 4, "[batch, seq_q, heads_q, dim_v]"});
 
   AttentionCall call;
   call.q = q.tensor(), call.k = k.tensor(), call.v = v.tensor();
   if (mask) call.mask = mask->tensor();
   if (bias) call.bias = bias->tensor();
+  if (slopes) call.alibi_slopes = slopes->tensor();
+  if (sinks) call.sinks = sinks->tensor();
   Options& o = call.options;
   o.causal = c.causal, o.align = c.align, o.window_left = c.window_left, o.window_right = c.window_right;
-  o.scale = c.scale, o.algorithm = c.algorithm, o.num_threads = c.threads;
+  o.scale = c.scale, o.softcap = c.softcap, o.algorithm = c.algorithm, o.num_threads = c.threads;
   o.mask = call.mask ? &*call.mask : nullptr;
   o.bias = call.bias ? &*call.bias : nullptr;
+  o.alibi_slopes = call.alibi_slopes ? &*call.alibi_slopes : nullptr;
+  o.sinks = call.sinks ? &*call.sinks : nullptr;
   workspace_bytes(call.q, call.k, call.v, o);  // the library's own checks of the whole call, first
   if (c.backward) backward_workspace_bytes(call.q, call.k, call.v, o);
 

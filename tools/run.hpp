@@ -15,6 +15,7 @@ namespace memattn::tool {
 
 struct RunConfig {
   std::string q, k, v, mask, bias;  // input .npy paths; mask, bias: "" when not given
+  std::string alibi_slopes, sinks;  // f32 score-modifier inputs; "" when not given
   std::string out, lse;             // output .npy paths; lse: "" when not wanted
   bool backward = false;
   std::string dout, dq, dk, dv;  // with backward: dout input, gradient outputs
@@ -22,6 +23,7 @@ struct RunConfig {
   Align align = Align::top_left;
   int64_t window_left = -1, window_right = -1;
   std::optional<double> scale;  // used exactly with f64 inputs, rounded to float otherwise
+  double softcap = 0;           // > 0: scores capped as softcap * tanh(s / softcap)
   Algorithm algorithm = Algorithm::automatic;
   int threads = 0;  // 0: all that OpenMP offers
 };

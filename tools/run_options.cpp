@@ -39,6 +39,9 @@ CLI::App* add_run_command(CLI::App& app, RunConfig& c) {
   sub->add_option("--mask", c.mask, "boolean mask, bool (|b1) or uint8 (|u1), nonzero = attend")
       ->type_name("FILE.npy");
   sub->add_option("--bias", c.bias, "additive bias, f32 or f16 (f64 with f64 inputs)")->type_name("FILE.npy");
+  sub->add_option("--alibi-slopes", c.alibi_slopes, "ALiBi slopes, f32 [heads_q] or [batch, heads_q]")
+      ->type_name("FILE.npy");
+  sub->add_option("--sinks", c.sinks, "attention sink logits, f32 [heads_q]")->type_name("FILE.npy");
   sub->add_flag("--causal", c.causal, "query i sees keys up to its diagonal only");
   sub->add_option("--align", c.align, "diagonal of --causal and --window when seq_q != seq_k")
       ->transform(one_of({enum_name("top_left", Align::top_left), enum_name("bottom_right", Align::bottom_right)},
@@ -55,6 +58,8 @@ CLI::App* add_run_command(CLI::App& app, RunConfig& c) {
       ->type_name("L,R");
   sub->add_option_function<double>("--scale", [&c](const double& s) { c.scale = s; }, "score scale (default 1/sqrt(dim))")
       ->check(number_in(-DBL_MAX, DBL_MAX, "a finite number"))->type_name("S");
+  sub->add_option("--softcap", c.softcap, "cap the scaled scores: softcap * tanh(s / softcap); 0: off")
+      ->check(number_in(0, DBL_MAX, "a finite number >= 0"))->type_name("X");
   sub->add_option("--algorithm", c.algorithm, "memattn algorithm (auto: flash, or chunked for f64)")
       ->transform(algorithm_names())->type_name("auto|naive|sequential|chunked|flash")->default_str("auto");
   sub->add_option("--threads", c.threads, "threads (default: all that OpenMP offers)")

@@ -75,6 +75,12 @@ typedef struct memattn_options {
   const memattn_tensor* bias;        /* nullable; added to the scaled scores */
   int32_t num_threads;               /* 0: all that OpenMP offers */
   const char* target; /* nullable SIMD target name (see memattn_supported_targets) */
+  /* Score modifiers (docs/api.md), applied to the scaled scores in this order: */
+  double softcap; /* > 0: s = softcap * tanh(s / softcap); 0: off. Finite, >= 0 */
+  const memattn_tensor* alibi_slopes; /* nullable; f32 [heads_q] or [batch, heads_q]:
+                                         s -= slope * |i + diag - j| */
+  const memattn_tensor* sinks; /* nullable; f32 [heads_q]: one logit per head in each row's
+                                  softmax denominator, with no value (lse includes it) */
 } memattn_options;
 
 /* Caller scratch memory; {NULL, 0} lets memattn allocate exactly what it needs. */
@@ -92,7 +98,7 @@ typedef struct memattn_allocator {
 } memattn_allocator;
 
 /* Scale unset, automatic algorithm and chunks, no causal/window/mask/bias, top-left alignment,
- * all threads, the best target. */
+ * all threads, the best target, no softcap, ALiBi or sinks. */
 memattn_options memattn_options_default(void);
 
 /* out = softmax(scale * q k^T + bias, masked) v; lse (nullable) receives the row log-sum-exp.
@@ -115,6 +121,17 @@ memattn_status memattn_backward(const memattn_tensor* q, const memattn_tensor* k
                                 const memattn_tensor* dq, const memattn_tensor* dk,
                                 const memattn_tensor* dv, const memattn_options* options,
                                 const memattn_tensor* dbias, memattn_workspace workspace);
+
+/* memattn_backward plus dsinks (nullable; f32 [heads_q], needs options->sinks): receives
+ * dLoss/dsinks[h] = -sum_{b,i} exp(sinks[h] - lse[b,h,i]) * rowsum(dout * out), summed in a fixed
+ * order. It needs no workspace beyond memattn_backward_workspace_bytes. */
+memattn_status memattn_backward_ex(const memattn_tensor* q, const memattn_tensor* k,
+                                   const memattn_tensor* v, const memattn_tensor* out,
+                                   const memattn_tensor* dout, const memattn_tensor* lse,
+                                   const memattn_tensor* dq, const memattn_tensor* dk,
+                                   const memattn_tensor* dv, const memattn_options* options,
+                                   const memattn_tensor* dbias, const memattn_tensor* dsinks,
+                                   memattn_workspace workspace);
 
 /* Exact workspace bytes memattn_backward needs; bias_grad nonzero when dbias will be passed. */
 memattn_status memattn_backward_workspace_bytes(const memattn_tensor* q, const memattn_tensor* k,

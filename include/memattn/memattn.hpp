@@ -21,13 +21,14 @@ size_t workspace_bytes(const Tensor& q, const Tensor& k, const Tensor& v, const 
 // the options resolve to a reference algorithm (naive, sequential, chunked), which runs no family.
 // Planned as forward() plans (options.algorithm and target, MEMATTN_TARGET, MEMATTN_FAMILY), so it
 // throws what such a call would: e.g. invalid_argument for an unknown target or MEMATTN_FAMILY
-// value, unsupported for a MEMATTN_FAMILY that cannot run this dtype. options.mask and bias are not
-// read (they do not change the family). A static string, never null.
+// value, unsupported for a MEMATTN_FAMILY that cannot run this dtype. options.mask, bias,
+// alibi_slopes and sinks are not read (they do not change the family). A static string, never null.
 const char* tile_family(DType dtype, const Options& options = {});
 
 // out[b, i, h, :] = sum_j softmax_j(scale * q[b,i,h,:] . k[b,j,g,:] + bias - inf*masked) v[b,j,g,:]
 // with g = h / (heads_q / heads_kv). lse (optional, f32 [batch, heads_q, seq_q]) receives
-// log sum_j exp(s_ij). A fully masked row gives out = 0 and lse = -inf. Every argument is checked
+// log sum_j exp(s_ij). A fully masked row gives out = 0 and lse = -inf (lse = sinks[h] with
+// options.sinks). options.softcap, alibi_slopes and sinks modify the scores (docs/api.md). Every argument is checked
 // before anything is written; on error out and lse are untouched.
 void forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor* lse,
              const Options& options, Workspace workspace = {});
@@ -58,9 +59,13 @@ const char* backward_tile_family(const Tensor& q, const Tensor& k, const Tensor&
 // (automatic; extra memory constant in n). Fully masked rows contribute zero gradients; with
 // seq_q = 0, dk, dv and dbias are zero. Results are bitwise identical for any thread count.
 // Every argument is checked before anything is written; on error the gradients are untouched.
+// options.softcap and alibi_slopes enter the recomputed scores (slopes get no gradient); with
+// options.sinks, dsinks (nullable, f32 [heads_q]) receives dLoss/dsinks[h] =
+// -sum_{b,i} exp(sinks[h] - lse[b,h,i]) * rowsum(dout * out)[b,i,h], summed in a fixed order.
+// It needs no workspace.
 void backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
               const Tensor& dout, const Tensor& lse, const Tensor& dq, const Tensor& dk,
               const Tensor& dv, const Options& options, const Tensor* dbias = nullptr,
-              Workspace workspace = {});
+              Workspace workspace = {}, const Tensor* dsinks = nullptr);
 
 }  // namespace memattn

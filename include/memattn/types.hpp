@@ -54,6 +54,15 @@ struct Options {
   int64_t window_left = -1, window_right = -1;  // keys allowed at diag-left .. diag+right; -1: unbounded
   const Tensor* mask = nullptr;  // u8, nonzero = attend; masked keys are never read
   const Tensor* bias = nullptr;  // f32/bf16/f16 (f64 with f64 inputs), added to the scaled scores
+  // Score modifiers (docs/api.md, "Score modifiers"), applied in this order to scale * q.k:
+  // softcap > 0: s = softcap * tanh(s / softcap) (Gemma 2, Grok); 0: off. Finite, >= 0.
+  double softcap = 0;
+  // f32 [heads_q] or [batch, heads_q] (FlashAttention's convention): s -= slope * |i + diag - j|,
+  // diag the alignment's diagonal (bottom_right reproduces FlashAttention's ALiBi). Finite.
+  const Tensor* alibi_slopes = nullptr;
+  // f32 [heads_q] (gpt-oss): one logit per query head that joins the softmax denominator with no
+  // value, so lse = log(sum_j exp(s_ij) + exp(sink_h)). Finite.
+  const Tensor* sinks = nullptr;
   int num_threads = 0;           // 0: all that OpenMP offers
   // SIMD target of the flash kernels: null = the best this CPU supports, unless the environment
   // variable MEMATTN_TARGET names one; else one of the names supported_targets() lists.

@@ -32,12 +32,15 @@ def _window_bound(value, name):
     return int(value)
 
 
-def _options(kind, causal, align, window, mask, bias, scale, algorithm, num_threads, target):
-    """The extension's Options for one call (mask and bias are viewed, never copied)."""
+def _options(kind, causal, align, window, mask, bias, scale, algorithm, num_threads, target,
+             softcap=0.0, alibi_slopes=None, sinks=None):
+    """The extension's Options for one call (mask, bias, ALiBi slopes and sinks are viewed, never
+    copied)."""
     _check_type(align, "align", (str,), "'top_left' or 'bottom_right'")
     _check_type(algorithm, "algorithm", (str,),
                 "one of 'auto', 'naive', 'sequential', 'chunked', 'flash'")
     _check_type(num_threads, "num_threads", (numbers.Integral,), "an int (0: the default)")
+    _check_type(softcap, "softcap", (numbers.Real,), "a float >= 0 (0: off)")
     if target is not None:
         _check_type(target, "target", (str,), "None or a name from memattn.supported_targets()")
     left = right = -1
@@ -48,22 +51,26 @@ def _options(kind, causal, align, window, mask, bias, scale, algorithm, num_thre
         left = _window_bound(window[0], "window[0] (left)")
         right = _window_bound(window[1], "window[1] (right)")
     flags = (bool(causal), align, left, right, None if scale is None else float(scale), algorithm,
-             _t.default_threads(kind, int(num_threads)), target)
-    if mask is None and bias is None:
+             _t.default_threads(kind, int(num_threads)), target, float(softcap))
+    if mask is None and bias is None and alibi_slopes is None and sinks is None:
         return _plain_options(*flags)
-    return _make_options(*flags, _t.operand(mask, "mask") if mask is not None else None,
-                         _t.operand(bias, "bias") if bias is not None else None)
+    operands = [None if x is None else _t.operand(x, name)
+                for x, name in ((mask, "mask"), (bias, "bias"), (alibi_slopes, "alibi_slopes"),
+                                (sinks, "sinks"))]
+    return _make_options(*flags, *operands)
 
 
-def _make_options(causal, align, left, right, scale, algorithm, num_threads, target, mask=None,
-                  bias=None):
+def _make_options(causal, align, left, right, scale, algorithm, num_threads, target, softcap,
+                  mask=None, bias=None, alibi_slopes=None, sinks=None):
     return _memattn.Options(causal=causal, align=align, window_left=left, window_right=right,
                             mask=mask, bias=bias, scale=scale, algorithm=algorithm,
-                            num_threads=num_threads, target=target)
+                            num_threads=num_threads, target=target, softcap=softcap,
+                            alibi_slopes=alibi_slopes, sinks=sinks)
 
 
-# Options without mask or bias point at nothing the caller owns and are never modified, so calls
-# with the same flags share one (building it costs ~3 us, a sixth of a small call).
+# Options without operands (mask, bias, slopes, sinks) point at nothing the caller owns and are
+# never modified, so calls with the same flags share one (building it costs ~3 us, a sixth of a
+# small call).
 _plain_options = functools.lru_cache(maxsize=64)(_make_options)
 
 
@@ -75,14 +82,18 @@ def _check_rank4(q, k, v):
 
 def attention(q, k, v, *, causal=False, align="top_left", window=None, mask=None, bias=None,
               scale=None, algorithm="auto", return_lse=False, num_threads=0, out=None,
-              target=None):
+              target=None, softcap=0.0, sinks=None, alibi_slopes=None):
     """softmax(scale * q k^T + bias, masked) v, exactly, for q [B, Sq, Hq, d], k [B, Sk, Hkv, d],
     v [B, Sk, Hkv, dv] (Hq a multiple of Hkv). Returns out [B, Sq, Hq, dv] (q's dtype; `out` itself
     when given), or (out, lse) with return_lse, lse float32 [B, Hq, Sq]. The GIL is released while
-    the kernel runs."""
-    kind = _t.common_kind({"q": q, "k": k, "v": v, "mask": mask, "bias": bias, "out": out})
+    the kernel runs. Score modifiers (docs/api.md): softcap > 0 caps the scaled scores as
+    softcap * tanh(s / softcap); alibi_slopes (float32 [Hq] or [B, Hq]) adds
+    -slope * |i + diag - j|; sinks (float32 [Hq]) adds one logit per head to each row's softmax
+    denominator (lse includes it)."""
+    kind = _t.common_kind({"q": q, "k": k, "v": v, "mask": mask, "bias": bias, "out": out,
+                           "alibi_slopes": alibi_slopes, "sinks": sinks})
     options = _options(kind, causal, align, window, mask, bias, scale, algorithm, num_threads,
-                       target)
+                       target, softcap, alibi_slopes, sinks)
     _check_rank4(q, k, v)
     if out is None:
         out = _t.empty(kind, (q.shape[0], q.shape[1], q.shape[2], v.shape[3]), q)
@@ -95,17 +106,20 @@ def attention(q, k, v, *, causal=False, align="top_left", window=None, mask=None
 
 def attention_backward(q, k, v, out, dout, lse, *, causal=False, align="top_left", window=None,
                        mask=None, bias=None, scale=None, algorithm="auto", num_threads=0, dq=None,
-                       dk=None, dv=None, bias_grad=False, dbias=None, target=None):
+                       dk=None, dv=None, bias_grad=False, dbias=None, target=None, softcap=0.0,
+                       sinks=None, alibi_slopes=None, sinks_grad=False, dsinks=None):
     """Gradients of attention() given dout = dLoss/dout, recomputed from q, k, v, out and lse (the
-    forward's outputs for the same arguments). Returns (dq, dk, dv) shaped and typed like q, k, v,
-    or (dq, dk, dv, dbias) when bias_grad=True or dbias is given; dbias has the bias's own shape
-    and dtype and is summed over its broadcast dimensions. Given dq, dk, dv, dbias are written in
-    place and returned."""
+    forward's outputs for the same arguments, score modifiers included). Returns (dq, dk, dv)
+    shaped and typed like q, k, v, then dbias when bias_grad=True or dbias is given (the bias's own
+    shape and dtype, summed over its broadcast dimensions), then dsinks when sinks_grad=True or
+    dsinks is given (float32 [Hq]). Given dq, dk, dv, dbias, dsinks are written in place and
+    returned. ALiBi slopes get no gradient."""
     kind = _t.common_kind({"q": q, "k": k, "v": v, "out": out, "dout": dout, "lse": lse,
                            "mask": mask, "bias": bias, "dq": dq, "dk": dk, "dv": dv,
-                           "dbias": dbias})
+                           "dbias": dbias, "alibi_slopes": alibi_slopes, "sinks": sinks,
+                           "dsinks": dsinks})
     options = _options(kind, causal, align, window, mask, bias, scale, algorithm, num_threads,
-                       target)
+                       target, softcap, alibi_slopes, sinks)
     _check_rank4(q, k, v)
     want_dbias = bool(bias_grad) or dbias is not None
     if want_dbias and bias is None:
@@ -115,12 +129,19 @@ def attention_backward(q, k, v, out, dout, lse, *, causal=False, align="top_left
     dv = _t.empty(kind, v.shape, v) if dv is None else dv
     if want_dbias and dbias is None:
         dbias = _t.empty(kind, bias.shape, bias)
+    want_dsinks = bool(sinks_grad) or dsinks is not None
+    if want_dsinks and sinks is None:
+        raise ValueError("sinks_grad=True (or dsinks) needs sinks: there are no sinks to "
+                         "differentiate")
+    if want_dsinks and dsinks is None:
+        dsinks = _t.empty_f32(kind, (q.shape[2],))
     _memattn.backward(
         _t.operand(q, "q"), _t.operand(k, "k"), _t.operand(v, "v"), _t.operand(out, "out"),
         _t.operand(dout, "dout"), _t.operand(lse, "lse"), _t.operand(dq, "dq"),
         _t.operand(dk, "dk"), _t.operand(dv, "dv"),
-        _t.operand(dbias, "dbias") if want_dbias else None, options)
-    return (dq, dk, dv, dbias) if want_dbias else (dq, dk, dv)
+        _t.operand(dbias, "dbias") if want_dbias else None, options,
+        _t.operand(dsinks, "dsinks") if want_dsinks else None)
+    return (dq, dk, dv) + ((dbias,) if want_dbias else ()) + ((dsinks,) if want_dsinks else ())
 
 
 def _parts(value, name):
@@ -163,23 +184,27 @@ def merge(outs, lses, *, out=None, return_lse=False, num_threads=0):
 
 
 def workspace_bytes(q, k, v, *, causal=False, align="top_left", window=None, mask=None, bias=None,
-                    scale=None, algorithm="auto", num_threads=0, target=None):
+                    scale=None, algorithm="auto", num_threads=0, target=None, softcap=0.0,
+                    sinks=None, alibi_slopes=None):
     """Exact scratch bytes attention() allocates for these operands and options (validated as
     attention() would)."""
-    kind = _t.common_kind({"q": q, "k": k, "v": v, "mask": mask, "bias": bias})
+    kind = _t.common_kind({"q": q, "k": k, "v": v, "mask": mask, "bias": bias,
+                           "alibi_slopes": alibi_slopes, "sinks": sinks})
     options = _options(kind, causal, align, window, mask, bias, scale, algorithm, num_threads,
-                       target)
+                       target, softcap, alibi_slopes, sinks)
     return _memattn.workspace_bytes(_t.operand(q, "q"), _t.operand(k, "k"),
                                     _t.operand(v, "v"), options)
 
 
 def backward_workspace_bytes(q, k, v, bias_grad=False, *, causal=False, align="top_left",
                              window=None, mask=None, bias=None, scale=None, algorithm="auto",
-                             num_threads=0, target=None):
+                             num_threads=0, target=None, softcap=0.0, sinks=None,
+                             alibi_slopes=None):
     """Exact scratch bytes attention_backward() allocates for these operands and options."""
-    kind = _t.common_kind({"q": q, "k": k, "v": v, "mask": mask, "bias": bias})
+    kind = _t.common_kind({"q": q, "k": k, "v": v, "mask": mask, "bias": bias,
+                           "alibi_slopes": alibi_slopes, "sinks": sinks})
     options = _options(kind, causal, align, window, mask, bias, scale, algorithm, num_threads,
-                       target)
+                       target, softcap, alibi_slopes, sinks)
     return _memattn.backward_workspace_bytes(_t.operand(q, "q"), _t.operand(k, "k"),
                                              _t.operand(v, "v"), options, bool(bias_grad))
 

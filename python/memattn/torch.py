@@ -8,7 +8,7 @@ import torch
 from . import attention as _memattn_attention
 from . import attention_backward as _memattn_attention_backward
 
-__all__ = ["scaled_dot_product_attention", "MultiheadAttention", "CUSTOM_OP_AVAILABLE"]
+__all__ = ["scaled_dot_product_attention", "attention", "MultiheadAttention", "CUSTOM_OP_AVAILABLE"]
 
 _FLOATING = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -24,48 +24,56 @@ def _empty_in_layout_of(ref: torch.Tensor, shape, dtype: torch.dtype) -> torch.T
     return storage.permute([order.index(i) for i in range(ref.dim())])
 
 
-def _forward(q, k, v, mask, bias, causal: bool, scale: Optional[float]):
+def _forward(q, k, v, mask, bias, causal: bool, scale: Optional[float], softcap: float = 0.0,
+             alibi_slopes=None, sinks=None):
     """memattn's forward on [B, L, H, E] operands: (out [B, L, H, Ev], lse f32 [B, H, L])."""
     out = _empty_in_layout_of(q, (*q.shape[:3], v.shape[3]), q.dtype)
     # algorithm "auto" resolves to flash for f32/bf16/f16 and to chunked for f64.
     return _memattn_attention(q, k, v, causal=causal, mask=mask, bias=bias, scale=scale,
-                              return_lse=True, out=out)
+                              return_lse=True, out=out, softcap=softcap,
+                              alibi_slopes=alibi_slopes, sinks=sinks)
 
 
 def _backward(q, k, v, out, lse, dout, mask, bias, causal: bool, scale: Optional[float],
-              bias_grad: bool):
-    """memattn's backward: (dq, dk, dv, dbias or None), each in its operand's layout and dtype."""
+              bias_grad: bool, softcap: float = 0.0, alibi_slopes=None, sinks=None,
+              sinks_grad: bool = False):
+    """memattn's backward: (dq, dk, dv, dbias or None, dsinks or None), each in its operand's
+    layout and dtype."""
     dq = _empty_in_layout_of(q, q.shape, q.dtype)
     dk = _empty_in_layout_of(k, k.shape, k.dtype)
     dv = _empty_in_layout_of(v, v.shape, v.dtype)
     dbias = _empty_in_layout_of(bias, bias.shape, bias.dtype) if bias_grad else None
+    dsinks = torch.empty(sinks.shape, dtype=torch.float32) if sinks_grad else None
     # The flash backward takes f32/bf16/f16 only; f64 (gradcheck) goes through the naive one.
     algorithm = "naive" if q.dtype == torch.float64 else "auto"
     grads = _memattn_attention_backward(
         q, k, v, out, dout, lse, causal=causal, align="top_left", window=None, mask=mask,
         bias=bias, scale=scale, algorithm=algorithm, num_threads=0, dq=dq, dk=dk, dv=dv,
-        bias_grad=bias_grad, dbias=dbias)
-    return (*grads, None) if not bias_grad else tuple(grads)
+        bias_grad=bias_grad, dbias=dbias, softcap=softcap, alibi_slopes=alibi_slopes,
+        sinks=sinks, dsinks=dsinks)
+    return (*grads[:3], dbias, dsinks)
 
 
 class _AttentionFunction(torch.autograd.Function):
     """Autograd for memattn on [B, L, H, E] operands; saves out and lse, never the probabilities."""
 
     @staticmethod
-    def forward(ctx, q, k, v, mask, bias, causal, scale):
-        out, lse = _forward(q, k, v, mask, bias, causal, scale)
-        ctx.save_for_backward(q, k, v, out, lse, mask, bias)
-        ctx.causal, ctx.scale = causal, scale
+    def forward(ctx, q, k, v, mask, bias, causal, scale, softcap, alibi_slopes, sinks):
+        out, lse = _forward(q, k, v, mask, bias, causal, scale, softcap, alibi_slopes, sinks)
+        ctx.save_for_backward(q, k, v, out, lse, mask, bias, alibi_slopes, sinks)
+        ctx.causal, ctx.scale, ctx.softcap = causal, scale, softcap
         ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, _dlse):
-        q, k, v, out, lse, mask, bias = ctx.saved_tensors
+        q, k, v, out, lse, mask, bias, alibi_slopes, sinks = ctx.saved_tensors
         bias_grad = bias is not None and ctx.needs_input_grad[4]
-        dq, dk, dv, dbias = _backward(q, k, v, out, lse, dout, mask, bias, ctx.causal, ctx.scale,
-                                      bias_grad)
-        return dq, dk, dv, None, dbias, None, None
+        sinks_grad = sinks is not None and ctx.needs_input_grad[9]
+        dq, dk, dv, dbias, dsinks = _backward(q, k, v, out, lse, dout, mask, bias, ctx.causal,
+                                              ctx.scale, bias_grad, ctx.softcap, alibi_slopes,
+                                              sinks, sinks_grad)
+        return dq, dk, dv, None, dbias, None, None, None, None, dsinks
 
 
 def _torch_version() -> Tuple[int, int]:
@@ -82,11 +90,12 @@ if CUSTOM_OP_AVAILABLE:
     @torch.library.custom_op("memattn::attention", mutates_args=())
     def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       mask: Optional[torch.Tensor], bias: Optional[torch.Tensor], causal: bool,
-                      scale: Optional[float]) -> Tuple[torch.Tensor, torch.Tensor]:
-        return tuple(_forward(q, k, v, mask, bias, causal, scale))
+                      scale: Optional[float], softcap: float, alibi_slopes: Optional[torch.Tensor],
+                      sinks: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        return tuple(_forward(q, k, v, mask, bias, causal, scale, softcap, alibi_slopes, sinks))
 
     @_attention_op.register_fake
-    def _(q, k, v, mask, bias, causal, scale):
+    def _(q, k, v, mask, bias, causal, scale, softcap, alibi_slopes, sinks):
         out = _empty_in_layout_of(q, (*q.shape[:3], v.shape[3]), q.dtype)
         return out, q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
 
@@ -95,31 +104,41 @@ if CUSTOM_OP_AVAILABLE:
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
             lse: torch.Tensor, dout: torch.Tensor, mask: Optional[torch.Tensor],
             bias: Optional[torch.Tensor], causal: bool, scale: Optional[float],
-            bias_grad: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        dq, dk, dv, dbias = _backward(q, k, v, out, lse, dout, mask, bias, causal, scale,
-                                      bias_grad)
-        return dq, dk, dv, dbias if bias_grad else q.new_empty(0)  # an op cannot return None
+            bias_grad: bool, softcap: float, alibi_slopes: Optional[torch.Tensor],
+            sinks: Optional[torch.Tensor], sinks_grad: bool
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        dq, dk, dv, dbias, dsinks = _backward(q, k, v, out, lse, dout, mask, bias, causal, scale,
+                                              bias_grad, softcap, alibi_slopes, sinks, sinks_grad)
+        # An op cannot return None: empty tensors stand for the gradients not requested.
+        return (dq, dk, dv, dbias if bias_grad else q.new_empty(0),
+                dsinks if sinks_grad else q.new_empty(0))
 
     @_attention_backward_op.register_fake
-    def _(q, k, v, out, lse, dout, mask, bias, causal, scale, bias_grad):
+    def _(q, k, v, out, lse, dout, mask, bias, causal, scale, bias_grad, softcap, alibi_slopes,
+          sinks, sinks_grad):
         return (_empty_in_layout_of(q, q.shape, q.dtype), _empty_in_layout_of(k, k.shape, k.dtype),
                 _empty_in_layout_of(v, v.shape, v.dtype),
                 _empty_in_layout_of(bias, bias.shape, bias.dtype) if bias_grad
+                else q.new_empty(0),
+                sinks.new_empty(sinks.shape, dtype=torch.float32) if sinks_grad
                 else q.new_empty(0))
 
     def _setup_context(ctx, inputs, output):
-        q, k, v, mask, bias, causal, scale = inputs
+        q, k, v, mask, bias, causal, scale, softcap, alibi_slopes, sinks = inputs
         out, lse = output
-        ctx.save_for_backward(q, k, v, out, lse, mask, bias)
-        ctx.causal, ctx.scale = causal, scale
+        ctx.save_for_backward(q, k, v, out, lse, mask, bias, alibi_slopes, sinks)
+        ctx.causal, ctx.scale, ctx.softcap = causal, scale, softcap
         ctx.mark_non_differentiable(lse)
 
     def _attention_op_backward(ctx, dout, _dlse):
-        q, k, v, out, lse, mask, bias = ctx.saved_tensors
+        q, k, v, out, lse, mask, bias, alibi_slopes, sinks = ctx.saved_tensors
         bias_grad = bias is not None and ctx.needs_input_grad[4]
-        dq, dk, dv, dbias = _attention_backward_op(q, k, v, out, lse, dout, mask, bias,
-                                                   ctx.causal, ctx.scale, bias_grad)
-        return dq, dk, dv, None, dbias if bias_grad else None, None, None
+        sinks_grad = sinks is not None and ctx.needs_input_grad[9]
+        dq, dk, dv, dbias, dsinks = _attention_backward_op(
+            q, k, v, out, lse, dout, mask, bias, ctx.causal, ctx.scale, bias_grad, ctx.softcap,
+            alibi_slopes, sinks, sinks_grad)
+        return (dq, dk, dv, None, dbias if bias_grad else None, None, None, None, None,
+                dsinks if sinks_grad else None)
 
     _attention_op.register_autograd(_attention_op_backward, setup_context=_setup_context)
     _attention_bshd_impl = _attention_op
@@ -127,13 +146,34 @@ else:
     _attention_bshd_impl = _AttentionFunction.apply
 
 
-def _attention_bshd(q, k, v, mask=None, bias=None, causal=False, scale=None) -> torch.Tensor:
+def _attention_bshd(q, k, v, mask=None, bias=None, causal=False, scale=None, softcap=0.0,
+                    alibi_slopes=None, sinks=None) -> torch.Tensor:
     """Differentiable memattn attention on [B, L, H, E] operands; returns out [B, L, H, Ev].
 
     mask: bool, True = attend; bias: float, added to the scores; both broadcastable as
-    [B|1, H|1, L|1, S|1]. Gradients reach q, k, v and the bias.
+    [B|1, H|1, L|1, S|1]. Gradients reach q, k, v, the bias and the sinks.
     """
-    return _attention_bshd_impl(q, k, v, mask, bias, causal, scale)[0]
+    return _attention_bshd_impl(q, k, v, mask, bias, causal, scale, float(softcap), alibi_slopes,
+                                sinks)[0]
+
+
+def attention(query, key, value, *, causal=False, scale=None, softcap=0.0, alibi_slopes=None,
+              sinks=None):
+    """Differentiable memattn attention with score modifiers, on memattn's own layout:
+    query [B, L, H, E], key [B, S, Hkv, E], value [B, S, Hkv, Ev] -> [B, L, H, Ev] (H a multiple
+    of Hkv; causal is top-left). softcap > 0 caps the scaled scores as softcap * tanh(s / softcap)
+    (Gemma 2); alibi_slopes: float32 [H] or [B, H], adds -slope * |i - j| (no gradient); sinks:
+    float32 [H], one logit per head in each row's softmax denominator (gpt-oss), differentiable.
+    """
+    _check_operands(query, key, value)
+    for name, t in (("alibi_slopes", alibi_slopes), ("sinks", sinks)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be None or a torch.Tensor, got {type(t).__name__}")
+    if alibi_slopes is not None and alibi_slopes.requires_grad:
+        raise ValueError("alibi_slopes requires grad, but memattn gives ALiBi slopes no gradient; "
+                         "pass alibi_slopes.detach()")
+    return _attention_bshd(query, key, value, None, None, bool(causal),
+                           None if scale is None else float(scale), softcap, alibi_slopes, sinks)
 
 
 def _check_operands(query, key, value):

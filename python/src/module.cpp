@@ -35,16 +35,19 @@ std::optional<Tensor> optional_tensor(py::handle operand, const char* name, Acce
   return to_tensor(operand, name, access, rank);
 }
 
-// memattn::Options plus the mask, bias and target it points to; it lives as a Python object for
+// memattn::Options plus the mask, bias, ALiBi slopes, sinks and target it points to; it lives as a Python object for
 // the duration of a call, so the pointers stay valid (and it cannot be copied).
 class CallOptions {
  public:
   CallOptions(bool causal, const std::string& align, int64_t window_left, int64_t window_right,
               py::object mask, py::object bias, std::optional<double> scale,
               const std::string& algorithm, int num_threads,
-              const std::optional<std::string>& target)
+              const std::optional<std::string>& target, double softcap, py::object alibi_slopes,
+              py::object sinks)
       : mask_(optional_tensor(mask, "mask", Access::read, Rank::broadcast)),
         bias_(optional_tensor(bias, "bias", Access::read, Rank::broadcast)),
+        alibi_slopes_(optional_tensor(alibi_slopes, "alibi_slopes", Access::read)),
+        sinks_(optional_tensor(sinks, "sinks", Access::read)),
         target_(target) {
     using memattn::Algorithm, memattn::Align;
     options_.causal = causal;
@@ -54,6 +57,9 @@ class CallOptions {
     options_.window_right = window_right;
     options_.mask = mask_ ? &*mask_ : nullptr;
     options_.bias = bias_ ? &*bias_ : nullptr;
+    options_.softcap = softcap;
+    options_.alibi_slopes = alibi_slopes_ ? &*alibi_slopes_ : nullptr;
+    options_.sinks = sinks_ ? &*sinks_ : nullptr;
     if (scale) options_.scale = *scale;
     options_.algorithm = parse_choice(
         algorithm, "algorithm",
@@ -69,7 +75,7 @@ class CallOptions {
   const memattn::Options& get() const { return options_; }
 
  private:
-  std::optional<Tensor> mask_, bias_;
+  std::optional<Tensor> mask_, bias_, alibi_slopes_, sinks_;
   std::optional<std::string> target_;
   memattn::Options options_;
 };
@@ -109,7 +115,7 @@ void forward(py::handle q, py::handle k, py::handle v, py::handle out, py::handl
 
 void backward(py::handle q, py::handle k, py::handle v, py::handle out, py::handle dout,
               py::handle lse, py::handle dq, py::handle dk, py::handle dv, py::handle dbias,
-              const CallOptions& options) {
+              const CallOptions& options, py::handle dsinks) {
   const Tensor tq = to_tensor(q, "q", Access::read), tk = to_tensor(k, "k", Access::read),
                tv = to_tensor(v, "v", Access::read), tout = to_tensor(out, "out", Access::read),
                tdout = to_tensor(dout, "dout", Access::read),
@@ -118,9 +124,10 @@ void backward(py::handle q, py::handle k, py::handle v, py::handle out, py::hand
                tdv = to_tensor(dv, "dv", Access::write);
   // dbias has the bias's own shape, so it is broadcast-padded the same way.
   const std::optional<Tensor> tdbias = optional_tensor(dbias, "dbias", Access::write, Rank::broadcast);
+  const std::optional<Tensor> tdsinks = optional_tensor(dsinks, "dsinks", Access::write);
   py::gil_scoped_release unlocked;
   memattn::backward(tq, tk, tv, tout, tdout, tlse, tdq, tdk, tdv, options.get(),
-                    tdbias ? &*tdbias : nullptr);
+                    tdbias ? &*tdbias : nullptr, {}, tdsinks ? &*tdsinks : nullptr);
 }
 
 // memattn::merge over sequences of parts; each part is named by its index in messages.
@@ -167,17 +174,20 @@ PYBIND11_MODULE(_memattn, m) {
 
   py::class_<CallOptions>(m, "Options")
       .def(py::init<bool, const std::string&, int64_t, int64_t, py::object, py::object,
-                    std::optional<double>, const std::string&, int, const std::optional<std::string>&>(),
+                    std::optional<double>, const std::string&, int, const std::optional<std::string>&,
+                    double, py::object, py::object>(),
            py::kw_only(), py::arg("causal") = false, py::arg("align") = "top_left",
            py::arg("window_left") = -1, py::arg("window_right") = -1, py::arg("mask") = py::none(),
            py::arg("bias") = py::none(), py::arg("scale") = py::none(), py::arg("algorithm") = "auto",
-           py::arg("num_threads") = 0, py::arg("target") = py::none());
+           py::arg("num_threads") = 0, py::arg("target") = py::none(), py::arg("softcap") = 0.0,
+           py::arg("alibi_slopes") = py::none(), py::arg("sinks") = py::none());
 
   m.def("forward", &forward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"),
         py::arg("options"), "memattn::forward; the GIL is released while it runs.");
   m.def("backward", &backward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
         py::arg("dout"), py::arg("lse"), py::arg("dq"), py::arg("dk"), py::arg("dv"),
-        py::arg("dbias"), py::arg("options"), "memattn::backward; the GIL is released while it runs.");
+        py::arg("dbias"), py::arg("options"), py::arg("dsinks") = py::none(),
+        "memattn::backward; the GIL is released while it runs.");
   m.def("merge", &merge, py::arg("outs"), py::arg("lses"), py::arg("out"), py::arg("lse"),
         py::arg("num_threads"), "memattn::merge; the GIL is released while it runs.");
   m.def(

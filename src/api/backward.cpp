@@ -41,10 +41,11 @@ const char* backward_tile_family(const Tensor& q, const Tensor& k, const Tensor&
 
 void backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
               const Tensor& dout, const Tensor& lse, const Tensor& dq, const Tensor& dk,
-              const Tensor& dv, const Options& o, const Tensor* dbias, Workspace ws) {
+              const Tensor& dv, const Options& o, const Tensor* dbias, Workspace ws,
+              const Tensor* dsinks) {
   using namespace detail;
   BackwardParams p = make_backward_params(q, k, v, &out, &dout, &lse, &dq, &dk, &dv, o, dbias,
-                                          BackwardRequest{dbias != nullptr});
+                                          BackwardRequest{dbias != nullptr}, dsinks);
   plan_backward(p, o);
   const BackwardKernels* bk = p.algorithm == Algorithm::flash ? &backward_kernels(*p.kernels) : nullptr;
   const CallWorkspace scratch(ws.data, ws.bytes, detail::backward_workspace_bytes(p), "the backward workspace");

@@ -17,6 +17,8 @@ struct BackwardParams : Params {
   View dq, dk, dv;      // written; dims like q, k, v
   View dbias;           // written when has_dbias; dims like bias, exact (no broadcast strides)
   bool has_dbias = false;
+  View dsinks;          // written when has_dsinks: f32 [heads_q], stride[1] (as Params::sinks)
+  bool has_dsinks = false;
   // Extents of bias (and dbias): [B|1, H|1, Sq|1, Sk|1]; all 1 without a bias.
   std::array<int64_t, 4> bias_shape{1, 1, 1, 1};
 
@@ -24,13 +26,13 @@ struct BackwardParams : Params {
 };
 
 // Validates every operand of backward() (or, for sizing, only q, k, v and the options when `out`
-// is null) and fills the shape and operand fields. Throws memattn::Error before anything is
+// is null) and fills the shape and operand fields; dsinks (nullable) needs options.sinks. Throws memattn::Error before anything is
 // written; gradients must not overlap any input nor each other.
 BackwardParams make_backward_params(const Tensor& q, const Tensor& k, const Tensor& v,
                                     const Tensor* out, const Tensor* dout, const Tensor* lse,
                                     const Tensor* dq, const Tensor* dk, const Tensor* dv,
                                     const Options& options, const Tensor* dbias,
-                                    const BackwardRequest& request);
+                                    const BackwardRequest& request, const Tensor* dsinks = nullptr);
 
 // Writes dst[b, i, h, c] = mul * src[c] for c < n, rounded to T (a dq, dk or dv row).
 template <typename T, typename Acc>

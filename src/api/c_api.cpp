@@ -122,15 +122,18 @@ std::optional<Tensor> to_optional_tensor(const memattn_tensor* c, const char* na
 
 const Tensor* pointer_to(const std::optional<Tensor>& t) { return t ? &*t : nullptr; }
 
-// memattn::Options and the mask and bias tensors it points to, kept alive together.
+// memattn::Options and the mask, bias, ALiBi slopes and sinks tensors it points to, kept alive
+// together.
 struct CppOptions {
-  std::optional<Tensor> mask, bias;
+  std::optional<Tensor> mask, bias, alibi_slopes, sinks;
   memattn::Options options;
 
   explicit CppOptions(const memattn_options* c) {
     const memattn_options& o = required(c, "options");
     mask = to_optional_tensor(o.mask, "options.mask");
     bias = to_optional_tensor(o.bias, "options.bias");
+    alibi_slopes = to_optional_tensor(o.alibi_slopes, "options.alibi_slopes");
+    sinks = to_optional_tensor(o.sinks, "options.sinks");
     if (o.has_scale) options.scale = o.scale;
     options.algorithm =
         checked_enum<memattn::Algorithm>(o.algorithm, "options.algorithm", kAlgorithmNames);
@@ -142,6 +145,9 @@ struct CppOptions {
     options.window_right = o.window_right;
     options.mask = pointer_to(mask);
     options.bias = pointer_to(bias);
+    options.softcap = o.softcap;
+    options.alibi_slopes = pointer_to(alibi_slopes);
+    options.sinks = pointer_to(sinks);
     options.num_threads = o.num_threads;
     options.target = o.target;
   }
@@ -193,15 +199,26 @@ memattn_status memattn_backward(const memattn_tensor* q, const memattn_tensor* k
                                 const memattn_tensor* dq, const memattn_tensor* dk,
                                 const memattn_tensor* dv, const memattn_options* options,
                                 const memattn_tensor* dbias, memattn_workspace workspace) {
+  return memattn_backward_ex(q, k, v, out, dout, lse, dq, dk, dv, options, dbias, nullptr, workspace);
+}
+
+memattn_status memattn_backward_ex(const memattn_tensor* q, const memattn_tensor* k,
+                                   const memattn_tensor* v, const memattn_tensor* out,
+                                   const memattn_tensor* dout, const memattn_tensor* lse,
+                                   const memattn_tensor* dq, const memattn_tensor* dk,
+                                   const memattn_tensor* dv, const memattn_options* options,
+                                   const memattn_tensor* dbias, const memattn_tensor* dsinks,
+                                   memattn_workspace workspace) {
   return guarded([&] {
     const Tensor cq = to_tensor(q, "q"), ck = to_tensor(k, "k"), cv = to_tensor(v, "v");
     const Tensor cout = to_tensor(out, "out"), cdout = to_tensor(dout, "dout");
     const Tensor clse = to_tensor(lse, "lse");
     const Tensor cdq = to_tensor(dq, "dq"), cdk = to_tensor(dk, "dk"), cdv = to_tensor(dv, "dv");
     const std::optional<Tensor> cdbias = to_optional_tensor(dbias, "dbias");
+    const std::optional<Tensor> cdsinks = to_optional_tensor(dsinks, "dsinks");
     const CppOptions o(options);
     memattn::backward(cq, ck, cv, cout, cdout, clse, cdq, cdk, cdv, o.options, pointer_to(cdbias),
-                      to_workspace(workspace));
+                      to_workspace(workspace), pointer_to(cdsinks));
   });
 }
 

@@ -60,10 +60,10 @@ const char* tile_family(DType dtype, const Options& options) {
              known ? std::string(dtype_name(dtype)) : std::to_string(int(dtype))));
   // An empty problem of that dtype goes through the very validation and planner a call does, so
   // the answer (and any error) is the call's: the family depends on the dtype, the options and the
-  // machine, never on shapes. Masks and biases are dropped: they would be checked against the
-  // empty problem's shape, and they do not change the family.
+  // machine, never on shapes. Masks, biases, ALiBi slopes and sinks are dropped: they would be
+  // checked against the empty problem's shape, and they do not change the family.
   Options o = options;
-  o.mask = o.bias = nullptr;
+  o.mask = o.bias = o.alibi_slopes = o.sinks = nullptr;
   const Tensor none = Tensor::contiguous(nullptr, dtype, {0, 1, 1, 1});  // batch 0: no memory
   const Params p = plan(none, none, none, nullptr, nullptr, o);
   return p.algorithm == Algorithm::flash ? family_name(p.family) : "none";

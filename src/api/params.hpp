@@ -40,6 +40,13 @@ struct Params {
   bool has_lse = false;
   View mask, bias;
   bool has_mask = false, has_bias = false;
+  // Score modifiers (Options): softcap > 0 caps the scaled scores (softcap64 unrounded for f64
+  // inputs); alibi: slope views [batch|1, head] (stride[0] 0 for one slope per head); sinks: one
+  // f32 logit per query head (stride[1]) in every row's softmax denominator.
+  float softcap = 0.0f;
+  double softcap64 = 0.0;
+  View alibi, sinks;
+  bool has_alibi = false, has_sinks = false;
   float scale = 1.0f;     // what the f32-accumulating kernels multiply by
   double scale64 = 1.0;   // the same for f64 inputs, unrounded; double(scale) otherwise
   bool causal = false;
@@ -78,6 +85,15 @@ struct Params {
   }
   bool mask_allows(int64_t b, int64_t h, int64_t i, int64_t j) const {
     return !has_mask || *mask.at<uint8_t>(b, h, i, j) != 0;
+  }
+  bool has_softcap() const { return softcap64 > 0; }
+  // ALiBi's slope of (b, h) (has_alibi) and the sink logit of head h (has_sinks).
+  float slope(int64_t b, int64_t h) const { return *alibi.at<float>(b, h, 0); }
+  float sink(int64_t h) const { return *sinks.at<float>(0, h, 0); }
+  // |i + diag - j|: ALiBi's distance of key j from query row i's diagonal.
+  int64_t alibi_distance(int64_t i, int64_t j) const {
+    const int64_t d = i + diag - j;
+    return d < 0 ? -d : d;
   }
 };
 

@@ -376,9 +376,11 @@ Params make_forward_params(const Tensor& q, const Tensor& k, const Tensor& v, co
   p.window_left = o.window_left < 0 ? -1 : std::min(o.window_left, wide);
   p.window_right = o.window_right < 0 ? -1 : std::min(o.window_right, wide);
 
-  const Tensor* inputs[] = {&q, &k, &v, o.mask, o.bias};
-  const char* names[] = {"q", "k", "v", "mask", "bias"};
-  for (int i = 0; i < 5; ++i) {
+  check_score_modifiers(p, o);
+
+  const Tensor* inputs[] = {&q, &k, &v, o.mask, o.bias, o.alibi_slopes, o.sinks};
+  const char* names[] = {"q", "k", "v", "mask", "bias", "alibi_slopes", "sinks"};
+  for (int i = 0; i < 7; ++i) {
     if (!inputs[i]) continue;
     if (out) check_no_alias(*out, "out", *inputs[i], names[i]);
     if (lse) check_no_alias(*lse, "lse", *inputs[i], names[i]);

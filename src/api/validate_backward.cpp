@@ -1,6 +1,7 @@
 // Validation of backward()'s operands into a BackwardParams: the forward's checks for q, k, v and
 // the options, then out, dout and lse as inputs, and dq, dk, dv, dbias as outputs that overlap
 // nothing.
+#include <iterator>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -38,7 +39,7 @@ BackwardParams make_backward_params(const Tensor& q, const Tensor& k, const Tens
                                     const Tensor* out, const Tensor* dout, const Tensor* lse,
                                     const Tensor* dq, const Tensor* dk, const Tensor* dv,
                                     const Options& o, const Tensor* dbias,
-                                    const BackwardRequest& request) {
+                                    const BackwardRequest& request, const Tensor* dsinks) {
   BackwardParams p;
   static_cast<Params&>(p) = make_forward_params(q, k, v, nullptr, nullptr, o);
   if (o.bias)
@@ -46,6 +47,9 @@ BackwardParams make_backward_params(const Tensor& q, const Tensor& k, const Tens
   if ((request.bias_grad || dbias) && !o.bias)
     fail(ErrorCode::invalid_argument,
          "dbias: a bias gradient was requested but options.bias is null (no bias to differentiate)");
+  if (dsinks && !o.sinks)
+    fail(ErrorCode::invalid_argument,
+         "dsinks: a sinks gradient was requested but options.sinks is null (no sinks to differentiate)");
   if (!out) {
     p.has_dbias = request.bias_grad;
     return p;
@@ -64,13 +68,15 @@ BackwardParams make_backward_params(const Tensor& q, const Tensor& k, const Tens
     check_like(*dbias, "dbias", o.bias->dtype,
                {o.bias->shape[0], o.bias->shape[1], o.bias->shape[2], o.bias->shape[3]},
                "the shape of bias");
+  if (dsinks) check_like(*dsinks, "dsinks", DType::f32, {p.heads_q}, "[heads_q], the shape of sinks");
 
   const std::pair<const Tensor*, const char*> outputs[] = {
-      {dq, "dq"}, {dk, "dk"}, {dv, "dv"}, {dbias, "dbias"}};
+      {dq, "dq"}, {dk, "dk"}, {dv, "dv"}, {dbias, "dbias"}, {dsinks, "dsinks"}};
   const std::pair<const Tensor*, const char*> inputs[] = {
       {&q, "q"},        {&k, "k"},     {&v, "v"},         {out, "out"},
-      {dout, "dout"},   {lse, "lse"},  {o.mask, "mask"},  {o.bias, "bias"}};
-  for (size_t i = 0; i < 4; ++i) {
+      {dout, "dout"},   {lse, "lse"},  {o.mask, "mask"},  {o.bias, "bias"},
+      {o.alibi_slopes, "alibi_slopes"},  {o.sinks, "sinks"}};
+  for (size_t i = 0; i < std::size(outputs); ++i) {
     const auto [t, name] = outputs[i];
     if (!t) continue;
     check_writable(*t, name);
@@ -90,6 +96,11 @@ BackwardParams make_backward_params(const Tensor& q, const Tensor& k, const Tens
   if (dbias) {
     p.dbias = make_view(*dbias);
     p.has_dbias = true;
+  }
+  if (dsinks) {
+    p.dsinks = make_view(*dsinks);
+    p.dsinks.stride[1] = p.dsinks.stride[0], p.dsinks.stride[0] = 0;  // indexed (0, h) as sinks
+    p.has_dsinks = true;
   }
   return p;
 }

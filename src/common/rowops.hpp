@@ -41,12 +41,38 @@ inline bool key_visible(const Params& p, int64_t b, int64_t h, int64_t i, int64_
   return j >= p.key_begin(i) && j < p.key_end(i) && p.mask_allows(b, h, i, j);
 }
 
-// s_ij = scale * q_i . k_j + bias_ij for a visible key; K is read only for visible keys.
+// softcap * tanh(s / softcap): the cap of the scaled score s (p.has_softcap()).
+template <typename Acc>
+Acc capped(const Params& p, Acc s) {
+  const Acc cap = Acc(p.softcap64);
+  return cap * std::tanh(s / cap);
+}
+
+// ALiBi's term -slope * |i + diag - j| of (b, h, i, j) (p.has_alibi).
+template <typename Acc>
+Acc alibi_term(const Params& p, int64_t b, int64_t h, int64_t i, int64_t j) {
+  return -Acc(p.slope(b, h)) * Acc(p.alibi_distance(i, j));
+}
+
+// d(capped score) / d(scale * q_i . k_j) = 1 - tanh^2(scale * q_i . k_j / softcap): the factor dS
+// takes on its way back through the cap (p.has_softcap()).
+template <typename Acc, typename T>
+Acc softcap_slope(const Params& p, int64_t b, int64_t h, int64_t i, int64_t j) {
+  const Acc s = Acc(p.scale64) * dot<Acc>(p.q.at<T>(b, i, h), p.q.stride[3], p.k.at<T>(b, j, h / p.group),
+                                          p.k.stride[3], p.dim);
+  const Acc t = std::tanh(s / Acc(p.softcap64));
+  return Acc(1) - t * t;
+}
+
+// s_ij = scale * q_i . k_j, capped, plus ALiBi and bias_ij, for a visible key; K is read only for
+// visible keys.
 template <typename Acc, typename T>
 Acc score(const Params& p, int64_t b, int64_t h, int64_t i, int64_t j) {
   const int64_t g = h / p.group;
   Acc s = Acc(p.scale64) * dot<Acc>(p.q.at<T>(b, i, h), p.q.stride[3], p.k.at<T>(b, j, g), p.k.stride[3],
                                   p.dim);
+  if (p.has_softcap()) s = capped(p, s);
+  if (p.has_alibi) s += alibi_term<Acc>(p, b, h, i, j);
   if (p.has_bias) s += bias_at<Acc>(p, b, h, i, j);
   return s;
 }
@@ -56,18 +82,49 @@ constexpr Acc neg_inf() {
   return -std::numeric_limits<Acc>::infinity();
 }
 
-// Writes out[b, i, h, :] = acc / sum and lse = max + log(sum). A row with no visible key (sum 0)
-// gives exactly 0 and -inf; NaN in sum or acc propagates.
+// A row's softmax state (sum of exp(s - max) over its keys, max) and what it stores: the lse, and
+// out = acc / divisor * factor. With a sink logit the sink joins the sum as a key without a
+// value: out = acc / (sum + exp(sink - max)), lse = max + log(that); past exp's range (sink far
+// above every score) through lse' = logaddexp(lse, sink) instead. A row with no visible key
+// (sum 0) gives out 0 and lse -inf, or lse = sink with a sink; NaN in sum propagates.
+template <typename Acc>
+struct RowResult {
+  Acc lse, divisor, factor = 1;
+  RowResult(const Params& p, int64_t h, Acc max, Acc sum) {
+    const bool empty = sum == Acc(0);
+    if (!p.has_sinks) {
+      lse = empty ? neg_inf<Acc>() : max + std::log(sum);
+      divisor = sum;
+      return;
+    }
+    const Acc sink = Acc(p.sink(h));
+    if (empty) {
+      lse = sink, divisor = sum;
+      return;
+    }
+    const Acc e = std::exp(sink - max), total = sum + e;
+    if (std::isfinite(e)) {
+      lse = max + std::log(total), divisor = total;
+      return;
+    }
+    const Acc row_lse = max + std::log(sum);
+    lse = sink + std::log1p(std::exp(row_lse - sink));
+    divisor = sum, factor = std::exp(row_lse - lse);
+  }
+};
+
+// Writes out[b, i, h, :] = acc / sum and lse = max + log(sum), with the sink of head h when the
+// call has sinks (RowResult). A row with no visible key (sum 0) gives exactly 0 and -inf (the
+// sink); NaN in sum or acc propagates.
 template <typename T, typename Acc>
 void store_row(const Params& p, int64_t b, int64_t h, int64_t i, const Acc* acc, int64_t acc_stride,
                Acc max, Acc sum) {
   T* o = const_cast<T*>(p.out.at<T>(b, i, h));
+  const RowResult<Acc> row(p, h, max, sum);
   const bool empty = sum == Acc(0);
   for (int64_t c = 0; c < p.dim_v; ++c)
-    o[c * p.out.stride[3]] = Elem<T>::store(empty ? Acc(0) : acc[c * acc_stride] / sum);
-  if (p.has_lse)
-    *const_cast<float*>(p.lse.at<float>(b, h, i)) =
-        empty ? -std::numeric_limits<float>::infinity() : float(max + std::log(sum));
+    o[c * p.out.stride[3]] = Elem<T>::store(empty ? Acc(0) : acc[c * acc_stride] / row.divisor * row.factor);
+  if (p.has_lse) *const_cast<float*>(p.lse.at<float>(b, h, i)) = float(row.lse);
 }
 
 }  // namespace memattn::detail

@@ -79,6 +79,7 @@ void dkv_pass(const BackwardParams& p, const BackwardKernels& bk, void* ws, size
         for (int64_t t = 0; t < keys; ++t)
           if (w.live[t] && !w.packed[t]) keys_finite &= x.load_key(g, j0, t), w.packed[t] = 1;
         x.probs_and_dscores(j0, keys, full);
+        x.chain_softcap(keys);
         x.scale_tile(w.dpt, keys);
         if (x.tile_finite && keys_finite) {
           // dV += P^T dO and dK += dS^T Q, P and dS read transposed; dS or Q carries the scale.
@@ -150,6 +151,7 @@ void dq_pass(const BackwardParams& p, const BackwardKernels& bk, void* ws, size_
                 for (int64_t t = std::max<int64_t>(x.key_lo(r, j0), 0); t < std::min(x.key_hi(r, j0), keys); ++t)
                   if (p.mask_allows(b, h, i0 + r, j0 + t)) row[one_col ? 0 : j0 + t] += w.dpt[x.at(r, t)];
               }
+            x.chain_softcap(keys);
             x.scale_tile(w.dpt, keys);
             if (x.tile_finite && keys_finite) {
               // dQ += dS K, dS read transposed (the scale in dS, or applied at the store).
@@ -177,6 +179,33 @@ void dq_pass(const BackwardParams& p, const BackwardKernels& bk, void* ws, size_
   });
 }
 
+// dsinks[h] = -sum_{b,i} exp(sink_h - lse) D, with D = rowsum(dO * O) in f64, from forward's lse
+// (which holds the sink) plus the correction the lse pass parked in dq for a coarse one, as the
+// gradient passes read them: so it runs before pass 2 overwrites dq. One item per head, batches
+// and rows summed in order, so deterministic for any thread count; no workspace. Rows with lse
+// -inf (none from forward with sinks) add nothing.
+template <typename T>
+void dsinks_pass(const BackwardParams& p) {
+  parallel_for_items(p.heads_q, p.threads, nullptr, 0, [&](int64_t h, char*) {
+    const double sink = p.sink(h);
+    double sum = 0;
+    for (int64_t b = 0; b < p.batch; ++b)
+      for (int64_t i = 0; i < p.seq_q; ++i) {
+        const float lse32 = *p.lse.at<float>(b, h, i);
+        if (lse32 == -kPosInf) continue;
+        const double lse =
+            double(lse32) + (coarse_lse_row<T>(p, lse32) ? double(Elem<T>::load(*p.dq.at<T>(b, i, h))) : 0.0);
+        const T* dout = p.dout.at<T>(b, i, h);
+        const T* out = p.out.at<T>(b, i, h);
+        double dsum = 0;
+        for (int64_t c = 0; c < p.dim_v; ++c)
+          dsum += double(Elem<T>::load(dout[c * p.dout.stride[3]])) * double(Elem<T>::load(out[c * p.out.stride[3]]));
+        sum += std::exp(sink - lse) * dsum;
+      }
+    *const_cast<float*>(p.dsinks.at<float>(0, h, 0)) = float(-sum);
+  });
+}
+
 }  // namespace
 
 template <typename T>
@@ -185,6 +214,7 @@ void flash_backward(const BackwardParams& p, const BackwardKernels& bk, void* wo
   FlashBackwardSlices::carve(p, sizer);
   lse_pass<T>(p, bk, workspace, sizer.used());
   dkv_pass<T>(p, bk, workspace, sizer.used());
+  if (p.has_dsinks) dsinks_pass<T>(p);
   dq_pass<T>(p, bk, workspace, sizer.used());
 }
 

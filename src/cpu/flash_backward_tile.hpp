@@ -16,6 +16,7 @@
 #include "cpu/bf16_dot_backward.hpp"
 #include "cpu/flash_backward_kernels.hpp"
 #include "cpu/rows.hpp"
+#include "cpu/score_modifiers.hpp"
 #include "plan/backward_plan.hpp"
 
 namespace memattn::detail {
@@ -33,6 +34,14 @@ constexpr float kPosInf = std::numeric_limits<float>::infinity();
 template <typename T>
 constexpr float kCoarseLse =
     std::is_same_v<T, bf16> ? 0x1p20f : std::is_same_v<T, f16> ? 0x1p17f : 16.0f;
+
+// Does a row with this lse get a correction? It is parked in the row's first dq element (dq is
+// written only by the last pass), so that its memory stays constant in n: with dim = 0 there is
+// nowhere to park it.
+template <typename T>
+bool coarse_lse_row(const Params& p, float lse) {
+  return p.dim > 0 && std::fabs(lse) > kCoarseLse<T> && std::isfinite(lse);
+}
 
 // What the SIMD lanes of the score tiles hold. Pass 1 (one key chunk, many query tiles) keeps
 // keys in the lanes: S = Q K^T against K^T packed once per item, so a query tile is loaded as
@@ -282,12 +291,7 @@ struct TileWorker {
   }
   T* dq_element(int64_t i, int64_t c) const { return const_cast<T*>(p.dq.at<T>(b, i, h, c)); }
 
-  // Does a row with this lse get a correction? It is parked in the row's first dq element (dq is
-  // written only by the last pass), so that its memory stays constant in n: with dim = 0 there is
-  // nowhere to park it.
-  bool coarse_lse(float lse) const {
-    return p.dim > 0 && std::fabs(lse) > kCoarseLse<T> && std::isfinite(lse);
-  }
+  bool coarse_lse(float lse) const { return coarse_lse_row<T>(p, lse); }
   T* parked_correction(int64_t r) const { return const_cast<T*>(p.dq.at<T>(b, i0 + r, h)); }
 
   // Whether any row of the tile (b, h, [i0, i0 + rows)) gets a correction.
@@ -326,6 +330,9 @@ struct TileWorker {
       mask_and_bias(Lanes::queries, j0, keys, full);
       kern.softmax_step(w.st, size_t(keys), cqp, 1.0f, w.row_max, w.row_sum, w.alpha);
     }
+    // The forward's lse holds the sink too (row_max >= lse >= sink: no overflow).
+    if (p.has_sinks)
+      for (int64_t r = 0; r < rows; ++r) w.row_sum[r] += std::exp(p.sink(h) - w.row_max[r]);
     for (int64_t r = 0; r < rows; ++r) {
       if (!coarse_lse(w.shift[r])) continue;
       const float c = (w.row_max[r] - w.shift[r]) + std::log(w.row_sum[r]);
@@ -447,9 +454,17 @@ struct TileWorker {
   size_t row_count(int64_t keys) const { return size_t(lanes == Lanes::keys ? rows : keys); }
   size_t lane_count(int64_t keys) const { return size_t(lanes == Lanes::keys ? keys : rows); }
 
-  // Adds the bias to a score tile of layout l and sets masked pairs to -inf: per row, the keys
-  // outside its causal/window interval, then the boolean mask's zeros inside it.
+  // The score modifiers on a (scaled) score tile of layout l, in the forward's order: the softcap
+  // (keeping 1 - tanh^2 in w.capd for the chain rule), ALiBi and the bias, then -inf on masked
+  // pairs: per row, the keys outside its causal/window interval, then the boolean mask's zeros
+  // inside it. Each modifier present is its own pass over the tile.
   void mask_and_bias(Lanes l, int64_t j0, int64_t keys, bool full) const {
+    if (p.has_softcap()) cap_scores(l, keys);
+    if (p.has_alibi)
+      for (int64_t r = 0; r < rows; ++r) {
+        const float slope = p.slope(b, h);
+        for (int64_t t = 0; t < keys; ++t) w.st[at(l, r, t)] -= slope * float(p.alibi_distance(i0 + r, j0 + t));
+      }
     if (full && !p.has_bias) return;
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t lo = full ? 0 : std::clamp<int64_t>(key_lo(r, j0), 0, keys);
@@ -462,6 +477,23 @@ struct TileWorker {
         else if (p.has_bias) s += bias_at<float>(p, b, h, i0 + r, j0 + t);
       }
     }
+  }
+
+  // s <- softcap * tanh(s / softcap) over the tile's rows and keys in layout l (as the forward
+  // computes it), and w.capd <- 1 - tanh^2, ds/ds_raw. The tile's row side is contiguous lanes.
+  void cap_scores(Lanes l, int64_t keys) const {
+    const size_t ldl = l == Lanes::queries ? cqp : ckp;
+    const size_t n = size_t(l == Lanes::queries ? keys : rows), lanes_n = size_t(l == Lanes::queries ? rows : keys);
+    for (size_t i = 0; i < n; ++i) softcap_in_place(w.st + i * ldl, lanes_n, p.softcap, w.capd + i * ldl);
+  }
+
+  // dS (w.dpt) back through the softcap: times 1 - tanh^2 of its score. After dbias took dS (the
+  // bias is added after the cap), before the scale.
+  void chain_softcap(int64_t keys) const {
+    if (!p.has_softcap()) return;
+    const size_t lanes_n = lane_count(keys);
+    for (size_t i = 0; i < row_count(keys); ++i)
+      for (size_t t = 0; t < lanes_n; ++t) w.dpt[i * ld + t] *= w.capd[i * ld + t];
   }
 
   // The scores S = X_rows X_lanes^T into w.st (see Lanes), times the scale where it comes after

@@ -19,6 +19,7 @@
 #include "cpu/family_bf16_dot.hpp"
 #include "cpu/family_f32.hpp"
 #include "cpu/kernels.hpp"
+#include "cpu/score_modifiers.hpp"
 #include "cpu/tile_family.hpp"
 
 namespace memattn::detail {
@@ -116,8 +117,10 @@ class FlashItem {
   // to them first, before bias and masking otherwise. A positive scale keeps -inf -inf, so masked
   // chunks leave it to the softmax too, and every chunk of a call then rounds its scores the same
   // way (the softmax applies a positive scale as it reads the scores, see SoftmaxStep).
+  // Softcap and ALiBi, like the bias, need the scaled scores before the softmax reads them.
   bool scale_in_softmax(const Chunk& c) const {
-    return fam_.scale_after_dot() && !p_.has_bias && (c.full || p_.scale > 0.0f);
+    return fam_.scale_after_dot() && !p_.has_bias && !p_.has_softcap() && !p_.has_alibi &&
+           (c.full || p_.scale > 0.0f);
   }
 
   // live[t]: some row sees key t. Returns false when no row sees any key of the chunk.
@@ -134,11 +137,20 @@ class FlashItem {
     return any;
   }
 
-  // The scale (when the family left it and the softmax does not fuse it), the bias, and -inf
-  // where a row does not see a key.
+  // In the order the scores are defined: the scale (when the family left it and the softmax does
+  // not fuse it), the softcap, ALiBi, the bias, and -inf where a row does not see a key. Each
+  // modifier present is one pass over the chunk (masked pairs are overwritten by the last).
   void modify_scores(const Chunk& c) {
+    const size_t n = size_t(c.keys) * cqp_;
     if (fam_.scale_after_dot() && !scale_in_softmax(c))
-      for (size_t i = 0; i < size_t(c.keys) * cqp_; ++i) w_.st[i] *= p_.scale;
+      for (size_t i = 0; i < n; ++i) w_.st[i] *= p_.scale;
+    if (p_.has_softcap()) softcap_in_place(w_.st, n, p_.softcap);
+    if (p_.has_alibi)
+      for (int64_t r = 0; r < c.rows; ++r) {
+        // Distances to the chunk's keys are i + diag - j0 - t: one float per key, exact below 2^24.
+        const float slope = p_.slope(c.b, c.head(r));
+        for (int64_t t = 0; t < c.keys; ++t) st(t, r) -= slope * float(p_.alibi_distance(c.query(r), c.j0 + t));
+      }
     if (p_.has_bias)
       for (int64_t t = 0; t < c.keys; ++t)
         for (int64_t r = 0; r < c.rows; ++r) st(t, r) += bias_at<float>(p_, c.b, c.head(r), c.query(r), c.j0 + t);
@@ -238,10 +250,16 @@ Tensor tensor_of(const View& v, DType dtype, int ndim, std::initializer_list<int
 }
 
 // The split partials of every row merged, in split order, into the call's out and lse: the same
-// exact merge as memattn::merge.
+// exact merge as memattn::merge. Sinks join as one more part, after the splits: a part whose lse
+// is the head's sink and whose out is zero (a key set with no values), read through zero strides.
 void merge_partials(const Params& p, const Partials& parts) {
   std::vector<Tensor> outs, lses;
   for (int64_t s = 0; s < p.splits; ++s) outs.push_back(parts.out_part(p, s)), lses.push_back(parts.lse_part(p, s));
+  static const float zero = 0.0f;
+  if (p.has_sinks) {
+    outs.push_back({const_cast<float*>(&zero), DType::f32, 4, {p.batch, p.seq_q, p.heads_q, p.dim_v}, {0, 0, 0, 0}});
+    lses.push_back(tensor_of(p.sinks, DType::f32, 3, {p.batch, p.heads_q, p.seq_q}));
+  }
   MergeParams m;
   m.batch = p.batch, m.seq_q = p.seq_q, m.heads = p.heads_q, m.dim_v = p.dim_v;
   m.outs = outs, m.lses = lses;

@@ -111,6 +111,7 @@ FlashBackwardSlices FlashBackwardSlices::carve(const BackwardParams& p, Carver& 
   const size_t tile = std::max(checked_mul(ck, cqp), checked_mul(cq, ckp));
   w.st = c.take<float>(tile);
   w.dpt = c.take<float>(tile);
+  w.capd = c.take<float>(p.has_softcap() ? tile : 0);
   w.acc_k = c.take<float>(checked_mul(std::max(ck, cq), dp));
   w.acc_v = c.take<float>(checked_mul(ck, dvp));
   const size_t rows = p.bias_broadcast(2) ? 1 : cq, cols = p.bias_broadcast(3) ? 1 : size_t(p.seq_k);
@@ -148,6 +149,7 @@ NaiveBackwardSlices<Acc> NaiveBackwardSlices<Acc>::carve(const BackwardParams& p
   w.dv = c.take<Acc>(checked_mul(sk, size_t(p.dim_v)));
   w.dq = c.take<Acc>(size_t(p.dim));
   w.dbias = c.take<Acc>(p.has_dbias ? checked_mul(size_t(p.bias_shape[2]), size_t(p.bias_shape[3])) : 0);
+  w.sink_probs = c.take<Acc>(p.has_sinks ? sq : 0);
   w.dead = c.take<uint8_t>(sq);
   return w;
 }

@@ -80,6 +80,8 @@ struct FlashBackwardSlices {
   float* st;      // S^T (key_chunk x pad(query_chunk)) or S (query_chunk x pad(key_chunk)), then P
   float* dpt;     // dP^T or dP, like st, then dS (then times the scale where it comes after the
                   // dot products: |scale| > 1, or the bf16 path)
+  float* capd;    // like st, with a softcap only: 1 - tanh^2 of each capped score, the factor
+                  // its dS takes on the way back through the cap
   float* acc_k;   // max(key_chunk, query_chunk) x pad(dim): dK (pass 1) or dQ (pass 2)
   float* acc_v;   // key_chunk x pad(dim_v): dV (pass 1)
   float* dbias;   // (1 or query_chunk) x (1 or seq_k): the item's dbias rows (pass 2, on request)
@@ -110,6 +112,7 @@ struct NaiveBackwardSlices {
   Acc* dv;        // seq_k x dim_v: the group's dV
   Acc* dq;        // dim: one dQ row
   Acc* dbias;     // bias seq_q|1 x seq_k|1: one (batch, head) slice of dbias (dbias pass)
+  Acc* sink_probs;  // seq_q, with sinks: each row's probability of its head's sink
   uint8_t* dead;  // seq_q: rows with no visible key or a zero softmax sum
   static NaiveBackwardSlices carve(const BackwardParams& p, Carver& c);
 };

@@ -31,8 +31,8 @@ TEST(CliOptions, HelpListsTheCommands) {
 TEST(CliOptions, RunHelpIsComplete) {
   const ToolResult r = run_tool({"run", "--help"});
   EXPECT_EQ(r.exit_code, 0);
-  expect_contains(r.out, {"Usage: memattn run", "--q", "--k", "--v", "--mask", "--bias", "--causal",
-                          "--align top_left|bottom_right", "--window L,R", "--scale", "--algorithm auto|naive|sequential|chunked|flash",
+  expect_contains(r.out, {"Usage: memattn run", "--q", "--k", "--v", "--mask", "--bias", "--alibi-slopes", "--sinks", "--causal",
+                          "--align top_left|bottom_right", "--window L,R", "--scale", "--softcap X", "--algorithm auto|naive|sequential|chunked|flash",
                           "--threads", "-o,--out", "--lse", "--backward", "--dout", "--dq", "--dk", "--dv", "Exit codes"});
   EXPECT_EQ(run_tool({"help", "run"}).out, r.out);
 }
@@ -73,6 +73,8 @@ TEST(CliOptions, UsageErrorsExitWith2) {
       {{"bench", "--frob"}, "memattn bench: The following argument was not expected: --frob"},
       {{"demo", "--max-seconds", "soon"}, "memattn demo: --max-seconds: 'soon' is not a number of seconds >= 0"},
       {{"run", "--q", "q.npy"}, "memattn run: --k is required"},
+      {{"run", "--q", "q.npy", "--k", "k.npy", "--v", "v.npy", "-o", "o.npy", "--softcap", "-1"},
+       "memattn run: --softcap: '-1' is not a finite number >= 0"},
   };
   for (const Bad& b : cases) {
     const ToolResult r = run_tool(b.args);

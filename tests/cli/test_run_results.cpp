@@ -26,6 +26,9 @@ struct Case {
   Align align = Align::top_left;
   int64_t window_left = -1, window_right = -1;
   std::optional<double> scale;
+  double softcap = 0;
+  std::optional<std::vector<int64_t>> alibi;  // ALiBi slopes' shape: {heads_q} or {batch, heads_q}
+  bool sinks = false;
   Algorithm algorithm = Algorithm::automatic;
   bool fortran = false;
   int version = 1;
@@ -56,7 +59,7 @@ TEST_P(CliRunResults, BitwiseEqualToDirectCalls) {
   Array k = Array::random(c.dtype, {c.batch, c.seq_k, c.heads_kv, c.dim}, 2, c.fortran);
   Array v = Array::random(c.dtype, {c.batch, c.seq_k, c.heads_kv, c.dim_v}, 3, c.fortran);
   Array dout = Array::random(c.dtype, {c.batch, c.seq_q, c.heads_q, c.dim_v}, 4, c.fortran);
-  std::optional<Array> mask, bias;
+  std::optional<Array> mask, bias, slopes, sinks;
   std::vector<std::string> args{"run", "--q", "q.npy", "--k", "k.npy", "--v", "v.npy", "-o", "out.npy"};
   write_npy(dir.path("q.npy"), q, c.version);
   write_npy(dir.path("k.npy"), k, c.version);
@@ -71,6 +74,16 @@ TEST_P(CliRunResults, BitwiseEqualToDirectCalls) {
     write_npy(dir.path("bias.npy"), *bias, c.version);
     args.insert(args.end(), {"--bias", "bias.npy"});
   }
+  if (c.alibi) {
+    slopes = Array::random(DType::f32, *c.alibi, 7, c.fortran);
+    write_npy(dir.path("slopes.npy"), *slopes, c.version);
+    args.insert(args.end(), {"--alibi-slopes", "slopes.npy"});
+  }
+  if (c.sinks) {
+    sinks = Array::random(DType::f32, {c.heads_q}, 8, c.fortran);
+    write_npy(dir.path("sinks.npy"), *sinks, c.version);
+    args.insert(args.end(), {"--sinks", "sinks.npy"});
+  }
   if (c.lse) args.insert(args.end(), {"--lse", "lse.npy"});
   if (c.causal) args.push_back("--causal");
   args.insert(args.end(), {"--align", align_name(c.align)});
@@ -80,6 +93,11 @@ TEST_P(CliRunResults, BitwiseEqualToDirectCalls) {
     char text[32];
     std::snprintf(text, sizeof text, "%.17g", *c.scale);
     args.insert(args.end(), {"--scale", text});
+  }
+  if (c.softcap > 0) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.17g", c.softcap);
+    args.insert(args.end(), {"--softcap", text});
   }
   if (c.algorithm != Algorithm::automatic) args.insert(args.end(), {"--algorithm", algorithm_name(c.algorithm)});
   if (c.backward) {
@@ -103,10 +121,13 @@ TEST_P(CliRunResults, BitwiseEqualToDirectCalls) {
   // The same computation in this process, one direct call each, on views of the same bytes.
   Options o;
   o.causal = c.causal, o.align = c.align, o.window_left = c.window_left, o.window_right = c.window_right;
-  o.scale = c.scale, o.algorithm = c.algorithm;
+  o.scale = c.scale, o.softcap = c.softcap, o.algorithm = c.algorithm;
   Tensor mask_view, bias_view;
   if (mask) mask_view = mask->tensor(), o.mask = &mask_view;
   if (bias) bias_view = bias->tensor(), o.bias = &bias_view;
+  Tensor slopes_view, sinks_view;
+  if (slopes) slopes_view = slopes->tensor(), o.alibi_slopes = &slopes_view;
+  if (sinks) sinks_view = sinks->tensor(), o.sinks = &sinks_view;
   Array out = Array::zeros(c.dtype, dout.shape), lse = Array::zeros(DType::f32, {c.batch, c.heads_q, c.seq_q});
   Tensor lse_view = lse.tensor();
   forward(q.tensor(), k.tensor(), v.tensor(), out.tensor(), c.lse || c.backward ? &lse_view : nullptr, o);
@@ -149,6 +170,14 @@ std::vector<Case> cases() {
         c.align = Align::bottom_right;
       }),
       with(base, [](Case& c) { c.name = "scale", c.scale = -0.3; }),
+      with(base, [](Case& c) { c.name = "softcap", c.softcap = 0.75, c.causal = true; }),
+      with(base, [](Case& c) {
+        c.name = "alibi_sinks_softcap", c.alibi = std::vector<int64_t>{4}, c.sinks = true, c.softcap = 2;
+      }),
+      with(base, [](Case& c) {
+        c.name = "alibi_per_batch_bottom_right", c.alibi = std::vector<int64_t>{2, 4}, c.causal = true,
+        c.align = Align::bottom_right;
+      }),
       with(base, [](Case& c) { c.name = "f64_scale", c.dtype = DType::f64, c.algorithm = Algorithm::naive, c.scale = 0.3; }),
       with(base, [&](Case& c) { c.name = "fortran", c.fortran = true, c.mask = per_head_mask, c.bias = per_batch_bias; }),
       with(base, [](Case& c) { c.name = "f16_fortran", c.dtype = DType::f16, c.fortran = true, c.causal = true; }),
@@ -176,6 +205,10 @@ std::vector<Case> cases() {
       with(base, [&](Case& c) { c.name = "backward_f16", c.dtype = DType::f16, c.mask = row_mask, c.window_left = 2; }),
       with(base, [](Case& c) { c.name = "backward_f64_naive", c.dtype = DType::f64, c.algorithm = Algorithm::naive; }),
       with(base, [](Case& c) { c.name = "backward_f32_naive", c.algorithm = Algorithm::naive, c.causal = true; }),
+      with(base, [](Case& c) { c.name = "backward_softcap", c.softcap = 0.75, c.causal = true; }),
+      with(base, [](Case& c) {
+        c.name = "backward_modifiers", c.alibi = std::vector<int64_t>{2, 4}, c.sinks = true, c.softcap = 1.5;
+      }),
       with(base, [](Case& c) { c.name = "backward_fortran", c.fortran = true, c.causal = true, c.align = Align::bottom_right; }),
       with(base, [](Case& c) {
         c.name = "backward_long", c.seq_q = c.seq_k = 300, c.dim = c.dim_v = 16, c.batch = 1, c.causal = true;
