@@ -19,8 +19,10 @@ install(TARGETS memattn_shared memattn EXPORT memattnTargets COMPONENT memattn
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
         RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+# memattn_dist's headers stay out: that library (MPI) is built for the tree, not installed yet.
 install(DIRECTORY ${CMAKE_SOURCE_DIR}/include/memattn DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
-        COMPONENT memattn FILES_MATCHING PATTERN "*.hpp" PATTERN "*.h")
+        COMPONENT memattn FILES_MATCHING PATTERN "*.hpp" PATTERN "*.h"
+        PATTERN "dist.hpp" EXCLUDE PATTERN "memattn_dist.h" EXCLUDE)
 
 set(MEMATTN_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/memattn)
 install(EXPORT memattnTargets NAMESPACE memattn:: DESTINATION ${MEMATTN_CMAKE_DIR}

@@ -5,7 +5,7 @@ set -euo pipefail
 python=${PYTHON:-/usr/bin/python3}
 packages=(g++ make cmake pkg-config libgtest-dev libbenchmark-dev libhwy-dev libcli11-dev pybind11-dev
           python3-dev python3-numpy python3-pytest python3-torch
-          clang-14 libclang-rt-14-dev libomp-14-dev)
+          clang-14 libclang-rt-14-dev libomp-14-dev libopenmpi-dev openmpi-bin)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

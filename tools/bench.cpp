@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "bench_data.hpp"
+#include "bench_dist.hpp"
 #include "bench_decode.hpp"
 #include "bench_options.hpp"
 #include "common/half.hpp"
@@ -303,6 +304,7 @@ double elapsed_since(std::chrono::steady_clock::time_point t0) {
 
 int bench_main(const Config& c) {
   if (c.decode) return bench_decode_main(c.decode_sweep);
+  if (c.dist) return bench_dist_main(c);
   const PeakIsa isa = detect_peak_isa();
   std::map<int, Peak> peaks;
   for (int64_t t : c.threads) peaks[int(t)] = measure_peak(int(t));

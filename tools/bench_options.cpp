@@ -96,6 +96,13 @@ CLI::App* add_bench_command(CLI::App& app, Config& c) {
       "KV-cache decoding instead: seq_q = 1,4 new queries (--seq-q) against n = 4096,32768,131072 cached "
       "keys, d = 128, 32 query heads : 8 kv heads (--heads H: H/4 kv heads when 4 divides H, else H), causal bottom-right, in GB/s "
       "of K/V read against the read bandwidth measured in the same run");
+  CLI::Option* dist = sub->add_flag(
+      "--dist", c.dist,
+      "ring attention (memattn_dist) across the ranks of mpirun instead: per point the busiest rank's "
+      "ring time, the same block pairs computed alone, the messages alone, the share of communication "
+      "hidden and the causal balance (docs/distributed.md); --n is the global length");
+  sub->add_option("--placement", c.placement, "with --dist: contiguous or zigzag")
+      ->check(CLI::IsMember({"contiguous", "zigzag"}))->needs(dist)->capture_default_str();
   sub->add_option("--seq-q", c.decode_sweep.seq_q, "with --decode: new queries per call")
       ->delimiter(',')->check(positive_integer())->type_name("N,...")->needs(decode);
   sub->callback([&c, sub, quick, backward, decode] {

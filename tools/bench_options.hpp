@@ -31,6 +31,8 @@ struct Config {
   bool decode = false;        // --decode: the decode sweep below instead
   DecodeConfig decode_sweep;  // filled from the options given, else the decode defaults
   std::vector<std::string> targets{""};  // "": the library's choice (MEMATTN_TARGET, else the best)
+  bool dist = false;                     // --dist: ring attention across mpirun's ranks instead
+  std::string placement = "zigzag";      // with --dist: contiguous or zigzag
 };
 
 // Adds the `bench` subcommand to `app`; parsing fills `c` (list options: the first use replaces the

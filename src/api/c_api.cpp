@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "api/c_bridge.hpp"
 #include "memattn/memattn.hpp"
 
 #ifndef MEMATTN_VERSION_STRING
@@ -311,3 +312,18 @@ const char* memattn_backward_tile_family(const memattn_tensor* q, const memattn_
 }
 
 }  // extern "C"
+
+// The C front door's conversions, for the C entry points of other memattn libraries
+// (memattn_dist), so that they check and report exactly as these do.
+namespace memattn::detail {
+
+memattn_status c_guarded(const std::function<void()>& body) noexcept { return guarded(body); }
+
+Tensor c_tensor(const memattn_tensor* t, const char* name) { return to_tensor(t, name); }
+
+void with_c_options(const memattn_options* options, const std::function<void(const Options&)>& use) {
+  const CppOptions o(options);
+  use(o.options);
+}
+
+}  // namespace memattn::detail
