@@ -229,9 +229,10 @@ void expect_backward_accurate(BackwardCase& c, const GradCheck& check) {
     EXPECT_EQ(accuracy_failure(got.dbias, ref.dbias, base.dbias, bias_dt, check.k, check.abs_slack), "")
         << "dbias: " << describe(c);
   }
-  if (c.dsinks)
+  if (c.dsinks) {
     EXPECT_EQ(accuracy_failure(got.dsinks, ref.dsinks, base.dsinks, DType::f32, check.k, check.abs_slack), "")
         << "dsinks: " << describe(c);
+  }
   if (check.expect_zeros) return;
   std::vector<double> all = got.dq;
   all.insert(all.end(), got.dk.begin(), got.dk.end());
