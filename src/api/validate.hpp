@@ -38,6 +38,9 @@ void check_no_alias(const Tensor& out, const char* out_name, const Tensor& in, c
 // The kernel-side view of a validated tensor (size-1 dims get stride 0).
 View make_view(const Tensor& t);
 
+// Sets causal, diag and the (clamped) window of p from the options and p.seq_q, p.seq_k.
+void resolve_diagonal(Params& p, const Options& o);
+
 // Fills the shape, operand and mask fields of Params from the forward operands and options.
 // out may be null when only sizing a workspace.
 Params make_forward_params(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* out,

@@ -45,15 +45,15 @@ class Bf16DotFamily {
   }
 
   void scores(const Chunk& c) {
-    const uint16_t* a = reinterpret_cast<const uint16_t*>(p_.k.at<bf16>(c.b, c.j0, c.g));
+    const uint16_t* a = reinterpret_cast<const uint16_t*>(p_.key_row<bf16>(c.b, c.j0, c.g));
     size_t a_row = size_t(p_.k.stride[1]);
     // In place only with forward, contiguous rows; an odd last element is read alone.
-    if (!(c.all_read && p_.k.stride[3] == 1 && p_.k.stride[1] >= 0)) {
+    if (!(c.all_read && c.one_pitch && p_.k.stride[3] == 1 && p_.k.stride[1] >= 0)) {
       for (int64_t t = 0; t < c.keys; ++t) {
         uint16_t* kt = s_.k + size_t(t) * d2_;
         std::fill_n(kt, d2_, uint16_t(0));
         if (!c.key_read(t)) continue;
-        const bf16* src = p_.k.at<bf16>(c.b, c.j0 + t, c.g);
+        const bf16* src = p_.key_row<bf16>(c.b, c.j0 + t, c.g);
         for (size_t e = 0; e < d_; ++e) kt[e] = src[int64_t(e) * p_.k.stride[3]].bits;
       }
       a = s_.k;
@@ -69,7 +69,7 @@ class Bf16DotFamily {
       const uint16_t* rows[2] = {nullptr, nullptr};
       for (int64_t u = 0; u < 2; ++u)
         if (t + u < c.keys && c.key_read(t + u))
-          rows[u] = reinterpret_cast<const uint16_t*>(p_.v.at<bf16>(c.b, c.j0 + t + u, c.g));
+          rows[u] = reinterpret_cast<const uint16_t*>(p_.value_row<bf16>(c.b, c.j0 + t + u, c.g));
       finite &= pair_value_rows(&kern_, rows, p_.v.stride[3], dv_, dvp_, s_.v + size_t(t / 2) * 2 * dvp_);
     }
     if (!c.full && !finite) return false;
