@@ -12,6 +12,9 @@ namespace memattn::tool {
 struct DecodeConfig {
   std::vector<int64_t> seq_q{1, 4}, seq_k{4096, 32768, 131072}, threads{1, 2};
   std::vector<DType> cache_dtypes{DType::f32, DType::bf16};
+  // 0: a contiguous cache (forward); else pages of that many keys behind a block table
+  // (attention_with_kvcache), handed out in reverse order.
+  std::vector<int64_t> page_sizes{0, 16, 256};
   int64_t d = 128, heads = 32, kv_heads = 8;
   int64_t reps = 0;          // 0: as many calls as fill min_seconds, at least 3
   double min_seconds = 0.3;

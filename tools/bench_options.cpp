@@ -36,6 +36,7 @@ void fill_decode_sweep(Config& c, const CLI::App& sub) {
   if (sub.count("--dtype")) dc.cache_dtypes = c.dtypes;
   dc.reps = c.reps, dc.min_seconds = c.min_seconds, dc.json = c.json;
   drop_repeats(dc.seq_q);
+  drop_repeats(dc.page_sizes);
 }
 
 }  // namespace
@@ -105,6 +106,9 @@ CLI::App* add_bench_command(CLI::App& app, Config& c) {
       ->check(CLI::IsMember({"contiguous", "zigzag"}))->needs(dist)->capture_default_str();
   sub->add_option("--seq-q", c.decode_sweep.seq_q, "with --decode: new queries per call")
       ->delimiter(',')->check(positive_integer())->type_name("N,...")->needs(decode);
+  sub->add_option("--page-size", c.decode_sweep.page_sizes,
+                  "with --decode: keys per page of a paged cache, 0 for a contiguous one (default 0,16,256)")
+      ->delimiter(',')->check(CLI::NonNegativeNumber)->type_name("N,...")->needs(decode);
   sub->callback([&c, sub, quick, backward, decode] {
     if (*decode) fill_decode_sweep(c, *sub);
     if (*quick && !sub->count("--n")) c.n = {1024, 4096};

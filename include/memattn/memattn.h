@@ -29,9 +29,10 @@ typedef MEMATTN_ENUM(memattn_status){
 } memattn_status;
 
 /* Element types, the same order as memattn::DType. f64 takes the reference algorithms only;
- * u8 is the type of boolean masks (nonzero = attend). */
+ * u8 is the type of boolean masks (nonzero = attend); i32 and i64 of cu_seqlens offsets. */
 typedef MEMATTN_ENUM(memattn_dtype){
     MEMATTN_F32 = 0, MEMATTN_BF16 = 1, MEMATTN_F16 = 2, MEMATTN_F64 = 3, MEMATTN_U8 = 4,
+    MEMATTN_I32 = 5, MEMATTN_I64 = 6,
 } memattn_dtype;
 
 typedef MEMATTN_ENUM(memattn_algorithm){
@@ -81,6 +82,14 @@ typedef struct memattn_options {
                                          s -= slope * |i + diag - j| */
   const memattn_tensor* sinks; /* nullable; f32 [heads_q]: one logit per head in each row's
                                   softmax denominator, with no value (lse includes it) */
+  /* Variable-length batches, both set or both NULL: 1-D i32/i64 offsets of batch + 1 entries,
+   * non-decreasing from 0 to the token total. q is then [1, total_q, heads_q, d], k and v
+   * [1, total_k, heads_kv, d], out [1, total_q, heads_q, dv], lse [1, heads_q, total_q]; sequence
+   * b is query rows cu_seqlens_q[b] .. cu_seqlens_q[b+1] against key rows cu_seqlens_k[b] ..
+   * cu_seqlens_k[b+1]; causal, window and GQA apply per sequence; mask and bias are rejected. */
+  const memattn_tensor* cu_seqlens_q;
+  const memattn_tensor* cu_seqlens_k;
+  int64_t max_seqlen_q, max_seqlen_k; /* 0: computed; smaller than the longest sequence: error */
 } memattn_options;
 
 /* Caller scratch memory; {NULL, 0} lets memattn allocate exactly what it needs. */
@@ -107,6 +116,26 @@ memattn_status memattn_forward(const memattn_tensor* q, const memattn_tensor* k,
                                const memattn_tensor* v, const memattn_tensor* out,
                                const memattn_tensor* lse, const memattn_options* options,
                                memattn_workspace workspace);
+
+/* Attention of new queries against a key/value cache (memattn::attention_with_kvcache): q
+ * [B, seq_q, heads_q, d] against the first seqlens_k[b] (i32/i64 [B]) keys of sequence b; with
+ * block_table (nullable, i32/i64 [B, max_pages]) k_cache and v_cache are pages [num_pages,
+ * page_size, heads_kv, d|dv] and key t of sequence b is row t % page_size of page
+ * block_table[b][t / page_size]; without it they are [B, max_seq, heads_kv, d|dv]. The options'
+ * causal, align (MEMATTN_ALIGN_BOTTOM_RIGHT for new queries at the end), window, scale and threads
+ * apply; mask, bias and cu_seqlens are refused; the flash algorithm runs. On any error nothing is
+ * written to out or lse. */
+memattn_status memattn_attention_with_kvcache(const memattn_tensor* q, const memattn_tensor* k_cache,
+                                              const memattn_tensor* v_cache, const memattn_tensor* seqlens_k,
+                                              const memattn_tensor* block_table, const memattn_tensor* out,
+                                              const memattn_tensor* lse, const memattn_options* options,
+                                              memattn_workspace workspace);
+
+/* Exact workspace bytes memattn_attention_with_kvcache needs; *bytes is written only on success. */
+memattn_status memattn_kvcache_workspace_bytes(const memattn_tensor* q, const memattn_tensor* k_cache,
+                                               const memattn_tensor* v_cache, const memattn_tensor* seqlens_k,
+                                               const memattn_tensor* block_table, const memattn_options* options,
+                                               size_t* bytes);
 
 /* Exact workspace bytes memattn_forward needs; *bytes is written only on success. */
 memattn_status memattn_workspace_bytes(const memattn_tensor* q, const memattn_tensor* k,

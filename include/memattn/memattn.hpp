@@ -22,7 +22,8 @@ size_t workspace_bytes(const Tensor& q, const Tensor& k, const Tensor& v, const 
 // Planned as forward() plans (options.algorithm and target, MEMATTN_TARGET, MEMATTN_FAMILY), so it
 // throws what such a call would: e.g. invalid_argument for an unknown target or MEMATTN_FAMILY
 // value, unsupported for a MEMATTN_FAMILY that cannot run this dtype. options.mask, bias,
-// alibi_slopes and sinks are not read (they do not change the family). A static string, never null.
+// alibi_slopes, sinks and the cu_seqlens are not read (they do not change the family). A static
+// string, never null.
 const char* tile_family(DType dtype, const Options& options = {});
 
 // out[b, i, h, :] = sum_j softmax_j(scale * q[b,i,h,:] . k[b,j,g,:] + bias - inf*masked) v[b,j,g,:]
@@ -32,6 +33,25 @@ const char* tile_family(DType dtype, const Options& options = {});
 // before anything is written; on error out and lse are untouched.
 void forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor* lse,
              const Options& options, Workspace workspace = {});
+
+// Attention of new queries against a key/value cache (decoding), on the flash algorithm:
+// out[b] = attention(q[b], the first seqlens_k[b] keys and values of sequence b) with the options'
+// causal (set align = Align::bottom_right for new queries at the end of the sequence), window,
+// scale and threads; mask, bias and cu_seqlens are not taken. q [B, seq_q, heads_q, d]; out
+// [B, seq_q, heads_q, dv]; lse (optional) f32 [B, heads_q, seq_q]; seqlens_k i32/i64 [B], each in
+// [0, cache capacity]. With block_table (i32/i64 [B, max_pages]) k_cache and v_cache are pages
+// [num_pages, page_size, heads_kv, d|dv] (any page_size >= 1) and key t of sequence b is row
+// t % page_size of page block_table[b][t / page_size]; the pages a sequence uses must lie in
+// [0, num_pages), the others are not read. Without it they are [B, max_seq, heads_kv, d|dv] and
+// key t of sequence b is row t of batch b. Results are bitwise identical for any thread count;
+// every argument is checked before anything is written.
+void attention_with_kvcache(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& seqlens_k,
+                            const Tensor* block_table, const Tensor& out, const Tensor* lse, const Options& options,
+                            Workspace workspace = {});
+// Exact workspace bytes attention_with_kvcache needs; validates like it (seqlens_k and the block
+// table's pages are read).
+size_t kvcache_workspace_bytes(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                               const Tensor& seqlens_k, const Tensor* block_table, const Options& options);
 
 // What a backward call computes beyond dq, dk, dv; it sizes the workspace.
 struct BackwardRequest {

@@ -10,8 +10,9 @@
 namespace memattn {
 
 // Element types. f64 is accepted by the reference algorithms (naive, sequential, chunked) only;
-// u8 is the element type of boolean masks (nonzero = attend).
-enum class DType : uint8_t { f32, bf16, f16, f64, u8 };
+// u8 is the element type of boolean masks (nonzero = attend); i32 and i64 are the element types
+// of sequence descriptors (cu_seqlens).
+enum class DType : uint8_t { f32, bf16, f16, f64, u8, i32, i64 };
 
 const char* dtype_name(DType);
 size_t dtype_size(DType);
@@ -67,6 +68,16 @@ struct Options {
   // SIMD target of the flash kernels: null = the best this CPU supports, unless the environment
   // variable MEMATTN_TARGET names one; else one of the names supported_targets() lists.
   const char* target = nullptr;
+  // Variable-length batches (FlashAttention's varlen convention), both given or neither: 1-D i32
+  // or i64 offsets of batch + 1 entries, non-decreasing from 0 to the total token count. q is
+  // then [1, total_q, heads_q, d], k and v [1, total_k, heads_kv, d], out [1, total_q, heads_q, dv],
+  // lse [1, heads_q, total_q]; sequence b's queries are rows cu_seqlens_q[b] .. cu_seqlens_q[b+1]
+  // and its keys rows cu_seqlens_k[b] .. cu_seqlens_k[b+1]. Causal, window and GQA apply per
+  // sequence (the diagonal from its own lengths); mask and bias are rejected.
+  const Tensor* cu_seqlens_q = nullptr;
+  const Tensor* cu_seqlens_k = nullptr;
+  // The longest sequence's length; 0: computed by memattn; a value below the actual is an error.
+  int64_t max_seqlen_q = 0, max_seqlen_k = 0;
 };
 
 // Caller-provided scratch memory. With one, the compute path allocates nothing.

@@ -14,7 +14,7 @@ from . import _tensors as _t
 
 __version__ = _memattn.__version__
 
-__all__ = ["attention", "attention_backward", "merge", "workspace_bytes",
+__all__ = ["attention", "attention_backward", "attention_with_kvcache", "merge", "workspace_bytes",
            "backward_workspace_bytes", "supported_targets", "selected_target", "tile_family",
            "backward_tile_family",
            "__version__"]
@@ -32,10 +32,39 @@ def _window_bound(value, name):
     return int(value)
 
 
+def _offsets(kind, value, name):
+    """Offsets, lengths or a block table as an operand: an int32/int64 array or tensor as it is
+    (never copied), or a (nested) list/tuple of ints as a new int64 array of the call's kind."""
+    if value is None or not isinstance(value, (list, tuple)):
+        return value
+    if kind == _t.TORCH:
+        torch = _t._torch()
+        return torch.tensor(value, dtype=torch.int64)
+    np = _t._numpy()
+    if np is None:
+        import numpy as np
+    return np.asarray(value, dtype=np.int64)
+
+
+def _max_seqlen(value, name):
+    if value is None:
+        return 0
+    _check_type(value, name, (numbers.Integral,), "None (computed) or an int >= 1")
+    return int(value)
+
+
+def _varlen(kind, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+    """(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k) for _options, or None (dense)."""
+    if cu_seqlens_q is None and cu_seqlens_k is None and max_seqlen_q is None and max_seqlen_k is None:
+        return None
+    return (_offsets(kind, cu_seqlens_q, "cu_seqlens_q"), _offsets(kind, cu_seqlens_k, "cu_seqlens_k"),
+            _max_seqlen(max_seqlen_q, "max_seqlen_q"), _max_seqlen(max_seqlen_k, "max_seqlen_k"))
+
+
 def _options(kind, causal, align, window, mask, bias, scale, algorithm, num_threads, target,
-             softcap=0.0, alibi_slopes=None, sinks=None):
-    """The extension's Options for one call (mask, bias, ALiBi slopes and sinks are viewed, never
-    copied)."""
+             softcap=0.0, alibi_slopes=None, sinks=None, varlen=None):
+    """The extension's Options for one call (mask, bias, ALiBi slopes, sinks and cu_seqlens are
+    viewed, never copied); varlen: _varlen()'s tuple or None."""
     _check_type(align, "align", (str,), "'top_left' or 'bottom_right'")
     _check_type(algorithm, "algorithm", (str,),
                 "one of 'auto', 'naive', 'sequential', 'chunked', 'flash'")
@@ -52,26 +81,35 @@ def _options(kind, causal, align, window, mask, bias, scale, algorithm, num_thre
         right = _window_bound(window[1], "window[1] (right)")
     flags = (bool(causal), align, left, right, None if scale is None else float(scale), algorithm,
              _t.default_threads(kind, int(num_threads)), target, float(softcap))
-    if mask is None and bias is None and alibi_slopes is None and sinks is None:
+    if mask is None and bias is None and alibi_slopes is None and sinks is None and varlen is None:
         return _plain_options(*flags)
+    cu_q, cu_k, max_q, max_k = varlen if varlen is not None else (None, None, 0, 0)
     operands = [None if x is None else _t.operand(x, name)
                 for x, name in ((mask, "mask"), (bias, "bias"), (alibi_slopes, "alibi_slopes"),
-                                (sinks, "sinks"))]
-    return _make_options(*flags, *operands)
+                                (sinks, "sinks"), (cu_q, "cu_seqlens_q"), (cu_k, "cu_seqlens_k"))]
+    return _make_options(*flags, *operands, max_q, max_k)
 
 
 def _make_options(causal, align, left, right, scale, algorithm, num_threads, target, softcap,
-                  mask=None, bias=None, alibi_slopes=None, sinks=None):
+                  mask=None, bias=None, alibi_slopes=None, sinks=None, cu_seqlens_q=None,
+                  cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     return _memattn.Options(causal=causal, align=align, window_left=left, window_right=right,
                             mask=mask, bias=bias, scale=scale, algorithm=algorithm,
                             num_threads=num_threads, target=target, softcap=softcap,
-                            alibi_slopes=alibi_slopes, sinks=sinks)
+                            alibi_slopes=alibi_slopes, sinks=sinks, cu_seqlens_q=cu_seqlens_q,
+                            cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
+                            max_seqlen_k=max_seqlen_k)
 
 
 # Options without operands (mask, bias, slopes, sinks) point at nothing the caller owns and are
 # never modified, so calls with the same flags share one (building it costs ~3 us, a sixth of a
 # small call).
 _plain_options = functools.lru_cache(maxsize=64)(_make_options)
+
+
+def _array_or_none(value):
+    """value for the kind check: lists and tuples (converted later) take no part in it."""
+    return None if isinstance(value, (list, tuple)) else value
 
 
 def _check_rank4(q, k, v):
@@ -82,18 +120,28 @@ def _check_rank4(q, k, v):
 
 def attention(q, k, v, *, causal=False, align="top_left", window=None, mask=None, bias=None,
               scale=None, algorithm="auto", return_lse=False, num_threads=0, out=None,
-              target=None, softcap=0.0, sinks=None, alibi_slopes=None):
+              target=None, softcap=0.0, sinks=None, alibi_slopes=None, cu_seqlens_q=None,
+              cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None):
     """softmax(scale * q k^T + bias, masked) v, exactly, for q [B, Sq, Hq, d], k [B, Sk, Hkv, d],
     v [B, Sk, Hkv, dv] (Hq a multiple of Hkv). Returns out [B, Sq, Hq, dv] (q's dtype; `out` itself
     when given), or (out, lse) with return_lse, lse float32 [B, Hq, Sq]. The GIL is released while
     the kernel runs. Score modifiers (docs/api.md): softcap > 0 caps the scaled scores as
     softcap * tanh(s / softcap); alibi_slopes (float32 [Hq] or [B, Hq]) adds
     -slope * |i + diag - j|; sinks (float32 [Hq]) adds one logit per head to each row's softmax
-    denominator (lse includes it)."""
+    denominator (lse includes it).
+
+    Variable-length batches: cu_seqlens_q and cu_seqlens_k (both; int32/int64 arrays or lists of
+    batch + 1 offsets from 0 to the token totals) with q [1, total_q, Hq, d], k and v
+    [1, total_k, Hkv, d]; sequence b is query rows cu_seqlens_q[b]:cu_seqlens_q[b+1] against key
+    rows cu_seqlens_k[b]:cu_seqlens_k[b+1], causal and window per sequence; mask and bias are not
+    supported. max_seqlen_q/k (None: computed) must not be smaller than the longest sequence."""
     kind = _t.common_kind({"q": q, "k": k, "v": v, "mask": mask, "bias": bias, "out": out,
-                           "alibi_slopes": alibi_slopes, "sinks": sinks})
+                           "alibi_slopes": alibi_slopes, "sinks": sinks,
+                           "cu_seqlens_q": _array_or_none(cu_seqlens_q),
+                           "cu_seqlens_k": _array_or_none(cu_seqlens_k)})
     options = _options(kind, causal, align, window, mask, bias, scale, algorithm, num_threads,
-                       target, softcap, alibi_slopes, sinks)
+                       target, softcap, alibi_slopes, sinks,
+                       _varlen(kind, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
     _check_rank4(q, k, v)
     if out is None:
         out = _t.empty(kind, (q.shape[0], q.shape[1], q.shape[2], v.shape[3]), q)
@@ -107,19 +155,24 @@ def attention(q, k, v, *, causal=False, align="top_left", window=None, mask=None
 def attention_backward(q, k, v, out, dout, lse, *, causal=False, align="top_left", window=None,
                        mask=None, bias=None, scale=None, algorithm="auto", num_threads=0, dq=None,
                        dk=None, dv=None, bias_grad=False, dbias=None, target=None, softcap=0.0,
-                       sinks=None, alibi_slopes=None, sinks_grad=False, dsinks=None):
+                       sinks=None, alibi_slopes=None, sinks_grad=False, dsinks=None,
+                       cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
+                       max_seqlen_k=None):
     """Gradients of attention() given dout = dLoss/dout, recomputed from q, k, v, out and lse (the
     forward's outputs for the same arguments, score modifiers included). Returns (dq, dk, dv)
     shaped and typed like q, k, v, then dbias when bias_grad=True or dbias is given (the bias's own
     shape and dtype, summed over its broadcast dimensions), then dsinks when sinks_grad=True or
     dsinks is given (float32 [Hq]). Given dq, dk, dv, dbias, dsinks are written in place and
-    returned. ALiBi slopes get no gradient."""
+    returned. ALiBi slopes get no gradient. cu_seqlens_q/k and max_seqlen_q/k: a varlen call, as
+    attention()'s."""
     kind = _t.common_kind({"q": q, "k": k, "v": v, "out": out, "dout": dout, "lse": lse,
                            "mask": mask, "bias": bias, "dq": dq, "dk": dk, "dv": dv,
                            "dbias": dbias, "alibi_slopes": alibi_slopes, "sinks": sinks,
-                           "dsinks": dsinks})
+                           "dsinks": dsinks, "cu_seqlens_q": _array_or_none(cu_seqlens_q),
+                           "cu_seqlens_k": _array_or_none(cu_seqlens_k)})
     options = _options(kind, causal, align, window, mask, bias, scale, algorithm, num_threads,
-                       target, softcap, alibi_slopes, sinks)
+                       target, softcap, alibi_slopes, sinks,
+                       _varlen(kind, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
     _check_rank4(q, k, v)
     want_dbias = bool(bias_grad) or dbias is not None
     if want_dbias and bias is None:
@@ -142,6 +195,34 @@ def attention_backward(q, k, v, out, dout, lse, *, causal=False, align="top_left
         _t.operand(dbias, "dbias") if want_dbias else None, options,
         _t.operand(dsinks, "dsinks") if want_dsinks else None)
     return (dq, dk, dv) + ((dbias,) if want_dbias else ()) + ((dsinks,) if want_dsinks else ())
+
+
+def attention_with_kvcache(q, k_cache, v_cache, seqlens_k, block_table=None, *, causal=True,
+                           align="bottom_right", window=None, scale=None, return_lse=False,
+                           num_threads=0, out=None, target=None):
+    """Attention of new queries q [B, Sq, Hq, d] against a key/value cache: sequence b's first
+    seqlens_k[b] keys. With block_table (int32/int64 [B, max_pages]) k_cache and v_cache are
+    pages [num_pages, page_size, Hkv, d|dv] and key t of sequence b is row t % page_size of page
+    block_table[b][t // page_size]; without it they are [B, max_seq, Hkv, d|dv]. causal defaults to
+    True with the new queries as the last Sq positions (align="bottom_right"). seqlens_k and
+    block_table may be int32/int64 arrays or tensors (read in place) or lists. Returns out
+    [B, Sq, Hq, dv], or (out, lse) with return_lse. The GIL is released while it runs."""
+    kind = _t.common_kind({"q": q, "k_cache": k_cache, "v_cache": v_cache, "out": out,
+                           "seqlens_k": _array_or_none(seqlens_k),
+                           "block_table": _array_or_none(block_table)})
+    options = _options(kind, causal, align, window, None, None, scale, "auto", num_threads, target)
+    seqlens_k = _offsets(kind, seqlens_k, "seqlens_k")
+    block_table = _offsets(kind, block_table, "block_table")
+    _check_rank4(q, k_cache, v_cache)
+    if out is None:
+        out = _t.empty(kind, (q.shape[0], q.shape[1], q.shape[2], v_cache.shape[3]), q)
+    lse = _t.empty_f32(kind, (q.shape[0], q.shape[2], q.shape[1])) if return_lse else None
+    _memattn.attention_with_kvcache(
+        _t.operand(q, "q"), _t.operand(k_cache, "k_cache"), _t.operand(v_cache, "v_cache"),
+        _t.operand(seqlens_k, "seqlens_k"),
+        None if block_table is None else _t.operand(block_table, "block_table"),
+        _t.operand(out, "out"), None if lse is None else _t.operand(lse, "lse"), options)
+    return (out, lse) if return_lse else out
 
 
 def _parts(value, name):
@@ -185,13 +266,17 @@ def merge(outs, lses, *, out=None, return_lse=False, num_threads=0):
 
 def workspace_bytes(q, k, v, *, causal=False, align="top_left", window=None, mask=None, bias=None,
                     scale=None, algorithm="auto", num_threads=0, target=None, softcap=0.0,
-                    sinks=None, alibi_slopes=None):
+                    sinks=None, alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None,
+                    max_seqlen_q=None, max_seqlen_k=None):
     """Exact scratch bytes attention() allocates for these operands and options (validated as
     attention() would)."""
     kind = _t.common_kind({"q": q, "k": k, "v": v, "mask": mask, "bias": bias,
-                           "alibi_slopes": alibi_slopes, "sinks": sinks})
+                           "alibi_slopes": alibi_slopes, "sinks": sinks,
+                           "cu_seqlens_q": _array_or_none(cu_seqlens_q),
+                           "cu_seqlens_k": _array_or_none(cu_seqlens_k)})
     options = _options(kind, causal, align, window, mask, bias, scale, algorithm, num_threads,
-                       target, softcap, alibi_slopes, sinks)
+                       target, softcap, alibi_slopes, sinks,
+                       _varlen(kind, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
     return _memattn.workspace_bytes(_t.operand(q, "q"), _t.operand(k, "k"),
                                     _t.operand(v, "v"), options)
 
@@ -199,12 +284,16 @@ def workspace_bytes(q, k, v, *, causal=False, align="top_left", window=None, mas
 def backward_workspace_bytes(q, k, v, bias_grad=False, *, causal=False, align="top_left",
                              window=None, mask=None, bias=None, scale=None, algorithm="auto",
                              num_threads=0, target=None, softcap=0.0, sinks=None,
-                             alibi_slopes=None):
+                             alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None,
+                             max_seqlen_q=None, max_seqlen_k=None):
     """Exact scratch bytes attention_backward() allocates for these operands and options."""
     kind = _t.common_kind({"q": q, "k": k, "v": v, "mask": mask, "bias": bias,
-                           "alibi_slopes": alibi_slopes, "sinks": sinks})
+                           "alibi_slopes": alibi_slopes, "sinks": sinks,
+                           "cu_seqlens_q": _array_or_none(cu_seqlens_q),
+                           "cu_seqlens_k": _array_or_none(cu_seqlens_k)})
     options = _options(kind, causal, align, window, mask, bias, scale, algorithm, num_threads,
-                       target, softcap, alibi_slopes, sinks)
+                       target, softcap, alibi_slopes, sinks,
+                       _varlen(kind, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
     return _memattn.backward_workspace_bytes(_t.operand(q, "q"), _t.operand(k, "k"),
                                              _t.operand(v, "v"), options, bool(bias_grad))
 

@@ -18,6 +18,8 @@ def _torch_dtypes(torch):
         torch.float64: "f64",
         torch.bool: "u8",
         torch.uint8: "u8",
+        torch.int32: "i32",
+        torch.int64: "i64",
     }
 
 
@@ -88,7 +90,7 @@ def _describe_torch(x, name):
     if dtype is None:
         raise TypeError(f"{name}: torch dtype {x.dtype} is not supported; expected torch.float32, "
                         f"torch.float16, torch.bfloat16, torch.float64 (torch.bool or torch.uint8 "
-                        f"for a mask)")
+                        f"for a mask, torch.int32 or torch.int64 for cu_seqlens)")
     return (x.data_ptr(), dtype, tuple(x.shape), x.stride())
 
 

@@ -8,7 +8,8 @@ import torch
 from . import attention as _memattn_attention
 from . import attention_backward as _memattn_attention_backward
 
-__all__ = ["scaled_dot_product_attention", "attention", "MultiheadAttention", "CUSTOM_OP_AVAILABLE"]
+__all__ = ["scaled_dot_product_attention", "attention", "varlen_attention", "MultiheadAttention",
+           "CUSTOM_OP_AVAILABLE"]
 
 _FLOATING = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -74,6 +75,45 @@ class _AttentionFunction(torch.autograd.Function):
                                               ctx.scale, bias_grad, ctx.softcap, alibi_slopes,
                                               sinks, sinks_grad)
         return dq, dk, dv, None, dbias, None, None, None, None, dsinks
+
+
+class _VarlenFunction(torch.autograd.Function):
+    """Autograd for memattn's variable-length batches: packed [1, total, H, E] operands and their
+    cu_seqlens (FlashAttention's flash_attn_varlen_func); saves out and lse, not the probabilities."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu_q, cu_k, max_q, max_k, causal, align, scale):
+        flags = dict(causal=causal, align=align, scale=scale, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
+                     max_seqlen_q=max_q, max_seqlen_k=max_k)
+        out = _empty_in_layout_of(q, (*q.shape[:3], v.shape[3]), q.dtype)
+        out, lse = _memattn_attention(q, k, v, return_lse=True, out=out, **flags)
+        ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
+        ctx.flags = flags
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
+        flags = dict(ctx.flags, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+        algorithm = "naive" if q.dtype == torch.float64 else "auto"
+        dq, dk, dv = _memattn_attention_backward(q, k, v, out, dout.contiguous(), lse,
+                                                 algorithm=algorithm, **flags)
+        return dq, dk, dv, None, None, None, None, None, None, None
+
+
+def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None,
+                     causal=False, align="top_left", scale=None) -> torch.Tensor:
+    """Differentiable attention over a variable-length batch: q [1, total_q, Hq, E], k, v
+    [1, total_k, Hkv, E|Ev] packed along dim 1; sequence b is query rows cu_seqlens_q[b] ..
+    cu_seqlens_q[b+1] against key rows cu_seqlens_k[b] .. cu_seqlens_k[b+1] (int32/int64 tensors
+    of batch + 1 offsets). Causal and window per sequence; returns out [1, total_q, Hq, Ev].
+    Gradients reach q, k and v (memattn.attention_backward)."""
+    for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        if not isinstance(cu, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor (int32 or int64), got {type(cu).__name__}")
+    return _VarlenFunction.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                 causal, align, scale)[0]
 
 
 def _torch_version() -> Tuple[int, int]:

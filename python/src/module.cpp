@@ -43,11 +43,14 @@ class CallOptions {
               py::object mask, py::object bias, std::optional<double> scale,
               const std::string& algorithm, int num_threads,
               const std::optional<std::string>& target, double softcap, py::object alibi_slopes,
-              py::object sinks)
+              py::object sinks, py::object cu_seqlens_q, py::object cu_seqlens_k, int64_t max_seqlen_q,
+              int64_t max_seqlen_k)
       : mask_(optional_tensor(mask, "mask", Access::read, Rank::broadcast)),
         bias_(optional_tensor(bias, "bias", Access::read, Rank::broadcast)),
         alibi_slopes_(optional_tensor(alibi_slopes, "alibi_slopes", Access::read)),
         sinks_(optional_tensor(sinks, "sinks", Access::read)),
+        cu_seqlens_q_(optional_tensor(cu_seqlens_q, "cu_seqlens_q", Access::read)),
+        cu_seqlens_k_(optional_tensor(cu_seqlens_k, "cu_seqlens_k", Access::read)),
         target_(target) {
     using memattn::Algorithm, memattn::Align;
     options_.causal = causal;
@@ -68,6 +71,10 @@ class CallOptions {
          std::pair{"flash", Algorithm::flash}});
     options_.num_threads = num_threads;
     options_.target = target_ ? target_->c_str() : nullptr;
+    options_.cu_seqlens_q = cu_seqlens_q_ ? &*cu_seqlens_q_ : nullptr;
+    options_.cu_seqlens_k = cu_seqlens_k_ ? &*cu_seqlens_k_ : nullptr;
+    options_.max_seqlen_q = max_seqlen_q;
+    options_.max_seqlen_k = max_seqlen_k;
   }
   CallOptions(const CallOptions&) = delete;
   CallOptions& operator=(const CallOptions&) = delete;
@@ -75,7 +82,7 @@ class CallOptions {
   const memattn::Options& get() const { return options_; }
 
  private:
-  std::optional<Tensor> mask_, bias_, alibi_slopes_, sinks_;
+  std::optional<Tensor> mask_, bias_, alibi_slopes_, sinks_, cu_seqlens_q_, cu_seqlens_k_;
   std::optional<std::string> target_;
   memattn::Options options_;
 };
@@ -130,6 +137,18 @@ void backward(py::handle q, py::handle k, py::handle v, py::handle out, py::hand
                     tdbias ? &*tdbias : nullptr, {}, tdsinks ? &*tdsinks : nullptr);
 }
 
+void attention_with_kvcache(py::handle q, py::handle k_cache, py::handle v_cache, py::handle seqlens_k,
+                            py::handle block_table, py::handle out, py::handle lse, const CallOptions& options) {
+  const Tensor tq = to_tensor(q, "q", Access::read), tk = to_tensor(k_cache, "k_cache", Access::read),
+               tv = to_tensor(v_cache, "v_cache", Access::read),
+               tlens = to_tensor(seqlens_k, "seqlens_k", Access::read), tout = to_tensor(out, "out", Access::write);
+  const std::optional<Tensor> ttable = optional_tensor(block_table, "block_table", Access::read);
+  const std::optional<Tensor> tlse = optional_tensor(lse, "lse", Access::write);
+  py::gil_scoped_release unlocked;  // the Python layer holds the operands until we return
+  memattn::attention_with_kvcache(tq, tk, tv, tlens, ttable ? &*ttable : nullptr, tout, tlse ? &*tlse : nullptr,
+                                  options.get());
+}
+
 // memattn::merge over sequences of parts; each part is named by its index in messages.
 void merge(const py::sequence& outs, const py::sequence& lses, py::handle out, py::handle lse,
            int num_threads) {
@@ -175,12 +194,14 @@ PYBIND11_MODULE(_memattn, m) {
   py::class_<CallOptions>(m, "Options")
       .def(py::init<bool, const std::string&, int64_t, int64_t, py::object, py::object,
                     std::optional<double>, const std::string&, int, const std::optional<std::string>&,
-                    double, py::object, py::object>(),
+                    double, py::object, py::object, py::object, py::object, int64_t, int64_t>(),
            py::kw_only(), py::arg("causal") = false, py::arg("align") = "top_left",
            py::arg("window_left") = -1, py::arg("window_right") = -1, py::arg("mask") = py::none(),
            py::arg("bias") = py::none(), py::arg("scale") = py::none(), py::arg("algorithm") = "auto",
            py::arg("num_threads") = 0, py::arg("target") = py::none(), py::arg("softcap") = 0.0,
-           py::arg("alibi_slopes") = py::none(), py::arg("sinks") = py::none());
+           py::arg("alibi_slopes") = py::none(), py::arg("sinks") = py::none(),
+           py::arg("cu_seqlens_q") = py::none(), py::arg("cu_seqlens_k") = py::none(),
+           py::arg("max_seqlen_q") = 0, py::arg("max_seqlen_k") = 0);
 
   m.def("forward", &forward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"),
         py::arg("options"), "memattn::forward; the GIL is released while it runs.");
@@ -188,6 +209,9 @@ PYBIND11_MODULE(_memattn, m) {
         py::arg("dout"), py::arg("lse"), py::arg("dq"), py::arg("dk"), py::arg("dv"),
         py::arg("dbias"), py::arg("options"), py::arg("dsinks") = py::none(),
         "memattn::backward; the GIL is released while it runs.");
+  m.def("attention_with_kvcache", &attention_with_kvcache, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"),
+        py::arg("seqlens_k"), py::arg("block_table"), py::arg("out"), py::arg("lse"), py::arg("options"),
+        "memattn::attention_with_kvcache; the GIL is released while it runs.");
   m.def("merge", &merge, py::arg("outs"), py::arg("lses"), py::arg("out"), py::arg("lse"),
         py::arg("num_threads"), "memattn::merge; the GIL is released while it runs.");
   m.def(

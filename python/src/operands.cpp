@@ -36,6 +36,9 @@ std::optional<DType> numpy_dtype(char code) {
     case 'd': return DType::f64;
     case '?':  // bool: one byte, 0 or 1
     case 'B': return DType::u8;
+    case 'i': return DType::i32;  // cu_seqlens offsets
+    case 'q': return DType::i64;
+    case 'l': return sizeof(long) == 8 ? DType::i64 : DType::i32;
     default: return std::nullopt;
   }
 }
@@ -47,7 +50,8 @@ Tensor numpy_tensor(const py::array& a, const char* name, Access access) {
   if (!dtype || dt.byteorder() == swapped)
     fail(ErrorCode::wrong_dtype,
          std::string(name) + ": numpy dtype " + std::string(py::str(py::handle(dt))) +
-             " is not supported; expected float32, float16, float64 (bool or uint8 for a mask)" +
+             " is not supported; expected float32, float16, float64 (bool or uint8 for a mask, int32 "
+             "or int64 for cu_seqlens)" +
              (dtype ? " in native byte order" : ""));
   if (access == Access::write && !a.writeable())
     fail(ErrorCode::invalid_argument,
@@ -74,10 +78,10 @@ Tensor numpy_tensor(const py::array& a, const char* name, Access access) {
 }
 
 DType parse_dtype(const std::string& given, const char* name) {
-  for (DType d : {DType::f32, DType::bf16, DType::f16, DType::f64, DType::u8})
+  for (DType d : {DType::f32, DType::bf16, DType::f16, DType::f64, DType::u8, DType::i32, DType::i64})
     if (given == memattn::dtype_name(d)) return d;
   fail(ErrorCode::wrong_dtype, std::string(name) + ": dtype '" + given +
-                                   "' is not a memattn dtype; expected one of f32, bf16, f16, f64, u8");
+                                   "' is not a memattn dtype; expected one of f32, bf16, f16, f64, u8, i32, i64");
 }
 
 // (data address, dtype name, shape, strides in elements), as memattn/_tensors.py describes a

@@ -14,7 +14,8 @@ Q = f32(1, 4, 2, 8)
 
 
 @pytest.mark.parametrize("call,error,message,code", [
-    (lambda: memattn.attention(Q.astype(np.int32), Q, Q), TypeError, r"q: numpy dtype int32 is not supported; expected float32, float16, float64 \(bool or uint8 for a mask\)$", "wrong_dtype"),
+    (lambda: memattn.attention(Q.astype(np.int16), Q, Q), TypeError, r"q: numpy dtype int16 is not supported; expected float32, float16, float64 \(bool or uint8 for a mask, int32 or int64 for cu_seqlens\)$", "wrong_dtype"),
+    (lambda: memattn.attention(*(Q.astype(np.int32),) * 3), TypeError, r"q: dtype i32 is not supported; expected one of f32, bf16, f16", "wrong_dtype"),
     (lambda: memattn.attention(Q, Q.astype(np.float16), Q), TypeError, r"same dtype; got q=f32, k=f16", "wrong_dtype"),
     (lambda: memattn.attention(Q, f32(1, 4, 2, 16), Q), ValueError, r"q.shape\[-1\] \(8\) != k.shape\[-1\] \(16\)", "invalid_argument"),
     (lambda: memattn.attention(f32(1, 4, 3, 8), Q, Q), ValueError, r"num_heads_q \(3\) must be a multiple of num_heads_kv \(2\)", "invalid_argument"),
@@ -81,7 +82,9 @@ def test_torch_errors():
         memattn.attention(t, Q, t)
     with pytest.raises(TypeError, match=r"q is a numpy.ndarray but mask is a torch.Tensor"):
         memattn.attention(Q, Q, Q, mask=torch.ones(4, 4, dtype=torch.bool))
-    with pytest.raises(TypeError, match=r"k: torch dtype torch.int64 is not supported"):
+    with pytest.raises(TypeError, match=r"k: torch dtype torch.int16 is not supported"):
+        memattn.attention(t, t.short(), t)
+    with pytest.raises(TypeError, match=r"q, k, v must have the same dtype; got q=f32, k=i64"):
         memattn.attention(t, t.long(), t)
     with pytest.raises(TypeError, match=r"mask: dtype must be u8 .* got f32"):
         memattn.attention(t, t, t, mask=torch.ones(4, 4))

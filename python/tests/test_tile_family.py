@@ -102,7 +102,8 @@ def test_unknown_family_names_the_choices(monkeypatch):
 @pytest.mark.parametrize("call,error,message,code", [
     (lambda: memattn.tile_family("float32"), TypeError, r"dtype: dtype 'float32' is not a memattn dtype; expected one of f32, bf16, f16, f64, u8", "wrong_dtype"),
     (lambda: memattn.tile_family("u8"), TypeError, r"dtype: expected one of f32, bf16, f16, f64, got u8", "wrong_dtype"),
-    (lambda: memattn.tile_family(np.int32), TypeError, r"dtype: numpy dtype int32 is not supported", "wrong_dtype"),
+    (lambda: memattn.tile_family(np.int16), TypeError, r"dtype: numpy dtype int16 is not supported", "wrong_dtype"),
+    (lambda: memattn.tile_family(np.int32), TypeError, r"dtype: expected one of f32, bf16, f16, f64, got i32", "wrong_dtype"),
     (lambda: memattn.tile_family(3), TypeError, r"dtype must be a memattn dtype name .* got 3", None),
     (lambda: memattn.tile_family("f32", target="nope"), ValueError, r"target: 'nope' is not a SIMD target", "invalid_argument"),
     (lambda: memattn.tile_family("f32", target=3), TypeError, r"target must be None or a name", None),

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "api/backward_params.hpp"
+#include "api/sequences.hpp"
 #include "api/validate.hpp"
 #include "common/memory.hpp"
 #include "cpu/flash_backward.hpp"
@@ -13,10 +14,20 @@ namespace memattn {
 namespace detail {
 namespace {
 
+// The call's parts (the dense problem, or one per varlen sequence), each planned as a dense call.
+BackwardParts plan(const BackwardParams& whole, const Options& o) {
+  BackwardParts parts = split_sequences(whole, o);
+  for (BackwardParams& p : parts) plan_backward(p, o);
+  return parts;
+}
+
 template <typename T>
-void run_backward(const BackwardParams& p, const BackwardKernels* bk, void* ws) {
-  if (p.algorithm == Algorithm::naive) return naive_backward<T>(p, ws);
-  if constexpr (!std::is_same_v<T, double>) flash_backward<T>(p, *bk, ws);
+void run_backward(const BackwardParts& parts, const BackwardKernels* bk, void* ws) {
+  if (parts.front().algorithm == Algorithm::naive) {
+    for (const BackwardParams& p : parts) naive_backward<T>(p, ws);
+    return;
+  }
+  if constexpr (!std::is_same_v<T, double>) flash_backward<T>(parts, *bk, ws);
 }
 
 }  // namespace
@@ -25,10 +36,9 @@ void run_backward(const BackwardParams& p, const BackwardKernels* bk, void* ws) 
 size_t backward_workspace_bytes(const Tensor& q, const Tensor& k, const Tensor& v, const Options& o,
                                 const BackwardRequest& request) {
   using namespace detail;
-  BackwardParams p = make_backward_params(q, k, v, nullptr, nullptr, nullptr, nullptr, nullptr,
-                                          nullptr, o, nullptr, request);
-  plan_backward(p, o);
-  return detail::backward_workspace_bytes(p);
+  const BackwardParams whole = make_backward_params(q, k, v, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                                    nullptr, o, nullptr, request);
+  return detail::backward_workspace_bytes(plan(whole, o));
 }
 
 const char* backward_tile_family(const Tensor& q, const Tensor& k, const Tensor& v, const Options& o) {
@@ -44,17 +54,23 @@ void backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o
               const Tensor& dv, const Options& o, const Tensor* dbias, Workspace ws,
               const Tensor* dsinks) {
   using namespace detail;
-  BackwardParams p = make_backward_params(q, k, v, &out, &dout, &lse, &dq, &dk, &dv, o, dbias,
-                                          BackwardRequest{dbias != nullptr}, dsinks);
-  plan_backward(p, o);
+  if (dsinks != nullptr && o.cu_seqlens_q != nullptr)
+    fail(ErrorCode::unsupported,
+         "dsinks: the gradient of the sinks is not computed for variable-length batches "
+         "(options.cu_seqlens_q is set); pass dsinks = null, or call backward per sequence");
+  const BackwardParts parts = plan(make_backward_params(q, k, v, &out, &dout, &lse, &dq, &dk, &dv, o, dbias,
+                                                        BackwardRequest{dbias != nullptr}, dsinks),
+                                   o);
+  if (parts.empty()) return;
+  const BackwardParams& p = parts.front();
   const BackwardKernels* bk = p.algorithm == Algorithm::flash ? &backward_kernels(*p.kernels) : nullptr;
-  const CallWorkspace scratch(ws.data, ws.bytes, detail::backward_workspace_bytes(p), "the backward workspace");
+  const CallWorkspace scratch(ws.data, ws.bytes, detail::backward_workspace_bytes(parts), "the backward workspace");
   void* aligned = scratch.aligned();
   switch (p.dtype) {
-    case DType::f32: return run_backward<float>(p, bk, aligned);
-    case DType::bf16: return run_backward<bf16>(p, bk, aligned);
-    case DType::f16: return run_backward<f16>(p, bk, aligned);
-    default: return run_backward<double>(p, bk, aligned);
+    case DType::f32: return run_backward<float>(parts, bk, aligned);
+    case DType::bf16: return run_backward<bf16>(parts, bk, aligned);
+    case DType::f16: return run_backward<f16>(parts, bk, aligned);
+    default: return run_backward<double>(parts, bk, aligned);
   }
 }
 

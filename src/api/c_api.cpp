@@ -35,7 +35,8 @@ static_assert(MEMATTN_WRONG_DTYPE == int(ErrorCode::wrong_dtype));
 static_assert(MEMATTN_F32 == int(memattn::DType::f32) &&
               MEMATTN_BF16 == int(memattn::DType::bf16) &&
               MEMATTN_F16 == int(memattn::DType::f16) &&
-              MEMATTN_F64 == int(memattn::DType::f64) && MEMATTN_U8 == int(memattn::DType::u8));
+              MEMATTN_F64 == int(memattn::DType::f64) && MEMATTN_U8 == int(memattn::DType::u8) &&
+              MEMATTN_I32 == int(memattn::DType::i32) && MEMATTN_I64 == int(memattn::DType::i64));
 static_assert(MEMATTN_ALGORITHM_AUTOMATIC == int(memattn::Algorithm::automatic) &&
               MEMATTN_ALGORITHM_NAIVE == int(memattn::Algorithm::naive) &&
               MEMATTN_ALGORITHM_SEQUENTIAL == int(memattn::Algorithm::sequential) &&
@@ -49,13 +50,13 @@ constexpr const char* kStatusNames[] = {
     "MEMATTN_WORKSPACE_TOO_SMALL", "MEMATTN_ALIASING", "MEMATTN_OUT_OF_MEMORY",
     "MEMATTN_UNSUPPORTED", "MEMATTN_WRONG_DTYPE"};
 constexpr const char* kDTypeNames[] = {"MEMATTN_F32", "MEMATTN_BF16", "MEMATTN_F16", "MEMATTN_F64",
-                                       "MEMATTN_U8"};
+                                       "MEMATTN_U8",  "MEMATTN_I32",  "MEMATTN_I64"};
 constexpr const char* kAlgorithmNames[] = {
     "MEMATTN_ALGORITHM_AUTOMATIC", "MEMATTN_ALGORITHM_NAIVE", "MEMATTN_ALGORITHM_SEQUENTIAL",
     "MEMATTN_ALGORITHM_CHUNKED", "MEMATTN_ALGORITHM_FLASH"};
 constexpr const char* kAlignNames[] = {"MEMATTN_ALIGN_TOP_LEFT", "MEMATTN_ALIGN_BOTTOM_RIGHT"};
 static_assert(std::size(kStatusNames) == MEMATTN_WRONG_DTYPE + 1 &&
-              std::size(kDTypeNames) == MEMATTN_U8 + 1 &&
+              std::size(kDTypeNames) == MEMATTN_I64 + 1 &&
               std::size(kAlgorithmNames) == MEMATTN_ALGORITHM_FLASH + 1 &&
               std::size(kAlignNames) == MEMATTN_ALIGN_BOTTOM_RIGHT + 1);
 
@@ -123,10 +124,10 @@ std::optional<Tensor> to_optional_tensor(const memattn_tensor* c, const char* na
 
 const Tensor* pointer_to(const std::optional<Tensor>& t) { return t ? &*t : nullptr; }
 
-// memattn::Options and the mask, bias, ALiBi slopes and sinks tensors it points to, kept alive
-// together.
+// memattn::Options and the mask, bias, ALiBi slopes, sinks and cu_seqlens tensors it points to,
+// kept alive together.
 struct CppOptions {
-  std::optional<Tensor> mask, bias, alibi_slopes, sinks;
+  std::optional<Tensor> mask, bias, alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k;
   memattn::Options options;
 
   explicit CppOptions(const memattn_options* c) {
@@ -151,6 +152,12 @@ struct CppOptions {
     options.sinks = pointer_to(sinks);
     options.num_threads = o.num_threads;
     options.target = o.target;
+    cu_seqlens_q = to_optional_tensor(o.cu_seqlens_q, "options.cu_seqlens_q");
+    cu_seqlens_k = to_optional_tensor(o.cu_seqlens_k, "options.cu_seqlens_k");
+    options.cu_seqlens_q = pointer_to(cu_seqlens_q);
+    options.cu_seqlens_k = pointer_to(cu_seqlens_k);
+    options.max_seqlen_q = o.max_seqlen_q;
+    options.max_seqlen_k = o.max_seqlen_k;
   }
   CppOptions(const CppOptions&) = delete;  // options points into this object
   CppOptions& operator=(const CppOptions&) = delete;
@@ -191,6 +198,36 @@ memattn_status memattn_workspace_bytes(const memattn_tensor* q, const memattn_te
     const CppOptions o(options);
     size_t& result = required(bytes, "bytes");
     result = memattn::workspace_bytes(cq, ck, cv, o.options);
+  });
+}
+
+memattn_status memattn_attention_with_kvcache(const memattn_tensor* q, const memattn_tensor* k_cache,
+                                              const memattn_tensor* v_cache, const memattn_tensor* seqlens_k,
+                                              const memattn_tensor* block_table, const memattn_tensor* out,
+                                              const memattn_tensor* lse, const memattn_options* options,
+                                              memattn_workspace workspace) {
+  return guarded([&] {
+    const Tensor cq = to_tensor(q, "q"), ck = to_tensor(k_cache, "k_cache"), cv = to_tensor(v_cache, "v_cache");
+    const Tensor clens = to_tensor(seqlens_k, "seqlens_k"), cout = to_tensor(out, "out");
+    const std::optional<Tensor> ctable = to_optional_tensor(block_table, "block_table");
+    const std::optional<Tensor> clse = to_optional_tensor(lse, "lse");
+    const CppOptions o(options);
+    memattn::attention_with_kvcache(cq, ck, cv, clens, pointer_to(ctable), cout, pointer_to(clse), o.options,
+                                    to_workspace(workspace));
+  });
+}
+
+memattn_status memattn_kvcache_workspace_bytes(const memattn_tensor* q, const memattn_tensor* k_cache,
+                                               const memattn_tensor* v_cache, const memattn_tensor* seqlens_k,
+                                               const memattn_tensor* block_table, const memattn_options* options,
+                                               size_t* bytes) {
+  return guarded([&] {
+    const Tensor cq = to_tensor(q, "q"), ck = to_tensor(k_cache, "k_cache"), cv = to_tensor(v_cache, "v_cache");
+    const Tensor clens = to_tensor(seqlens_k, "seqlens_k");
+    const std::optional<Tensor> ctable = to_optional_tensor(block_table, "block_table");
+    const CppOptions o(options);
+    size_t& result = required(bytes, "bytes");
+    result = memattn::kvcache_workspace_bytes(cq, ck, cv, clens, pointer_to(ctable), o.options);
   });
 }
 

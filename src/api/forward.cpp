@@ -1,8 +1,12 @@
-// forward(), workspace_bytes() and tile_family(): validate, plan, take the workspace, dispatch once.
+// forward(), workspace_bytes(), tile_family() and attention_with_kvcache(): validate, plan, take the
+// workspace, dispatch once.
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <string>
 
+#include "api/kvcache.hpp"
+#include "api/sequences.hpp"
 #include "api/validate.hpp"
 #include "common/half.hpp"
 #include "common/memory.hpp"
@@ -16,11 +20,12 @@ namespace memattn {
 namespace detail {
 namespace {
 
-Params plan(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* out, const Tensor* lse,
-            const Options& o) {
-  Params p = make_forward_params(q, k, v, out, lse, o);
-  plan_forward(p, o);
-  return p;
+// The call's parts (the dense problem, or one per varlen sequence), each planned as a dense call.
+Parts plan(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* out, const Tensor* lse,
+           const Options& o) {
+  Parts parts = split_sequences(make_forward_params(q, k, v, out, lse, o), o);
+  for (Params& p : parts) plan_forward(p, o);
+  return parts;
 }
 
 // No keys: every row is fully masked (out = 0, lse = -inf); K and V are not read.
@@ -31,15 +36,47 @@ void write_empty_rows(const Params& p) {
       for (int64_t i = 0; i < p.seq_q; ++i) store_row<T, float>(p, b, h, i, nullptr, 0, 0.0f, 0.0f);
 }
 
+// The reference algorithms run the parts one after another; the flash driver runs every part's
+// items in one parallel loop.
 template <typename T>
-void run(const Params& p, void* ws) {
-  if (p.seq_k == 0) return write_empty_rows<T>(p);
-  switch (p.algorithm) {
-    case Algorithm::naive: return naive_forward<T>(p, ws);
-    case Algorithm::sequential: return sequential_forward<T>(p, ws);
-    case Algorithm::chunked: return chunked_forward<T>(p, ws);
-    default:
-      if constexpr (!std::is_same_v<T, double>) return flash_forward<T>(p, ws);
+void run(const Parts& parts, void* ws) {
+  for (const Params& p : parts)
+    if (p.seq_k == 0) write_empty_rows<T>(p);
+  if (parts.front().algorithm == Algorithm::flash) {
+    if constexpr (!std::is_same_v<T, double>) flash_forward<T>(parts, ws);
+    return;
+  }
+  for (const Params& p : parts) {
+    if (p.empty() || p.seq_k == 0) continue;
+    switch (p.algorithm) {
+      case Algorithm::naive: naive_forward<T>(p, ws); break;
+      case Algorithm::sequential: sequential_forward<T>(p, ws); break;
+      default: chunked_forward<T>(p, ws); break;
+    }
+  }
+}
+
+// attention_with_kvcache's parts, planned on the flash algorithm (the one that reads paged keys).
+Parts plan_kvcache(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& seqlens_k,
+                   const Tensor* block_table, const Tensor* out, const Tensor* lse, const Options& o) {
+  Parts parts = kvcache_parts(q, k_cache, v_cache, seqlens_k, block_table, out, lse, o);
+  Options flash = o;
+  flash.algorithm = Algorithm::flash;
+  for (Params& p : parts) plan_forward(p, flash);
+  return parts;
+}
+
+// The planned parts of a call run into the caller's or an allocated workspace.
+void run_parts(const Parts& parts, Workspace ws) {
+  const size_t need = forward_workspace_bytes(parts);
+  if (need == 0 && std::all_of(parts.begin(), parts.end(), [](const Params& p) { return p.empty(); })) return;
+  const CallWorkspace scratch(ws.data, ws.bytes, need, "the forward workspace");
+  void* aligned = scratch.aligned();
+  switch (parts.front().dtype) {
+    case DType::f32: return run<float>(parts, aligned);
+    case DType::bf16: return run<bf16>(parts, aligned);
+    case DType::f16: return run<f16>(parts, aligned);
+    default: return run<double>(parts, aligned);
   }
 }
 
@@ -53,8 +90,8 @@ size_t workspace_bytes(const Tensor& q, const Tensor& k, const Tensor& v, const 
 const char* tile_family(DType dtype, const Options& options) {
   using namespace detail;
   // Checked here so that the message names `dtype`; the call's own checks would name q.
-  const bool known = int(dtype) <= int(DType::u8);  // DType is unsigned
-  if (!known || dtype == DType::u8)
+  const bool known = int(dtype) <= int(DType::i64);  // DType is unsigned
+  if (!known || dtype == DType::u8 || dtype == DType::i32 || dtype == DType::i64)
     fail(known ? ErrorCode::wrong_dtype : ErrorCode::invalid_argument,
          cat("dtype: expected one of f32, bf16, f16, f64, got ",
              known ? std::string(dtype_name(dtype)) : std::to_string(int(dtype))));
@@ -64,24 +101,30 @@ const char* tile_family(DType dtype, const Options& options) {
   // checked against the empty problem's shape, and they do not change the family.
   Options o = options;
   o.mask = o.bias = o.alibi_slopes = o.sinks = nullptr;
+  o.cu_seqlens_q = o.cu_seqlens_k = nullptr;  // nor do sequence descriptors
+  o.max_seqlen_q = o.max_seqlen_k = 0;
   const Tensor none = Tensor::contiguous(nullptr, dtype, {0, 1, 1, 1});  // batch 0: no memory
-  const Params p = plan(none, none, none, nullptr, nullptr, o);
+  const Params p = plan(none, none, none, nullptr, nullptr, o).front();
   return p.algorithm == Algorithm::flash ? family_name(p.family) : "none";
 }
 
 void forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor* lse,
              const Options& o, Workspace ws) {
   using namespace detail;
-  const Params p = plan(q, k, v, &out, lse, o);
-  if (p.empty()) return;
-  const CallWorkspace scratch(ws.data, ws.bytes, forward_workspace_bytes(p), "the forward workspace");
-  void* aligned = scratch.aligned();
-  switch (p.dtype) {
-    case DType::f32: return run<float>(p, aligned);
-    case DType::bf16: return run<bf16>(p, aligned);
-    case DType::f16: return run<f16>(p, aligned);
-    default: return run<double>(p, aligned);
-  }
+  run_parts(plan(q, k, v, &out, lse, o), ws);
+}
+
+size_t kvcache_workspace_bytes(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                               const Tensor& seqlens_k, const Tensor* block_table, const Options& o) {
+  using namespace detail;
+  return forward_workspace_bytes(plan_kvcache(q, k_cache, v_cache, seqlens_k, block_table, nullptr, nullptr, o));
+}
+
+void attention_with_kvcache(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& seqlens_k,
+                            const Tensor* block_table, const Tensor& out, const Tensor* lse, const Options& o,
+                            Workspace ws) {
+  using namespace detail;
+  run_parts(plan_kvcache(q, k_cache, v_cache, seqlens_k, block_table, &out, lse, o), ws);
 }
 
 }  // namespace memattn

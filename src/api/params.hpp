@@ -70,7 +70,36 @@ struct Params {
   const Kernels* kernels = nullptr;  // the SIMD target of the flash path
   TileFamily family = TileFamily::f32_fma;  // the flash forward's products
 
+  // Paged keys and values (attention_with_kvcache with a block table): k and v index
+  // [page, row, head, feature], and key j of batch b is row j % page_size of page
+  // pages[b * page_stride[0] + (j / page_size) * page_stride[1]] (i32 or i64 entries). page_size 0:
+  // k and v are dense [batch, key, head, feature].
+  const void* pages = nullptr;
+  DType page_dtype = DType::i32;
+  int64_t page_size = 0;
+  int64_t page_stride[2] = {0, 0};
+
   bool empty() const { return batch == 0 || heads_q == 0 || seq_q == 0; }
+
+  // Do keys j .. j + n - 1 lie k.stride[1] (v.stride[1]) apart from key_row(b, j, g)? Always for
+  // dense k and v; with pages, when they stay within one page (the planner's key chunks do where
+  // pages are large enough; see plan_forward).
+  bool one_pitch(int64_t j, int64_t n) const { return page_size == 0 || j / page_size == (j + n - 1) / page_size; }
+
+  // Row j of kv head g of batch b in k or v: the one way the flash driver and its families reach
+  // keys and values, dense strides or a page through the block table.
+  template <typename T>
+  const T* key_row(int64_t b, int64_t j, int64_t g) const { return kv_row<T>(k, b, j, g); }
+  template <typename T>
+  const T* value_row(int64_t b, int64_t j, int64_t g) const { return kv_row<T>(v, b, j, g); }
+  template <typename T>
+  const T* kv_row(const View& x, int64_t b, int64_t j, int64_t g) const {
+    if (page_size == 0) return x.at<T>(b, j, g);
+    const int64_t at = b * page_stride[0] + j / page_size * page_stride[1];
+    const int64_t page = page_dtype == DType::i32 ? int64_t(static_cast<const int32_t*>(pages)[at])
+                                                  : static_cast<const int64_t*>(pages)[at];
+    return x.at<T>(page, j % page_size, g);
+  }
 
   // Keys [first, last) that causal and window masks leave to query row i (may be empty).
   int64_t key_begin(int64_t i) const {

@@ -14,6 +14,8 @@ const char* dtype_name(DType d) {
     case DType::f16: return "f16";
     case DType::f64: return "f64";
     case DType::u8: return "u8";
+    case DType::i32: return "i32";
+    case DType::i64: return "i64";
   }
   return "unknown";
 }
@@ -25,6 +27,8 @@ size_t dtype_size(DType d) {
     case DType::f16: return 2;
     case DType::f64: return 8;
     case DType::u8: return 1;
+    case DType::i32: return 4;
+    case DType::i64: return 8;
   }
   return 1;
 }

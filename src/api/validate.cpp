@@ -2,6 +2,8 @@
 // expected and what was given.
 #include "api/validate.hpp"
 
+#include "api/sequences.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -61,7 +63,7 @@ void check_tensor(const Tensor& t, const char* name, int ndim) {
     if (t.shape[i] < 0)
       fail(ErrorCode::invalid_argument,
            cat(name, ": shape[", i, "] must be >= 0, got ", t.shape[i], " (shape ", shape_str(t), ")"));
-  check_enum(t.dtype, name, ".dtype", DType::u8, dtype_name);
+  check_enum(t.dtype, name, ".dtype", DType::i64, dtype_name);
   byte_span(t, name);  // throws on 64-bit overflow
   if (t.data == nullptr && !has_zero_extent(t))
     fail(ErrorCode::invalid_argument,
@@ -245,6 +247,17 @@ static void check_derived_sizes(const Params& p) {
                                        ", dim_v ", p.dim_v, ")"));
 }
 
+void resolve_diagonal(Params& p, const Options& o) {
+  p.causal = o.causal;
+  p.diag = o.align == Align::bottom_right ? p.seq_k - p.seq_q : 0;
+  // A window of max(seq_q, seq_k) already reaches every key from every diagonal (|j - diag_i| <
+  // max(seq_q, seq_k) for all i, j under either alignment), so wider ones are clamped to it: then
+  // i + diag +- window +- 1 stays within +-2 max(seq_q, seq_k), which check_derived_sizes bounds.
+  const int64_t wide = std::max(p.seq_q, p.seq_k);
+  p.window_left = o.window_left < 0 ? -1 : std::min(o.window_left, wide);
+  p.window_right = o.window_right < 0 ? -1 : std::min(o.window_right, wide);
+}
+
 Params make_forward_params(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* out,
                            const Tensor* lse, const Options& o) {
   if (q.ndim != 4 || k.ndim != 4 || v.ndim != 4)
@@ -300,6 +313,7 @@ Params make_forward_params(const Tensor& q, const Tensor& k, const Tensor& v, co
     fail(ErrorCode::invalid_argument,
          cat("q.shape[-1] (", p.dim, ") != k.shape[-1] (", k.shape[3], ")"));
   check_derived_sizes(p);
+  if (is_varlen(o) || o.max_seqlen_q != 0 || o.max_seqlen_k != 0) check_sequence_tensors(p, o);
   const int64_t want_out[4] = {p.batch, p.seq_q, p.heads_q, p.dim_v};
   if (out) {
     for (int i = 0; i < 4; ++i)
@@ -367,20 +381,13 @@ Params make_forward_params(const Tensor& q, const Tensor& k, const Tensor& v, co
          cat("num_threads must be 0 (all) or > 0, got ", o.num_threads));
   check_enum(o.algorithm, "options", ".algorithm", Algorithm::flash, algorithm_name);
   check_enum(o.align, "options", ".align", Align::bottom_right, align_name);
-  p.causal = o.causal;
-  p.diag = o.align == Align::bottom_right ? p.seq_k - p.seq_q : 0;
-  // A window of max(seq_q, seq_k) already reaches every key from every diagonal (|j - diag_i| <
-  // max(seq_q, seq_k) for all i, j under either alignment), so wider ones are clamped to it: then
-  // i + diag +- window +- 1 stays within +-2 max(seq_q, seq_k), which check_derived_sizes bounds.
-  const int64_t wide = std::max(p.seq_q, p.seq_k);
-  p.window_left = o.window_left < 0 ? -1 : std::min(o.window_left, wide);
-  p.window_right = o.window_right < 0 ? -1 : std::min(o.window_right, wide);
+  resolve_diagonal(p, o);
 
   check_score_modifiers(p, o);
 
-  const Tensor* inputs[] = {&q, &k, &v, o.mask, o.bias, o.alibi_slopes, o.sinks};
-  const char* names[] = {"q", "k", "v", "mask", "bias", "alibi_slopes", "sinks"};
-  for (int i = 0; i < 7; ++i) {
+  const Tensor* inputs[] = {&q, &k, &v, o.mask, o.bias, o.alibi_slopes, o.sinks, o.cu_seqlens_q, o.cu_seqlens_k};
+  const char* names[] = {"q", "k", "v", "mask", "bias", "alibi_slopes", "sinks", "cu_seqlens_q", "cu_seqlens_k"};
+  for (size_t i = 0; i < std::size(inputs); ++i) {
     if (!inputs[i]) continue;
     if (out) check_no_alias(*out, "out", *inputs[i], names[i]);
     if (lse) check_no_alias(*lse, "lse", *inputs[i], names[i]);

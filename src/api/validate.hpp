@@ -40,6 +40,8 @@ View make_view(const Tensor& t);
 
 // Checks options.softcap, alibi_slopes and sinks against p's shapes and fills their fields.
 void check_score_modifiers(Params& p, const Options& o);
+// Sets causal, diag and the (clamped) window of p from the options and p.seq_q, p.seq_k.
+void resolve_diagonal(Params& p, const Options& o);
 
 // Fills the shape, operand and mask fields of Params from the forward operands and options.
 // out may be null when only sizing a workspace.

@@ -75,7 +75,8 @@ BackwardParams make_backward_params(const Tensor& q, const Tensor& k, const Tens
   const std::pair<const Tensor*, const char*> inputs[] = {
       {&q, "q"},        {&k, "k"},     {&v, "v"},         {out, "out"},
       {dout, "dout"},   {lse, "lse"},  {o.mask, "mask"},  {o.bias, "bias"},
-      {o.alibi_slopes, "alibi_slopes"},  {o.sinks, "sinks"}};
+      {o.alibi_slopes, "alibi_slopes"}, {o.sinks, "sinks"}, {o.cu_seqlens_q, "cu_seqlens_q"},
+      {o.cu_seqlens_k, "cu_seqlens_k"}};
   for (size_t i = 0; i < std::size(outputs); ++i) {
     const auto [t, name] = outputs[i];
     if (!t) continue;

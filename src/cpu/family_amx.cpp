@@ -72,7 +72,7 @@ void AmxFamily<Ops>::pack_keys(const Chunk& c) {
       std::fill_n(row, dp_, uint16_t(0));
       continue;
     }
-    const bf16* k = p_.k.at<bf16>(c.b, c.j0 + int64_t(t), c.g);
+    const bf16* k = p_.key_row<bf16>(c.b, c.j0 + int64_t(t), c.g);
     if (p_.k.stride[3] == 1) {
       std::memcpy(row, k, d_ * sizeof(uint16_t));
     } else {
@@ -105,7 +105,7 @@ void AmxFamily<Ops>::scores(const Chunk& c) {
 template <typename Ops>
 const uint16_t* AmxFamily<Ops>::value_row(const Chunk& c, size_t t) const {
   if (t >= size_t(c.keys) || !c.key_read(int64_t(t))) return nullptr;
-  return reinterpret_cast<const uint16_t*>(p_.v.at<bf16>(c.b, c.j0 + int64_t(t), c.g));
+  return reinterpret_cast<const uint16_t*>(p_.value_row<bf16>(c.b, c.j0 + int64_t(t), c.g));
 }
 
 // V pairs: v[t/2][col][t%2] = v_t[col], zero for keys past c.keys (up to a whole tile depth),

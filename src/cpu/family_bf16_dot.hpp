@@ -57,7 +57,7 @@ class Bf16DotFamily {
         std::fill_n(kt, d2_, uint16_t(0));
         continue;
       }
-      const bf16* src = p_.k.at<bf16>(c.b, c.j0 + t, c.g);
+      const bf16* src = p_.key_row<bf16>(c.b, c.j0 + t, c.g);
       if (p_.k.stride[3] == 1)
         std::memcpy(kt, src, d_ * sizeof(uint16_t));
       else
@@ -73,7 +73,7 @@ class Bf16DotFamily {
       const uint16_t* rows[2] = {nullptr, nullptr};
       for (int64_t u = 0; u < 2; ++u)
         if (t + u < c.keys && c.key_read(t + u))
-          rows[u] = reinterpret_cast<const uint16_t*>(p_.v.at<bf16>(c.b, c.j0 + t + u, c.g));
+          rows[u] = reinterpret_cast<const uint16_t*>(p_.value_row<bf16>(c.b, c.j0 + t + u, c.g));
       finite &= pair_value_rows(&kern_, rows, p_.v.stride[3], dv_, dvp_, s_.v + size_t(t / 2) * 2 * dvp_);
     }
     if (!c.full && !finite) return false;

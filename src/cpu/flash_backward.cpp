@@ -20,6 +20,7 @@
 #include "cpu/flash_backward.hpp"
 
 #include "cpu/flash_backward_tile.hpp"
+#include "plan/item_list.hpp"
 
 namespace memattn::detail {
 namespace {
@@ -35,80 +36,88 @@ int64_t first_row(int64_t n, Pred pred) {
   return lo;
 }
 
-template <typename T>
-void lse_pass(const BackwardParams& p, const BackwardKernels& bk, void* ws, size_t slice_bytes) {
-  const int64_t cq = p.query_chunk, q_chunks = (p.seq_q + cq - 1) / cq;
-  parallel_for_items(lse_items(p), backward_workers(p), ws, slice_bytes, [&](int64_t item, char* slice) {
-    TileWorker<T> x(p, bk, Lanes::queries, slice);
-    const int64_t b = item / (p.heads_q * q_chunks), h = item / q_chunks % p.heads_q;
-    const int64_t i0 = item % q_chunks * cq, rows = std::min(cq, p.seq_q - i0);
-    if (x.dsums_parkable()) x.park_dsums(b, h, i0, rows);
-    if (!x.any_coarse_lse(b, h, i0, rows)) return;
-    x.load_queries(b, h, i0, rows);
-    x.park_lse_corrections();
-  });
+// Runs pass(p, item, slice) over the items of every part in one parallel loop (parts: the dense
+// call, or a varlen call's sequences).
+template <typename Count, typename Pass>
+void run_pass(const BackwardParts& parts, void* ws, Count count, Pass pass) {
+  const ItemList items(parts, count);
+  parallel_for_items(items.size(), backward_workers(parts), ws, backward_slice_bytes(parts),
+                     [&](int64_t index, char* slice) {
+                       const auto [part, local] = items.locate(index);
+                       pass(parts[part], local, slice);
+                     });
 }
 
 template <typename T>
-void dkv_pass(const BackwardParams& p, const BackwardKernels& bk, void* ws, size_t slice_bytes) {
+void lse_item(const BackwardParams& p, const BackwardKernels& bk, int64_t item, char* slice) {
+  const int64_t cq = p.query_chunk, q_chunks = (p.seq_q + cq - 1) / cq;
+  TileWorker<T> x(p, bk, Lanes::queries, slice);
+  const int64_t b = item / (p.heads_q * q_chunks), h = item / q_chunks % p.heads_q;
+  const int64_t i0 = item % q_chunks * cq, rows = std::min(cq, p.seq_q - i0);
+  if (x.dsums_parkable()) x.park_dsums(b, h, i0, rows);
+  if (!x.any_coarse_lse(b, h, i0, rows)) return;
+  x.load_queries(b, h, i0, rows);
+  x.park_lse_corrections();
+}
+
+template <typename T>
+void dkv_item(const BackwardParams& p, const BackwardKernels& bk, int64_t item, char* slice) {
   const int64_t cq = p.query_chunk, ck = p.key_chunk;
   const int64_t k_chunks = (p.seq_k + ck - 1) / ck;
-  parallel_for_items(dkv_items(p), backward_workers(p), ws, slice_bytes, [&](int64_t item, char* slice) {
-    TileWorker<T> x(p, bk, Lanes::keys, slice);
-    x.read_parked_dsums = x.dsums_parkable();
-    const FlashBackwardSlices& w = x.w;
-    const int64_t bg = item / k_chunks, b = bg / p.heads_kv, g = bg % p.heads_kv;
-    const int64_t j0 = item % k_chunks * ck, keys = std::min(ck, p.seq_k - j0);
-    const size_t kn = size_t(keys);
-    x.clear_lane_side();
-    std::fill_n(w.acc_k, kn * x.dp, 0.0f);
-    std::fill_n(w.acc_v, kn * x.dvp, 0.0f);
-    std::fill_n(w.packed, kn, uint8_t(0));
-    bool keys_finite = true;  // over every key loaded so far (zero columns for the others)
+  TileWorker<T> x(p, bk, Lanes::keys, slice);
+  x.read_parked_dsums = x.dsums_parkable();
+  const FlashBackwardSlices& w = x.w;
+  const int64_t bg = item / k_chunks, b = bg / p.heads_kv, g = bg % p.heads_kv;
+  const int64_t j0 = item % k_chunks * ck, keys = std::min(ck, p.seq_k - j0);
+  const size_t kn = size_t(keys);
+  x.clear_lane_side();
+  std::fill_n(w.acc_k, kn * x.dp, 0.0f);
+  std::fill_n(w.acc_v, kn * x.dvp, 0.0f);
+  std::fill_n(w.packed, kn, uint8_t(0));
+  bool keys_finite = true;  // over every key loaded so far (zero columns for the others)
 
-    // Rows whose visible range meets the chunk: key bounds are monotone in the row.
-    const int64_t i_lo = first_row(p.seq_q, [&](int64_t i) { return p.key_end(i) > j0; });
-    const int64_t i_hi = first_row(p.seq_q, [&](int64_t i) { return p.key_begin(i) >= j0 + keys; });
-    for (int64_t h = g * p.group; h < (g + 1) * p.group; ++h)
-      for (int64_t i0 = i_lo / cq * cq; i0 < i_hi; i0 += cq) {
-        x.load_queries(b, h, i0, std::min(cq, p.seq_q - i0));
-        x.read_lse_corrections();
-        bool full;
-        if (!x.find_live(j0, keys, full)) continue;
-        // Keys are loaded the first time a row sees them: keys nobody sees are never read.
-        for (int64_t t = 0; t < keys; ++t)
-          if (w.live[t] && !w.packed[t]) keys_finite &= x.load_key(g, j0, t), w.packed[t] = 1;
-        x.probs_and_dscores(j0, keys, full);
-        x.chain_softcap(keys);
-        x.scale_tile(w.dpt, keys);
-        if (x.tile_finite && keys_finite) {
-          // dV += P^T dO and dK += dS^T Q, P and dS read transposed; dS or Q carries the scale.
-          x.lane_gradient(w.st, keys, w.dout, w.yp16, x.dvp, w.acc_v);
-          x.lane_gradient(w.dpt, keys, w.q, w.xp16, x.dp, w.acc_k);
-          continue;
-        }
-        // A NaN/Inf input times a masked pair's zero must not reach the gradient: visible pairs
-        // only, as the reference sums them.
-        x.load_fallback_operands(g, j0, keys);
-        for (int64_t r = 0; r < x.rows; ++r) {
-          if (x.dead(r)) continue;
-          for (int64_t t = std::max<int64_t>(x.key_lo(r, j0), 0); t < std::min(x.key_hi(r, j0), keys); ++t) {
-            if (!p.mask_allows(b, h, i0 + r, j0 + t)) continue;
-            const float pv = w.st[x.at(r, t)], ds = w.dpt[x.at(r, t)];
-            for (size_t c = 0; c < x.dv; ++c) w.acc_v[size_t(t) * x.dvp + c] += pv * w.dout[size_t(r) * x.dvp + c];
-            for (size_t c = 0; c < x.d; ++c) w.acc_k[size_t(t) * x.dp + c] += ds * w.q[size_t(r) * x.dp + c];
-          }
+  // Rows whose visible range meets the chunk: key bounds are monotone in the row.
+  const int64_t i_lo = first_row(p.seq_q, [&](int64_t i) { return p.key_end(i) > j0; });
+  const int64_t i_hi = first_row(p.seq_q, [&](int64_t i) { return p.key_begin(i) >= j0 + keys; });
+  for (int64_t h = g * p.group; h < (g + 1) * p.group; ++h)
+    for (int64_t i0 = i_lo / cq * cq; i0 < i_hi; i0 += cq) {
+      x.load_queries(b, h, i0, std::min(cq, p.seq_q - i0));
+      x.read_lse_corrections();
+      bool full;
+      if (!x.find_live(j0, keys, full)) continue;
+      // Keys are loaded the first time a row sees them: keys nobody sees are never read.
+      for (int64_t t = 0; t < keys; ++t)
+        if (w.live[t] && !w.packed[t]) keys_finite &= x.load_key(g, j0, t), w.packed[t] = 1;
+      x.probs_and_dscores(j0, keys, full);
+      x.chain_softcap(keys);
+      x.scale_tile(w.dpt, keys);
+      if (x.tile_finite && keys_finite) {
+        // dV += P^T dO and dK += dS^T Q, P and dS read transposed; dS or Q carries the scale.
+        x.lane_gradient(w.st, keys, w.dout, w.yp16, x.dvp, w.acc_v);
+        x.lane_gradient(w.dpt, keys, w.q, w.xp16, x.dp, w.acc_k);
+        continue;
+      }
+      // A NaN/Inf input times a masked pair's zero must not reach the gradient: visible pairs
+      // only, as the reference sums them.
+      x.load_fallback_operands(g, j0, keys);
+      for (int64_t r = 0; r < x.rows; ++r) {
+        if (x.dead(r)) continue;
+        for (int64_t t = std::max<int64_t>(x.key_lo(r, j0), 0); t < std::min(x.key_hi(r, j0), keys); ++t) {
+          if (!p.mask_allows(b, h, i0 + r, j0 + t)) continue;
+          const float pv = w.st[x.at(r, t)], ds = w.dpt[x.at(r, t)];
+          for (size_t c = 0; c < x.dv; ++c) w.acc_v[size_t(t) * x.dvp + c] += pv * w.dout[size_t(r) * x.dvp + c];
+          for (size_t c = 0; c < x.d; ++c) w.acc_k[size_t(t) * x.dp + c] += ds * w.q[size_t(r) * x.dp + c];
         }
       }
-    for (int64_t t = 0; t < keys; ++t) {
-      store_grad_row<T>(p.dk, b, j0 + t, g, w.acc_k + size_t(t) * x.dp, p.dim, 1.0f);
-      store_grad_row<T>(p.dv, b, j0 + t, g, w.acc_v + size_t(t) * x.dvp, p.dim_v, 1.0f);
     }
-  });
+  for (int64_t t = 0; t < keys; ++t) {
+    store_grad_row<T>(p.dk, b, j0 + t, g, w.acc_k + size_t(t) * x.dp, p.dim, 1.0f);
+    store_grad_row<T>(p.dv, b, j0 + t, g, w.acc_v + size_t(t) * x.dvp, p.dim_v, 1.0f);
+  }
 }
 
 template <typename T>
-void dq_pass(const BackwardParams& p, const BackwardKernels& bk, void* ws, size_t slice_bytes) {
+void dq_item(const BackwardParams& p, const BackwardKernels& bk, int64_t item, char* slice) {
   const int64_t cq = p.query_chunk, ck = p.key_chunk;
   const int64_t q_chunks = (p.seq_q + cq - 1) / cq;
   const DqOwners own = dq_owners(p);
@@ -117,66 +126,64 @@ void dq_pass(const BackwardParams& p, const BackwardKernels& bk, void* ws, size_
   // broadcast) or all keys.
   const bool one_row = p.bias_broadcast(2), one_col = p.bias_broadcast(3);
   const int64_t db_cols = one_col ? 1 : p.seq_k;
-  parallel_for_items(own.items(), backward_workers(p), ws, slice_bytes, [&](int64_t item, char* slice) {
-    TileWorker<T> x(p, bk, Lanes::queries, slice);
-    x.read_parked_dsums = x.dsums_parkable();
-    const FlashBackwardSlices& w = x.w;
-    const int64_t xb = item / (own.heads * own.chunks), xh = item / own.chunks % own.heads;
-    // Under causal or window masks later query chunks see more keys: hand them out first.
-    const int64_t xq = banded && own.chunks > 1 ? own.chunks - 1 - item % own.chunks : item % own.chunks;
-    const bool all_b = own.batch != p.batch, all_h = own.heads != p.heads_q, all_q = own.chunks != q_chunks;
-    const int64_t db_rows = one_row ? 1 : std::min(cq, p.seq_q - xq * cq);
-    if (p.has_dbias) std::fill_n(w.dbias, size_t(db_rows * db_cols), 0.0f);
+  TileWorker<T> x(p, bk, Lanes::queries, slice);
+  x.read_parked_dsums = x.dsums_parkable();
+  const FlashBackwardSlices& w = x.w;
+  const int64_t xb = item / (own.heads * own.chunks), xh = item / own.chunks % own.heads;
+  // Under causal or window masks later query chunks see more keys: hand them out first.
+  const int64_t xq = banded && own.chunks > 1 ? own.chunks - 1 - item % own.chunks : item % own.chunks;
+  const bool all_b = own.batch != p.batch, all_h = own.heads != p.heads_q, all_q = own.chunks != q_chunks;
+  const int64_t db_rows = one_row ? 1 : std::min(cq, p.seq_q - xq * cq);
+  if (p.has_dbias) std::fill_n(w.dbias, size_t(db_rows * db_cols), 0.0f);
 
-    for (int64_t b = all_b ? 0 : xb; b < (all_b ? p.batch : xb + 1); ++b)
-      for (int64_t h = all_h ? 0 : xh; h < (all_h ? p.heads_q : xh + 1); ++h)
-        for (int64_t qc = all_q ? 0 : xq; qc < (all_q ? q_chunks : xq + 1); ++qc) {
-          const int64_t i0 = qc * cq, g = h / p.group;
-          x.load_queries(b, h, i0, std::min(cq, p.seq_q - i0));
-          x.read_lse_corrections();  // before this item overwrites them with the dq rows
-          const size_t rows = size_t(x.rows);
-          std::fill_n(w.acc_k, rows * x.dp, 0.0f);
-          const int64_t first = p.key_begin(i0), last = p.key_end(i0 + x.rows - 1);
-          for (int64_t j0 = first / ck * ck; j0 < last; j0 += ck) {
-            const int64_t keys = std::min(ck, p.seq_k - j0);
-            bool full;
-            if (!x.find_live(j0, keys, full)) continue;
-            const bool keys_finite = x.load_key_rows(g, j0, keys, false);
-            x.probs_and_dscores(j0, keys, full);
-            // dbias is dS itself: summed before dS takes the scale.
-            if (p.has_dbias)
-              for (int64_t r = 0; r < x.rows; ++r) {
-                if (x.dead(r)) continue;
-                float* row = w.dbias + size_t((one_row ? 0 : r) * db_cols);
-                for (int64_t t = std::max<int64_t>(x.key_lo(r, j0), 0); t < std::min(x.key_hi(r, j0), keys); ++t)
-                  if (p.mask_allows(b, h, i0 + r, j0 + t)) row[one_col ? 0 : j0 + t] += w.dpt[x.at(r, t)];
-              }
-            x.chain_softcap(keys);
-            x.scale_tile(w.dpt, keys);
-            if (x.tile_finite && keys_finite) {
-              // dQ += dS K, dS read transposed (the scale in dS, or applied at the store).
-              x.lane_gradient(w.dpt, keys, w.k, w.xp16, x.dp, w.acc_k);
-              continue;
-            }
-            x.load_fallback_operands(g, j0, keys);
+  for (int64_t b = all_b ? 0 : xb; b < (all_b ? p.batch : xb + 1); ++b)
+    for (int64_t h = all_h ? 0 : xh; h < (all_h ? p.heads_q : xh + 1); ++h)
+      for (int64_t qc = all_q ? 0 : xq; qc < (all_q ? q_chunks : xq + 1); ++qc) {
+        const int64_t i0 = qc * cq, g = h / p.group;
+        x.load_queries(b, h, i0, std::min(cq, p.seq_q - i0));
+        x.read_lse_corrections();  // before this item overwrites them with the dq rows
+        const size_t rows = size_t(x.rows);
+        std::fill_n(w.acc_k, rows * x.dp, 0.0f);
+        const int64_t first = p.key_begin(i0), last = p.key_end(i0 + x.rows - 1);
+        for (int64_t j0 = first / ck * ck; j0 < last; j0 += ck) {
+          const int64_t keys = std::min(ck, p.seq_k - j0);
+          bool full;
+          if (!x.find_live(j0, keys, full)) continue;
+          const bool keys_finite = x.load_key_rows(g, j0, keys, false);
+          x.probs_and_dscores(j0, keys, full);
+          // dbias is dS itself: summed before dS takes the scale.
+          if (p.has_dbias)
             for (int64_t r = 0; r < x.rows; ++r) {
               if (x.dead(r)) continue;
-              for (int64_t t = std::max<int64_t>(x.key_lo(r, j0), 0); t < std::min(x.key_hi(r, j0), keys); ++t) {
-                if (!p.mask_allows(b, h, i0 + r, j0 + t)) continue;
-                const float ds = w.dpt[x.at(r, t)];
-                for (size_t c = 0; c < x.d; ++c) w.acc_k[size_t(r) * x.dp + c] += ds * w.k[size_t(t) * x.dp + c];
-              }
+              float* row = w.dbias + size_t((one_row ? 0 : r) * db_cols);
+              for (int64_t t = std::max<int64_t>(x.key_lo(r, j0), 0); t < std::min(x.key_hi(r, j0), keys); ++t)
+                if (p.mask_allows(b, h, i0 + r, j0 + t)) row[one_col ? 0 : j0 + t] += w.dpt[x.at(r, t)];
+            }
+          x.chain_softcap(keys);
+          x.scale_tile(w.dpt, keys);
+          if (x.tile_finite && keys_finite) {
+            // dQ += dS K, dS read transposed (the scale in dS, or applied at the store).
+            x.lane_gradient(w.dpt, keys, w.k, w.xp16, x.dp, w.acc_k);
+            continue;
+          }
+          x.load_fallback_operands(g, j0, keys);
+          for (int64_t r = 0; r < x.rows; ++r) {
+            if (x.dead(r)) continue;
+            for (int64_t t = std::max<int64_t>(x.key_lo(r, j0), 0); t < std::min(x.key_hi(r, j0), keys); ++t) {
+              if (!p.mask_allows(b, h, i0 + r, j0 + t)) continue;
+              const float ds = w.dpt[x.at(r, t)];
+              for (size_t c = 0; c < x.d; ++c) w.acc_k[size_t(r) * x.dp + c] += ds * w.k[size_t(t) * x.dp + c];
             }
           }
-          for (int64_t r = 0; r < x.rows; ++r)
-            store_grad_row<T>(p.dq, b, i0 + r, h, w.acc_k + size_t(r) * x.dp, p.dim, x.dq_scale());
         }
-    if (!p.has_dbias) return;
-    const int64_t bb = p.bias_broadcast(0) ? 0 : xb, bh = p.bias_broadcast(1) ? 0 : xh;
-    for (int64_t r = 0; r < db_rows; ++r)
-      for (int64_t j = 0; j < db_cols; ++j)
-        store_dbias(p, bb, bh, one_row ? 0 : xq * cq + r, j, w.dbias[size_t(r * db_cols + j)]);
-  });
+        for (int64_t r = 0; r < x.rows; ++r)
+          store_grad_row<T>(p.dq, b, i0 + r, h, w.acc_k + size_t(r) * x.dp, p.dim, x.dq_scale());
+      }
+  if (!p.has_dbias) return;
+  const int64_t bb = p.bias_broadcast(0) ? 0 : xb, bh = p.bias_broadcast(1) ? 0 : xh;
+  for (int64_t r = 0; r < db_rows; ++r)
+    for (int64_t j = 0; j < db_cols; ++j)
+      store_dbias(p, bb, bh, one_row ? 0 : xq * cq + r, j, w.dbias[size_t(r * db_cols + j)]);
 }
 
 // dsinks[h] = -sum_{b,i} exp(sink_h - lse) D, with D = rowsum(dO * O) in f64, from forward's lse
@@ -208,18 +215,25 @@ void dsinks_pass(const BackwardParams& p) {
 
 }  // namespace
 
+// The passes in order, each over every part: a part's dK/dV pass needs its lse pass's parked
+// values, its dQ pass reads them back.
 template <typename T>
-void flash_backward(const BackwardParams& p, const BackwardKernels& bk, void* workspace) {
-  Carver sizer;
-  FlashBackwardSlices::carve(p, sizer);
-  lse_pass<T>(p, bk, workspace, sizer.used());
-  dkv_pass<T>(p, bk, workspace, sizer.used());
-  if (p.has_dsinks) dsinks_pass<T>(p);
-  dq_pass<T>(p, bk, workspace, sizer.used());
+void flash_backward(const BackwardParts& parts, const BackwardKernels& bk, void* workspace) {
+  run_pass(parts, workspace, lse_items, [&](const BackwardParams& p, int64_t item, char* slice) {
+    lse_item<T>(p, bk, item, slice);
+  });
+  run_pass(parts, workspace, dkv_items, [&](const BackwardParams& p, int64_t item, char* slice) {
+    dkv_item<T>(p, bk, item, slice);
+  });
+  // dsinks reads the lse corrections the dq pass overwrites; a dense call is one part (varlen
+  // calls do not take dsinks, see backward()).
+  if (parts.front().has_dsinks) dsinks_pass<T>(parts.front());
+  run_pass(parts, workspace, [](const BackwardParams& p) { return dq_owners(p).items(); },
+           [&](const BackwardParams& p, int64_t item, char* slice) { dq_item<T>(p, bk, item, slice); });
 }
 
-template void flash_backward<float>(const BackwardParams&, const BackwardKernels&, void*);
-template void flash_backward<bf16>(const BackwardParams&, const BackwardKernels&, void*);
-template void flash_backward<f16>(const BackwardParams&, const BackwardKernels&, void*);
+template void flash_backward<float>(const BackwardParts&, const BackwardKernels&, void*);
+template void flash_backward<bf16>(const BackwardParts&, const BackwardKernels&, void*);
+template void flash_backward<f16>(const BackwardParts&, const BackwardKernels&, void*);
 
 }  // namespace memattn::detail

@@ -3,13 +3,14 @@
 
 #include "api/backward_params.hpp"
 #include "cpu/flash_backward_kernels.hpp"
+#include "plan/backward_plan.hpp"
 
 namespace memattn::detail {
 
-// Validated, planned BackwardParams; a workspace of backward_workspace_bytes(p) bytes, 64-byte
-// aligned. T: f32, bf16 or f16.
+// Validated, planned parts (the dense call, or a varlen call's sequences); a workspace of
+// backward_workspace_bytes(parts) bytes, 64-byte aligned. T: f32, bf16 or f16.
 template <typename T>
-void flash_backward(const BackwardParams& p, const BackwardKernels& bk, void* workspace);
+void flash_backward(const BackwardParts& parts, const BackwardKernels& bk, void* workspace);
 
 // The O(n^2) reference: per head, the whole softmax matrix recomputed from scratch (lse and out
 // are not read). T: f32, bf16, f16 or f64.

@@ -1,4 +1,5 @@
-// flash forward driver: per (batch, head, query chunk), walks the key chunks that the causal and
+// flash forward driver: per (batch, head, query chunk) of every part (the dense call, or each
+// varlen sequence), walks the key chunks that the causal and
 // window masks leave visible; each chunk's scores S^T = K Q^T come from the tile family the planner
 // chose (cpu/tile_family.hpp) with queries in the lanes, so the online softmax runs down the
 // columns. Chunks every row fully sees run the steady state (no mask work; the family may read K
@@ -21,6 +22,7 @@
 #include "cpu/kernels.hpp"
 #include "cpu/score_modifiers.hpp"
 #include "cpu/tile_family.hpp"
+#include "plan/item_list.hpp"
 
 namespace memattn::detail {
 namespace {
@@ -45,7 +47,7 @@ class FlashItem {
   // the kv heads of a multi-head item walk the same chunks.
   void begin(const FlashWorkItem& it) {
     const int64_t rows = it.heads * it.queries;
-    c_ = Chunk{it.b, it.h0, it.g, it.i0, it.queries, rows, 0, 0, false, false, w_.live};
+    c_ = Chunk{it.b, it.h0, it.g, it.i0, it.queries, rows, 0, 0, false, false, w_.live, false};
     fam_.load_queries(c_);
     std::fill_n(w_.row_max, cqp_, kNegInf);
     std::fill_n(w_.row_sum, cqp_, 0.0f);
@@ -68,6 +70,7 @@ class FlashItem {
     c.keys = std::min(p_.key_chunk, last_ - c.j0);  // no row sees keys past `last`
     c.full = !p_.has_mask && p_.key_begin(i_last_) <= c.j0 && p_.key_end(c.i0) >= c.j0 + c.keys;
     c.all_read = c.full || (contiguous_ && first_ <= c.j0);
+    c.one_pitch = p_.one_pitch(c.j0, c.keys);
     if (!c.all_read && !mark_live_keys(c)) return;
     fam_.scores(c);
     modify_scores(c);
@@ -179,7 +182,7 @@ class FlashItem {
       float* acc = w_.acc + size_t(r) * dvp_;
       for (int64_t t = 0; t < c.keys; ++t) {
         if (!visible(c, r, t)) continue;
-        const T* v = p_.v.at<T>(c.b, c.j0 + t, c.g);
+        const T* v = p_.value_row<T>(c.b, c.j0 + t, c.g);
         for (size_t k = 0; k < dv_; ++k) acc[k] += st(t, r) * float(Elem<T>::load(v[int64_t(k) * p_.v.stride[3]]));
       }
     }
@@ -269,32 +272,44 @@ void merge_partials(const Params& p, const Partials& parts) {
   merge_rows(m);
 }
 
-// Runs every work item of the call on family F, then merges the key splits' partials.
+// Runs every work item of every part on family F in one parallel loop, then merges the key
+// splits' partials of each part; part i's partials follow part i - 1's after the workers' slices.
 template <typename T, typename F>
-void run_items(const Params& p, void* workspace) {
-  const size_t head_slice = FlashItem<T, F>::slice_bytes(p), slice = head_slice * size_t(p.kv_heads_per_item);
-  const Partials parts(p, static_cast<char*>(workspace) + slice * size_t(workers(p)));
-  parallel_items(p, workspace, slice, [&](int64_t index, char* worker_slice) {
-    const FlashWorkItem it = flash_item(p, index);
-    run_item<T, F>(p, it, worker_slice, head_slice, view_of(parts.out_part(p, it.split)),
-                   view_of(parts.lse_part(p, it.split)));
+void run_items(const Parts& parts, void* workspace) {
+  const size_t slice = flash_slice_bytes(parts);
+  const int nw = workers(parts);
+  std::vector<Partials> partials;
+  partials.reserve(parts.size());
+  char* next = static_cast<char*>(workspace) + slice * size_t(nw);
+  for (const Params& p : parts) {
+    partials.emplace_back(p, next);
+    if (flash_items(p) > 0) next += align_up(flash_partial_bytes(p));
+  }
+  const ItemList items(parts, flash_items);
+  parallel_for_items(items.size(), nw, workspace, slice, [&](int64_t index, char* worker_slice) {
+    const auto [part, local] = items.locate(index);
+    const Params& p = parts[part];
+    const FlashWorkItem it = flash_item(p, local);
+    run_item<T, F>(p, it, worker_slice, FlashItem<T, F>::slice_bytes(p),
+                   view_of(partials[part].out_part(p, it.split)), view_of(partials[part].lse_part(p, it.split)));
   });
-  if (p.splits > 1) merge_partials(p, parts);
+  for (size_t i = 0; i < parts.size(); ++i)
+    if (parts[i].splits > 1 && flash_items(parts[i]) > 0) merge_partials(parts[i], partials[i]);
 }
 
 }  // namespace
 
 template <typename T>
-void flash_forward(const Params& p, void* workspace) {
+void flash_forward(const Parts& parts, void* workspace) {
   if constexpr (std::is_same_v<T, bf16>) {
-    switch (p.family) {
-      case TileFamily::bf16_dot: return run_items<T, Bf16DotFamily>(p, workspace);
-      case TileFamily::amx_bf16: return run_items<T, AmxFamily<AmxHardware>>(p, workspace);
-      case TileFamily::amx_bf16_emulated: return run_items<T, AmxFamily<AmxEmulated>>(p, workspace);
+    switch (parts.front().family) {
+      case TileFamily::bf16_dot: return run_items<T, Bf16DotFamily>(parts, workspace);
+      case TileFamily::amx_bf16: return run_items<T, AmxFamily<AmxHardware>>(parts, workspace);
+      case TileFamily::amx_bf16_emulated: return run_items<T, AmxFamily<AmxEmulated>>(parts, workspace);
       default: break;
     }
   }
-  run_items<T, F32Family<T>>(p, workspace);
+  run_items<T, F32Family<T>>(parts, workspace);
 }
 
 size_t flash_forward_slice_bytes(const Params& p) {
@@ -307,8 +322,8 @@ size_t flash_forward_slice_bytes(const Params& p) {
   }
 }
 
-template void flash_forward<float>(const Params&, void*);
-template void flash_forward<bf16>(const Params&, void*);
-template void flash_forward<f16>(const Params&, void*);
+template void flash_forward<float>(const Parts&, void*);
+template void flash_forward<bf16>(const Parts&, void*);
+template void flash_forward<f16>(const Parts&, void*);
 
 }  // namespace memattn::detail

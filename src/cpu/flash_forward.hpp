@@ -2,14 +2,16 @@
 #pragma once
 
 #include <cstddef>
+#include <vector>
 
 #include "api/params.hpp"
 
 namespace memattn::detail {
 
-// Validated, planned Params; a workspace of forward_workspace_bytes(p) bytes, 64-byte aligned.
+// Validated, planned parts (one dense problem, or a varlen call's sequences) of one family; a
+// workspace of forward_workspace_bytes(parts) bytes, 64-byte aligned.
 template <typename T>
-void flash_forward(const Params& p, void* workspace);
+void flash_forward(const std::vector<Params>& parts, void* workspace);
 
 // Bytes of one worker's slice of the flash forward's workspace on the planned tile family.
 size_t flash_forward_slice_bytes(const Params& p);

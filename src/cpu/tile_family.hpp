@@ -21,6 +21,8 @@ struct Chunk {
   bool full;             // every row sees every key: no mask work
   bool all_read;         // every key is seen by some row: K and V can be read in place
   const uint8_t* live;   // when !all_read: live[t] = some row sees key t (others are never read)
+  bool one_pitch;        // the chunk's K rows lie k.stride[1] apart from key_row(b, j0, g) (no page
+                         // boundary inside), so an all_read chunk's K can be read in place
   bool key_read(int64_t t) const { return all_read || live[t] != 0; }
 };
 

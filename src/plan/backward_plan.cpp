@@ -84,6 +84,24 @@ int backward_workers(const BackwardParams& p) {
   return int(std::max<int64_t>(1, std::min<int64_t>(p.threads, items)));
 }
 
+int backward_workers(const BackwardParts& parts) {
+  int64_t lse = 0, dkv = 0, dq = 0;
+  for (const BackwardParams& p : parts) lse += lse_items(p), dkv += dkv_items(p), dq += dq_owners(p).items();
+  const int threads = parts.empty() ? 1 : parts.front().threads;
+  return int(std::max<int64_t>(1, std::min<int64_t>(threads, std::max({lse, dkv, dq}))));
+}
+
+size_t backward_slice_bytes(const BackwardParts& parts) {
+  size_t bytes = 0;
+  for (const BackwardParams& p : parts) {
+    if (dkv_items(p) == 0 && dq_owners(p).items() == 0) continue;
+    Carver c;
+    FlashBackwardSlices::carve(p, c);
+    bytes = std::max(bytes, c.used());
+  }
+  return bytes;
+}
+
 FlashBackwardSlices FlashBackwardSlices::carve(const BackwardParams& p, Carver& c) {
   const size_t cq = size_t(p.query_chunk), ck = size_t(p.key_chunk);
   const size_t d = size_t(p.dim), dv = size_t(p.dim_v);
@@ -158,16 +176,24 @@ template struct NaiveBackwardSlices<float>;
 template struct NaiveBackwardSlices<double>;
 
 size_t backward_workspace_bytes(const BackwardParams& p) {
+  if (p.algorithm != Algorithm::naive) return backward_workspace_bytes(BackwardParts{p});
+  if (naive_items(p) == 0 && naive_dbias_items(p) == 0) return 0;
   Carver c;
-  if (p.algorithm == Algorithm::naive) {
-    if (naive_items(p) == 0 && naive_dbias_items(p) == 0) return 0;
-    p.dtype == DType::f64 ? (void)NaiveBackwardSlices<double>::carve(p, c)
-                          : (void)NaiveBackwardSlices<float>::carve(p, c);
-  } else {
-    if (dkv_items(p) == 0 && dq_owners(p).items() == 0) return 0;
-    FlashBackwardSlices::carve(p, c);
-  }
+  p.dtype == DType::f64 ? (void)NaiveBackwardSlices<double>::carve(p, c)
+                        : (void)NaiveBackwardSlices<float>::carve(p, c);
   return checked_add(checked_mul(c.used(), size_t(backward_workers(p))), kAlign);
+}
+
+size_t backward_workspace_bytes(const BackwardParts& parts) {
+  if (parts.empty()) return 0;
+  if (parts.front().algorithm == Algorithm::naive) {
+    size_t bytes = 0;
+    for (const BackwardParams& p : parts) bytes = std::max(bytes, backward_workspace_bytes(p));
+    return bytes;
+  }
+  const size_t slice = backward_slice_bytes(parts);
+  if (slice == 0) return 0;
+  return checked_add(checked_mul(slice, size_t(backward_workers(parts))), kAlign);
 }
 
 }  // namespace memattn::detail

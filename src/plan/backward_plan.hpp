@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "api/backward_params.hpp"
 #include "common/memory.hpp"
@@ -40,6 +41,16 @@ int64_t naive_dbias_items(const BackwardParams& p);
 int backward_workers(const BackwardParams& p);
 // Exact bytes backward needs: a slice per worker plus kAlign slack to align a caller's pointer.
 size_t backward_workspace_bytes(const BackwardParams& p);
+
+// A backward call's planned problems: the dense call, or a varlen call's sequences.
+using BackwardParts = std::vector<BackwardParams>;
+// The flash passes run each pass's items of every part in one loop: workers over those items, as
+// backward_workers() is for one part, each with a slice as large as the largest part's.
+int backward_workers(const BackwardParts& parts);
+size_t backward_slice_bytes(const BackwardParts& parts);
+// Exact bytes for the parts: the flash passes' slices, or the largest part's own (the naive
+// algorithm runs the parts one after another).
+size_t backward_workspace_bytes(const BackwardParts& parts);
 
 // The flash backward's products by p.family (plan_backward): bf16 inputs on the bf16_dot family
 // (the avx512_bf16 target) run them on vdpbf16ps, bf16 operands in pairs, odd dims and counts

@@ -29,6 +29,13 @@ size_t l2_bytes() {
 
 int64_t round_down(int64_t x, int64_t m) { return std::max(m, x / m * m); }
 
+// The largest divisor of n (>= 1) that is at most limit (>= 1).
+int64_t largest_divisor_at_most(int64_t n, int64_t limit) {
+  for (int64_t d = std::min(n, limit); d > 1; --d)
+    if (n % d == 0) return d;
+  return 1;
+}
+
 // Decode (a few queries against a long cache): one item per (batch, kv head, key split) holding
 // every query of the group's heads, so each K/V row is read once per group, not once per query
 // head; the keys are split so that one sequence still spreads over the threads. Split lengths
@@ -158,6 +165,14 @@ void plan_forward(Params& p, const Options& o) {
   // Chunks never exceed the sequences, so tiny problems take tiny workspaces.
   p.query_chunk = std::max<int64_t>(1, std::min(cq ? cq : p.seq_q, p.seq_q));
   p.key_chunk = std::max<int64_t>(1, std::min(ck ? ck : p.seq_k, p.seq_k));
+  // Paged keys: a chunk within one page has its rows at one pitch, read in place. Chunks start at
+  // multiples of key_chunk, so a divisor of the page size keeps every chunk in a page. Below 16
+  // keys (one AVX-512 register of scores) the per-chunk work would dominate: tiny pages (or page
+  // sizes without such a divisor) keep the planned chunk, whose rows the families gather.
+  if (p.page_size > 0) {
+    const int64_t in_page = largest_divisor_at_most(p.page_size, p.key_chunk);
+    if (in_page >= std::min<int64_t>(16, p.key_chunk)) p.key_chunk = in_page;
+  }
   p.threads = o.num_threads > 0 ? o.num_threads : default_threads();
   if (p.algorithm == Algorithm::flash && o.query_chunk == 0) plan_decode(p);
 }
@@ -205,14 +220,39 @@ size_t flash_partial_bytes(const Params& p) {
   return checked_mul(checked_mul(checked_mul(rows, size_t(p.dim_v) + 1), size_t(p.splits)), sizeof(float));
 }
 
-int workers(const Params& p) {
-  // Waking a second thread costs tens of microseconds (far more on a loaded machine): give each
-  // worker at least ~4 MFLOP of score and value work. The result does not depend on the count.
-  const double flops = 2.0 * double(p.batch) * double(p.heads_q) * double(p.seq_q) * double(p.seq_k) *
-                       double(p.dim + p.dim_v);
+namespace {
+
+// 2 * batch * heads_q * seq_q * seq_k * (dim + dim_v): the score and value work of a problem.
+double flops(const Params& p) {
+  return 2.0 * double(p.batch) * double(p.heads_q) * double(p.seq_q) * double(p.seq_k) * double(p.dim + p.dim_v);
+}
+
+// Waking a second thread costs tens of microseconds (far more on a loaded machine): give each
+// worker at least ~4 MFLOP of score and value work. The result does not depend on the count.
+int workers_for(int threads, int64_t items, double work) {
   // Capped at the thread count before the conversion: huge (stride-0) problems exceed int64.
-  const int64_t by_work = std::max<int64_t>(1, int64_t(std::min(flops / 4e6, double(p.threads))));
-  return int(std::max<int64_t>(1, std::min({int64_t(p.threads), work_items(p), by_work})));
+  const int64_t by_work = std::max<int64_t>(1, int64_t(std::min(work / 4e6, double(threads))));
+  return int(std::max<int64_t>(1, std::min({int64_t(threads), items, by_work})));
+}
+
+}  // namespace
+
+int workers(const Params& p) { return workers_for(p.threads, work_items(p), flops(p)); }
+
+int64_t flash_items(const Params& p) { return p.empty() || p.seq_k == 0 ? 0 : work_items(p); }
+
+int workers(const Parts& parts) {
+  int64_t items = 0;
+  double work = 0;
+  for (const Params& p : parts) items += flash_items(p), work += flops(p);
+  return parts.empty() ? 1 : workers_for(parts.front().threads, items, work);
+}
+
+size_t flash_slice_bytes(const Parts& parts) {
+  size_t bytes = 0;
+  for (const Params& p : parts)
+    if (flash_items(p) > 0) bytes = std::max(bytes, flash_forward_slice_bytes(p));
+  return bytes;
 }
 
 size_t forward_workspace_bytes(const Params& p) {
@@ -230,10 +270,24 @@ size_t forward_workspace_bytes(const Params& p) {
       p.dtype == DType::f64 ? (void)ChunkedSlices<double>::carve(p, c)
                             : (void)ChunkedSlices<float>::carve(p, c);
       break;
-    default: c.take<char>(flash_forward_slice_bytes(p)); break;
+    default: return forward_workspace_bytes(Parts{p});
   }
-  return checked_add(checked_add(checked_mul(c.used(), size_t(workers(p))), align_up(flash_partial_bytes(p))),
-                     kAlign);
+  return checked_add(checked_mul(c.used(), size_t(workers(p))), kAlign);
+}
+
+size_t forward_workspace_bytes(const Parts& parts) {
+  if (parts.empty()) return 0;
+  if (parts.front().algorithm != Algorithm::flash) {
+    size_t bytes = 0;
+    for (const Params& p : parts) bytes = std::max(bytes, forward_workspace_bytes(p));
+    return bytes;
+  }
+  const size_t slice = flash_slice_bytes(parts);
+  if (slice == 0) return 0;
+  size_t partials = 0;
+  for (const Params& p : parts)
+    if (flash_items(p) > 0) partials = checked_add(partials, align_up(flash_partial_bytes(p)));
+  return checked_add(checked_add(checked_mul(slice, size_t(workers(parts))), partials), kAlign);
 }
 
 }  // namespace memattn::detail

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "api/params.hpp"
 #include "common/memory.hpp"
@@ -45,8 +46,21 @@ size_t flash_partial_bytes(const Params& p);
 // Workers that get a workspace slice: min(threads, work items), at least 1.
 int workers(const Params& p);
 
-// Exact bytes forward needs: a slice per worker plus kAlign slack to align a caller's pointer.
+// A call's planned problems: the dense call, or a varlen call's sequences (api/sequences.hpp).
+using Parts = std::vector<Params>;
+
+// Flash items of a part that runs the flash driver (parts without queries or keys have none).
+int64_t flash_items(const Params& p);
+// Workers of a flash call over every part's items, as workers() is for one.
+int workers(const Parts& parts);
+// Bytes of one worker's flash forward slice: the largest any part needs.
+size_t flash_slice_bytes(const Parts& parts);
+
+// Exact bytes forward needs: a slice per worker (the flash driver's, over every part's items), or
+// the largest part's own (the reference algorithms run the parts one after another); plus the
+// split partials and kAlign slack to align a caller's pointer.
 size_t forward_workspace_bytes(const Params& p);
+size_t forward_workspace_bytes(const Parts& parts);
 
 template <typename Acc>
 struct NaiveSlices {

@@ -129,16 +129,16 @@ static void test_enums_out_of_range(void) {
   memattn_tensor bad = tq;
   bad.dtype = (memattn_dtype)99;
   EXPECT_FAILURE(forward_with(&bad, &tk, &tout, &tlse, &o), MEMATTN_INVALID_ARGUMENT, "q.dtype",
-                 "MEMATTN_F32 (0)", "MEMATTN_U8 (4)", "got 99");
+                 "MEMATTN_F32 (0)", "MEMATTN_I64 (6)", "got 99");
   bad = tlse;
   bad.dtype = (memattn_dtype)-1;
   EXPECT_FAILURE(forward_with(&tq, &tk, &tout, &bad, &o), MEMATTN_INVALID_ARGUMENT, "lse.dtype",
                  "got -1");
   bad = tmask;
-  bad.dtype = (memattn_dtype)5;
+  bad.dtype = (memattn_dtype)7;
   o.mask = &bad;
   EXPECT_FAILURE(forward_with(&tq, &tk, &tout, &tlse, &o), MEMATTN_INVALID_ARGUMENT,
-                 "options.mask.dtype", "got 5");
+                 "options.mask.dtype", "got 7");
   o = problem_options();
   o.algorithm = (memattn_algorithm)42;
   EXPECT_FAILURE(forward_with(&tq, &tk, &tout, &tlse, &o), MEMATTN_INVALID_ARGUMENT,

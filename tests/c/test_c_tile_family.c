@@ -71,6 +71,8 @@ static void test_errors(void) {
         last_error_has("dtype: expected one of MEMATTN_F32 (0)") && last_error_has("got 99"));
   CHECK(memattn_tile_family(MEMATTN_U8, NULL) == NULL &&
         last_error_has("dtype: expected one of f32, bf16, f16, f64, got u8"));
+  CHECK(memattn_tile_family(MEMATTN_I64, NULL) == NULL &&
+        last_error_has("dtype: expected one of f32, bf16, f16, f64, got i64"));
   memattn_options o = with("nope", MEMATTN_ALGORITHM_AUTOMATIC);
   CHECK(memattn_tile_family(MEMATTN_F32, &o) == NULL &&
         last_error_has("target: 'nope' is not a SIMD target"));

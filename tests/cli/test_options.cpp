@@ -154,14 +154,25 @@ TEST(CliOptions, BenchDecodeJson) {
                                  "--dtype", "bf16", "--threads", "1", "--reps", "1", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto count = [&](const std::string& s) { return occurrences(r.out, s); };
-  EXPECT_EQ(count("{\"direction\": \"decode\""), 2u) << r.out;
-  EXPECT_EQ(count("\"seq_q\": 2,"), 2u);
-  EXPECT_EQ(count("\"seq_k\": 300,"), 1u);
-  EXPECT_EQ(count("\"seq_k\": 70,"), 1u);
-  EXPECT_EQ(count("\"cache_dtype\": \"bf16\""), 2u);
-  EXPECT_EQ(count("\"page_size\": 0,"), 2u);
-  EXPECT_EQ(count("\"kv_heads\": 2,"), 2u);
-  for (const char* key : {"\"threads\": 1,", "\"gbps\": ", "\"peak_gbps\": "}) EXPECT_EQ(count(key), 2u) << key;
+  // Each seq_k with a contiguous cache and pages of 16 and 256 keys.
+  EXPECT_EQ(count("{\"direction\": \"decode\""), 6u) << r.out;
+  EXPECT_EQ(count("\"seq_q\": 2,"), 6u);
+  EXPECT_EQ(count("\"seq_k\": 300,"), 3u);
+  EXPECT_EQ(count("\"seq_k\": 70,"), 3u);
+  EXPECT_EQ(count("\"cache_dtype\": \"bf16\""), 6u);
+  for (const char* page : {"\"page_size\": 0,", "\"page_size\": 16,", "\"page_size\": 256,"})
+    EXPECT_EQ(count(page), 2u) << page;
+  EXPECT_EQ(count("\"kv_heads\": 2,"), 6u);
+  for (const char* key : {"\"threads\": 1,", "\"gbps\": ", "\"peak_gbps\": "}) EXPECT_EQ(count(key), 6u) << key;
+}
+
+TEST(CliOptions, BenchDecodePageSizes) {
+  const ToolResult r = run_tool({"bench", "--decode", "--n", "100", "--seq-q", "1", "--heads", "4", "--d", "8",
+                                 "--dtype", "f32", "--threads", "1", "--reps", "1", "--page-size", "3,0", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(occurrences(r.out, "{\"direction\": \"decode\""), 2u) << r.out;
+  EXPECT_EQ(occurrences(r.out, "\"page_size\": 3,"), 1u) << r.out;
+  EXPECT_EQ(occurrences(r.out, "\"page_size\": 0,"), 1u) << r.out;
 }
 
 TEST(CliOptions, BenchSeqQNeedsDecode) {
