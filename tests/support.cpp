@@ -97,6 +97,8 @@ double Buf::get(int64_t i) const {
       const uint32_t u = uint32_t(b) << 16; float f; std::memcpy(&f, &u, 4); return f;
     }
     case DType::f16: { uint16_t h; std::memcpy(&h, p, 2); return f16_bits_value(h); }
+    case DType::i32: { int32_t v; std::memcpy(&v, p, 4); return v; }
+    case DType::i64: { int64_t v; std::memcpy(&v, p, 8); return double(v); }
   }
   return 0;
 }
@@ -115,6 +117,8 @@ void Buf::set(int64_t i, double x) {
       const uint16_t b = uint16_t(u >> 16); std::memcpy(p, &b, 2); break;
     }
     case DType::f16: { const uint16_t h = f16_bits_of_exact(r); std::memcpy(p, &h, 2); break; }
+    case DType::i32: { const int32_t v = int32_t(r); std::memcpy(p, &v, 4); break; }
+    case DType::i64: { const int64_t v = int64_t(r); std::memcpy(p, &v, 8); break; }
   }
 }
 

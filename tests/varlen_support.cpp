@@ -79,7 +79,25 @@ BackwardCase VarlenCase::dense(size_t b) const {
   c.options = options;
   c.options.cu_seqlens_q = c.options.cu_seqlens_k = nullptr;
   c.options.max_seqlen_q = c.options.max_seqlen_k = 0;
+  if (!alibi_slopes.empty()) c.set_alibi({heads_q}, alibi_slopes);
+  if (!sinks.empty()) c.set_sinks(sinks);
   return c;
+}
+
+void VarlenCase::set_modifiers(double softcap, std::vector<double> slopes, std::vector<double> sink_logits) {
+  options.softcap = softcap;
+  alibi_slopes = std::move(slopes), sinks = std::move(sink_logits);
+  options.alibi_slopes = options.sinks = nullptr;
+  if (!alibi_slopes.empty()) {
+    alibi_buf = Buf(DType::f32, {heads_q});
+    for (int64_t h = 0; h < heads_q; ++h) alibi_buf.set(h, alibi_slopes[size_t(h)]);
+    alibi_view = alibi_buf.view(), options.alibi_slopes = &alibi_view;
+  }
+  if (!sinks.empty()) {
+    sinks_buf = Buf(DType::f32, {heads_q});
+    for (int64_t h = 0; h < heads_q; ++h) sinks_buf.set(h, sinks[size_t(h)]);
+    sinks_view = sinks_buf.view(), options.sinks = &sinks_view;
+  }
 }
 
 RefProblem VarlenCase::problem(size_t b) const { return dense(b).problem(); }

@@ -199,18 +199,22 @@ def attention_backward(q, k, v, out, dout, lse, *, causal=False, align="top_left
 
 def attention_with_kvcache(q, k_cache, v_cache, seqlens_k, block_table=None, *, causal=True,
                            align="bottom_right", window=None, scale=None, return_lse=False,
-                           num_threads=0, out=None, target=None):
+                           num_threads=0, out=None, target=None, softcap=0.0, sinks=None,
+                           alibi_slopes=None):
     """Attention of new queries q [B, Sq, Hq, d] against a key/value cache: sequence b's first
     seqlens_k[b] keys. With block_table (int32/int64 [B, max_pages]) k_cache and v_cache are
     pages [num_pages, page_size, Hkv, d|dv] and key t of sequence b is row t % page_size of page
     block_table[b][t // page_size]; without it they are [B, max_seq, Hkv, d|dv]. causal defaults to
     True with the new queries as the last Sq positions (align="bottom_right"). seqlens_k and
     block_table may be int32/int64 arrays or tensors (read in place) or lists. Returns out
-    [B, Sq, Hq, dv], or (out, lse) with return_lse. The GIL is released while it runs."""
+    [B, Sq, Hq, dv], or (out, lse) with return_lse. The GIL is released while it runs. softcap,
+    sinks and alibi_slopes as attention()'s (ALiBi's distance from each sequence's own diagonal)."""
     kind = _t.common_kind({"q": q, "k_cache": k_cache, "v_cache": v_cache, "out": out,
                            "seqlens_k": _array_or_none(seqlens_k),
-                           "block_table": _array_or_none(block_table)})
-    options = _options(kind, causal, align, window, None, None, scale, "auto", num_threads, target)
+                           "block_table": _array_or_none(block_table),
+                           "alibi_slopes": alibi_slopes, "sinks": sinks})
+    options = _options(kind, causal, align, window, None, None, scale, "auto", num_threads, target,
+                       softcap, alibi_slopes, sinks)
     seqlens_k = _offsets(kind, seqlens_k, "seqlens_k")
     block_table = _offsets(kind, block_table, "block_table")
     _check_rank4(q, k_cache, v_cache)

@@ -89,3 +89,31 @@ def test_errors(rng):
     with pytest.raises(TypeError, match="seqlens_k: dtype must be i32 or i64, got f32"):
         memattn.attention_with_kvcache(q, k_cache, v_cache, np.array([4, 6], np.float32), table, out=out)
     assert np.all(out == 7.0)
+
+
+@pytest.mark.parametrize("page", [0, 16])
+def test_score_modifiers_match_attention(rng, page):
+    """softcap, ALiBi and sinks through the cache match attention() with them on each sequence's
+    gathered keys, up to the order of the key chunks."""
+    lens = [5, 0, 40]
+    k_seq, v_seq, k_cache, v_cache, table = paged_cache(rng, lens, page or 64)
+    if page == 0:
+        k_cache = np.full((len(lens), 48, 2, 8), np.nan, np.float32)
+        v_cache = np.full((len(lens), 48, 2, 6), np.nan, np.float32)
+        for b, n in enumerate(lens):
+            k_cache[b, :n], v_cache[b, :n] = k_seq[b][0], v_seq[b][0]
+    q = randn(rng, (len(lens), 2, 4, 8)).astype(np.float32)
+    slopes = np.array([0.5, 0.25, 0.125, 0.0625], np.float32)
+    sinks = np.array([0.5, -1.0, 2.0, 0.0], np.float32)
+    mods = dict(softcap=4.0, alibi_slopes=slopes, sinks=sinks)
+    out, lse = memattn.attention_with_kvcache(q, k_cache, v_cache, lens, table if page else None,
+                                              return_lse=True, **mods)
+    for b, n in enumerate(lens):
+        want, want_lse = memattn.attention(q[b:b + 1], k_seq[b].astype(np.float32), v_seq[b].astype(np.float32),
+                                           causal=True, align="bottom_right", return_lse=True, **mods)
+        np.testing.assert_allclose(out[b:b + 1], want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(lse[b:b + 1], want_lse, rtol=1e-6, atol=1e-6)
+    # The sinks took part: without them every row's lse is lower.
+    plain = memattn.attention_with_kvcache(q, k_cache, v_cache, lens, table if page else None,
+                                           return_lse=True, softcap=4.0, alibi_slopes=slopes)[1]
+    assert np.all(plain < lse)
