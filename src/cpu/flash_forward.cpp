@@ -226,8 +226,9 @@ void run_item(const Params& p, const FlashWorkItem& it, char* slice, size_t head
 struct Partials {
   float* out;
   float* lse;
+  // A part without work items (no keys, or no rows) may get no workspace at all: base is null.
   Partials(const Params& p, char* base)
-      : out(reinterpret_cast<float*>(base)), lse(out + p.splits * rows(p) * p.dim_v) {}
+      : out(reinterpret_cast<float*>(base)), lse(base ? out + p.splits * rows(p) * p.dim_v : nullptr) {}
   static int64_t rows(const Params& p) { return p.batch * p.heads_q * p.seq_q; }
   Tensor out_part(const Params& p, int64_t s) const {
     const int64_t dv = p.dim_v;
