@@ -117,3 +117,22 @@ def test_score_modifiers_match_attention(rng, page):
     plain = memattn.attention_with_kvcache(q, k_cache, v_cache, lens, table if page else None,
                                            return_lse=True, softcap=4.0, alibi_slopes=slopes)[1]
     assert np.all(plain < lse)
+
+
+def test_f32_queries_on_low_precision_cache(rng):
+    """An f16 (numpy) or bf16 (torch) KV cache read by f32 queries: the same bits as the f32 call on
+    the widened cache, through attention() and attention_with_kvcache()."""
+    q = randn(rng, (2, 3, 4, 16)).astype(np.float32)
+    k = randn(rng, (2, 40, 2, 16)).astype(np.float16)
+    v = randn(rng, (2, 40, 2, 16)).astype(np.float16)
+    got = memattn.attention(q, k, v, causal=True, align="bottom_right")
+    want = memattn.attention(q, k.astype(np.float32), v.astype(np.float32), causal=True, align="bottom_right")
+    np.testing.assert_array_equal(got, want)
+    lens = [17, 40]
+    np.testing.assert_array_equal(memattn.attention_with_kvcache(q, k, v, lens),
+                                  memattn.attention_with_kvcache(q, k.astype(np.float32), v.astype(np.float32), lens))
+    with pytest.raises(TypeError, match="forward only"):
+        memattn.attention_backward(q, k, v, got, got, np.zeros((2, 4, 3), np.float32))
+    torch = pytest.importorskip("torch")
+    tq, tk, tv = torch.tensor(q), torch.tensor(k).to(torch.bfloat16), torch.tensor(v).to(torch.bfloat16)
+    assert torch.equal(memattn.attention(tq, tk, tv), memattn.attention(tq, tk.float(), tv.float()))

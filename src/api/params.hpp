@@ -34,6 +34,9 @@ struct Params {
   int64_t batch = 0, seq_q = 0, seq_k = 0, heads_q = 0, heads_kv = 0, dim = 0, dim_v = 0;
   int64_t group = 1;  // heads_q / heads_kv: query head h reads key/value head h / group
   DType dtype = DType::f32;
+  // The keys' and values' dtype: dtype, except for f32 queries against a bf16 or f16 KV cache
+  // (forward, flash algorithm only).
+  DType kv_dtype = DType::f32;
   View q, k, v;
   View out;       // written
   View lse;       // written when has_lse; dims [batch, head, query]

@@ -269,10 +269,14 @@ Params make_forward_params(const Tensor& q, const Tensor& k, const Tensor& v, co
   check_tensor(v, "v", 4);
   if (out) check_tensor(*out, "out", 4);
 
-  if (q.dtype != k.dtype || q.dtype != v.dtype)
+  // A KV cache in bf16 or f16 read by f32 queries is the one mix (the planner keeps it to flash).
+  const bool kv_cache_mix = q.dtype == DType::f32 && k.dtype == v.dtype &&
+                            (k.dtype == DType::bf16 || k.dtype == DType::f16);
+  if ((q.dtype != k.dtype || q.dtype != v.dtype) && !kv_cache_mix)
     fail(ErrorCode::wrong_dtype,
-         cat("q, k, v must have the same dtype; got q=", dtype_name(q.dtype),
-             ", k=", dtype_name(k.dtype), ", v=", dtype_name(v.dtype)));
+         cat("q, k, v must have the same dtype, or f32 q with k and v both bf16 or both f16 (a KV "
+             "cache); got q=",
+             dtype_name(q.dtype), ", k=", dtype_name(k.dtype), ", v=", dtype_name(v.dtype)));
   if (!is_float_dtype(q.dtype))
     fail(ErrorCode::wrong_dtype,
          cat("q: dtype ", dtype_name(q.dtype),
@@ -284,6 +288,7 @@ Params make_forward_params(const Tensor& q, const Tensor& k, const Tensor& v, co
 
   Params p;
   p.dtype = q.dtype;
+  p.kv_dtype = k.dtype;
   p.batch = q.shape[0];
   p.seq_q = q.shape[1];
   p.heads_q = q.shape[2];

@@ -42,6 +42,10 @@ BackwardParams make_backward_params(const Tensor& q, const Tensor& k, const Tens
                                     const BackwardRequest& request, const Tensor* dsinks) {
   BackwardParams p;
   static_cast<Params&>(p) = make_forward_params(q, k, v, nullptr, nullptr, o);
+  if (p.kv_dtype != p.dtype)
+    fail(ErrorCode::wrong_dtype,
+         cat("k, v: the backward takes k and v in q's dtype (", dtype_name(p.dtype), "), got ",
+             dtype_name(p.kv_dtype), " (a bf16/f16 KV cache with f32 queries is forward only)"));
   if (o.bias)
     for (int i = 0; i < 4; ++i) p.bias_shape[size_t(i)] = o.bias->shape[i];
   if ((request.bias_grad || dbias) && !o.bias)

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "api/params.hpp"
+#include "common/half.hpp"
 #include "common/memory.hpp"
 #include "cpu/amx_gemm.hpp"
 #include "cpu/amx_tiles.hpp"
@@ -29,6 +30,7 @@ struct AmxSlices {
 template <typename Ops>
 class AmxFamily {
  public:
+  using Kv = bf16;  // keys and values in q's dtype
   using Slices = AmxSlices;
 
   AmxFamily(const Params& p, const FlashSlices& w, const Slices& s);

@@ -14,6 +14,7 @@ namespace memattn::detail {
 
 class Bf16DotFamily {
  public:
+  using Kv = bf16;  // keys and values in q's dtype
   struct Slices {
     uint16_t* qt;       // the query rows as pairs [dim2/2][pad(query_chunk)][2], dim2 = dim rounded up to even
     uint16_t* k;        // key_chunk x dim2: the key chunk, packed

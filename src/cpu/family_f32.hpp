@@ -12,9 +12,12 @@
 
 namespace memattn::detail {
 
-template <typename T>
+// T: the queries' (and the output's) dtype; Kv: the keys' and values' (a bf16/f16 KV cache read by
+// f32 queries converts its rows as it packs them).
+template <typename T, typename KvT = T>
 class F32Family {
  public:
+  using Kv = KvT;
   struct Slices {
     float* qt;     // dim x pad(query_chunk): the query rows, transposed (lanes = queries)
     float* q_row;  // dim: one query row converted to f32 on its way into qt
@@ -53,13 +56,13 @@ class F32Family {
   void scores(const Chunk& c) {
     GemmArgs s{s_.k, d_, 1, s_.qt, cqp_, w_.st, cqp_, size_t(c.keys), cqp_, d_, false};
     // In place only with forward rows: the GEMM steps rows by an unsigned pitch.
-    if (std::is_same_v<T, float> && c.all_read && c.one_pitch && p_.k.stride[3] == 1 && p_.k.stride[1] >= 0) {
-      s.a = reinterpret_cast<const float*>(p_.key_row<T>(c.b, c.j0, c.g));
+    if (std::is_same_v<Kv, float> && c.all_read && c.one_pitch && p_.k.stride[3] == 1 && p_.k.stride[1] >= 0) {
+      s.a = reinterpret_cast<const float*>(p_.key_row<Kv>(c.b, c.j0, c.g));
       s.a_row = size_t(p_.k.stride[1]);
     } else {
       for (int64_t t = 0; t < c.keys; ++t) {
         float* kt = s_.k + size_t(t) * d_;
-        if (c.key_read(t)) load_row(kern_, p_.key_row<T>(c.b, c.j0 + t, c.g), p_.k.stride[3], d_, kt);
+        if (c.key_read(t)) load_row(kern_, p_.key_row<Kv>(c.b, c.j0 + t, c.g), p_.k.stride[3], d_, kt);
         else std::fill_n(kt, d_, 0.0f);
       }
     }
@@ -80,15 +83,15 @@ class F32Family {
     // protect, and the copy's stores alias the loads of rows at a 4 KiB pitch: read in place
     // where every row sees every key (NaN and Inf then reach every row, as they should) and the
     // chunk's rows are at one pitch (one page of a paged cache).
-    if (std::is_same_v<T, float> && p_.grouped && c.full && c.one_pitch && p_.v.stride[3] == 1 &&
+    if (std::is_same_v<Kv, float> && p_.grouped && c.full && c.one_pitch && p_.v.stride[3] == 1 &&
         p_.v.stride[1] >= 0 && (transposed || dv_ == dvp_)) {
-      v = reinterpret_cast<const float*>(p_.value_row<T>(c.b, c.j0, c.g));
+      v = reinterpret_cast<const float*>(p_.value_row<Kv>(c.b, c.j0, c.g));
       ldv = size_t(p_.v.stride[1]);
     } else {
       for (int64_t t = 0; t < c.keys; ++t) {
         float* vt = s_.v + size_t(t) * dvp_;
         std::fill(vt + dv_, vt + dvp_, 0.0f);
-        if (c.key_read(t)) finite &= load_row(kern_, p_.value_row<T>(c.b, c.j0 + t, c.g), p_.v.stride[3], dv_, vt);
+        if (c.key_read(t)) finite &= load_row(kern_, p_.value_row<Kv>(c.b, c.j0 + t, c.g), p_.v.stride[3], dv_, vt);
         else std::fill_n(vt, dv_, 0.0f);
       }
     }

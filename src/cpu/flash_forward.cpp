@@ -182,8 +182,9 @@ class FlashItem {
       float* acc = w_.acc + size_t(r) * dvp_;
       for (int64_t t = 0; t < c.keys; ++t) {
         if (!visible(c, r, t)) continue;
-        const T* v = p_.value_row<T>(c.b, c.j0 + t, c.g);
-        for (size_t k = 0; k < dv_; ++k) acc[k] += st(t, r) * float(Elem<T>::load(v[int64_t(k) * p_.v.stride[3]]));
+        using Kv = typename Family::Kv;
+        const Kv* v = p_.value_row<Kv>(c.b, c.j0 + t, c.g);
+        for (size_t k = 0; k < dv_; ++k) acc[k] += st(t, r) * float(Elem<Kv>::load(v[int64_t(k) * p_.v.stride[3]]));
       }
     }
   }
@@ -307,6 +308,13 @@ void flash_forward(const Parts& parts, void* workspace) {
       case TileFamily::bf16_dot: return run_items<T, Bf16DotFamily>(parts, workspace);
       case TileFamily::amx_bf16: return run_items<T, AmxFamily<AmxHardware>>(parts, workspace);
       case TileFamily::amx_bf16_emulated: return run_items<T, AmxFamily<AmxEmulated>>(parts, workspace);
+      default: break;
+    }
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    switch (parts.front().kv_dtype) {
+      case DType::bf16: return run_items<T, F32Family<T, bf16>>(parts, workspace);
+      case DType::f16: return run_items<T, F32Family<T, f16>>(parts, workspace);
       default: break;
     }
   }

@@ -52,7 +52,7 @@ constexpr int64_t kDecodeQueries = 16, kMaxGroupRows = 256, kMinSplitKeys = 2048
 // 4 KiB of a key's K row, as long as the items still give every thread work. Results do not
 // depend on it, so it may look at strides and threads.
 int64_t decode_kv_heads_per_item(const Params& p) {
-  const int64_t elem = int64_t(dtype_size(p.dtype));
+  const int64_t elem = int64_t(dtype_size(p.kv_dtype));
   const bool heads_adjacent = p.k.stride[2] == p.dim && p.v.stride[2] == p.dim_v && p.heads_kv > 1;
   if (!heads_adjacent) return 1;
   int64_t per = std::clamp<int64_t>(4096 / std::max<int64_t>(1, p.dim * elem), 1, std::min<int64_t>(p.heads_kv, kMaxKvHeadsPerItem));
@@ -118,6 +118,10 @@ void plan_forward(Params& p, const Options& o) {
     fail(ErrorCode::unsupported,
          "algorithm: flash takes f32, bf16 or f16 inputs, got f64 (use naive, sequential or "
          "chunked for f64)");
+  if (p.kv_dtype != p.dtype && p.algorithm != Algorithm::flash)
+    fail(ErrorCode::unsupported,
+         cat("algorithm: ", algorithm_name(p.algorithm), " takes k and v in q's dtype; f32 queries "
+             "against a ", dtype_name(p.kv_dtype), " KV cache run on flash (algorithm auto or flash)"));
 
   // Bound whatever the algorithm: a target name this build does not run is an error on every
   // path, and no path can reach a flash driver without its kernels.

@@ -1,6 +1,7 @@
 /* Tests of memattn_attention_with_kvcache, compiled as C: a paged cache (pages of 3 keys, handed
  * out out of order, unused rows NaN) and a dense one, each sequence bitwise equal to
- * memattn_forward on its own keys, and a bad page index refused with out left untouched. */
+ * memattn_forward on its own keys, the cache in bf16 read by f32 queries (the same bits as the f32
+ * cache of the widened values), and a bad page index refused with out left untouched. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -85,8 +86,33 @@ static void test_bad_page_leaves_out_untouched(void) {
   CHECK(memcmp(before, cout_, sizeof before) == 0);
 }
 
+/* f32 queries against the paged cache held in bf16 (each value's top 16 bits): the same bits as the
+ * f32 call on those values widened back to f32. */
+static uint16_t kpages16[PAGES * PAGE * HK * E], vpages16[PAGES * PAGE * HK * E];
+static float kwide[PAGES * PAGE * HK * E], vwide[PAGES * PAGE * HK * E];
+static void test_bf16_cache_with_f32_queries(void) {
+  for (int i = 0; i < PAGES * PAGE * HK * E; ++i) {
+    uint32_t kb, vb;
+    memcpy(&kb, &kpages[i], 4), memcpy(&vb, &vpages[i], 4);
+    kpages16[i] = (uint16_t)(kb >> 16), vpages16[i] = (uint16_t)(vb >> 16);
+    kb = (uint32_t)kpages16[i] << 16, vb = (uint32_t)vpages16[i] << 16;
+    memcpy(&kwide[i], &kb, 4), memcpy(&vwide[i], &vb, 4);
+  }
+  float mixed[B * SQ_ * H * E], wide[B * SQ_ * H * E];
+  memattn_tensor tq_ = TENSOR(cq, MEMATTN_F32, B, SQ_, H, E), tlens = TENSOR(lens, MEMATTN_I32, B),
+                 ttable = TENSOR(table, MEMATTN_I32, B, MAX_PAGES),
+                 tk16 = TENSOR(kpages16, MEMATTN_BF16, PAGES, PAGE, HK, E), tv16 = TENSOR(vpages16, MEMATTN_BF16, PAGES, PAGE, HK, E),
+                 tkw = TENSOR(kwide, MEMATTN_F32, PAGES, PAGE, HK, E), tvw = TENSOR(vwide, MEMATTN_F32, PAGES, PAGE, HK, E),
+                 tm = TENSOR(mixed, MEMATTN_F32, B, SQ_, H, E), tw = TENSOR(wide, MEMATTN_F32, B, SQ_, H, E);
+  const memattn_options o = kv_options();
+  CHECK(memattn_attention_with_kvcache(&tq_, &tk16, &tv16, &tlens, &ttable, &tm, NULL, &o, kNoWorkspace) == MEMATTN_OK);
+  CHECK(memattn_attention_with_kvcache(&tq_, &tkw, &tvw, &tlens, &ttable, &tw, NULL, &o, kNoWorkspace) == MEMATTN_OK);
+  CHECK(memcmp(mixed, wide, sizeof mixed) == 0);
+}
+
 int main(void) {
   make_cache();
+  test_bf16_cache_with_f32_queries();
   test_matches_dense_forward(1);
   test_matches_dense_forward(0);
   test_bad_page_leaves_out_untouched();
