@@ -128,7 +128,8 @@ TEST(Errors, err_dtype_mix) {
   Call mix(c);
   mix.q = q_bf16.view();
   expect_call_error(c, mix, ErrorCode::wrong_dtype,
-                    {"q, k, v must have the same dtype; got q=bf16, k=f16, v=f16"});
+                    {"q, k, v must have the same dtype, or f32 q with k and v both bf16 or both f16 (a KV "
+                     "cache); got q=bf16, k=f16, v=f16"});
 
   Case bytes(Shape{2, 16, 16, 2, 2, 8, 8}, DType::u8);
   expect_call_error(bytes, Call(bytes), ErrorCode::wrong_dtype,

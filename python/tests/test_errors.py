@@ -16,7 +16,8 @@ Q = f32(1, 4, 2, 8)
 @pytest.mark.parametrize("call,error,message,code", [
     (lambda: memattn.attention(Q.astype(np.int16), Q, Q), TypeError, r"q: numpy dtype int16 is not supported; expected float32, float16, float64 \(bool or uint8 for a mask, int32 or int64 for cu_seqlens\)$", "wrong_dtype"),
     (lambda: memattn.attention(*(Q.astype(np.int32),) * 3), TypeError, r"q: dtype i32 is not supported; expected one of f32, bf16, f16", "wrong_dtype"),
-    (lambda: memattn.attention(Q, Q.astype(np.float16), Q), TypeError, r"same dtype; got q=f32, k=f16", "wrong_dtype"),
+    (lambda: memattn.attention(Q, Q.astype(np.float16), Q), TypeError,
+         r"same dtype, or f32 q with k and v both bf16 or both f16 \(a KV cache\); got q=f32, k=f16, v=f32", "wrong_dtype"),
     (lambda: memattn.attention(Q, f32(1, 4, 2, 16), Q), ValueError, r"q.shape\[-1\] \(8\) != k.shape\[-1\] \(16\)", "invalid_argument"),
     (lambda: memattn.attention(f32(1, 4, 3, 8), Q, Q), ValueError, r"num_heads_q \(3\) must be a multiple of num_heads_kv \(2\)", "invalid_argument"),
     (lambda: memattn.attention(Q, Q, f32(1, 5, 2, 8)), ValueError, r"v: seq 5 does not match k seq 4", "invalid_argument"),
@@ -84,7 +85,7 @@ def test_torch_errors():
         memattn.attention(Q, Q, Q, mask=torch.ones(4, 4, dtype=torch.bool))
     with pytest.raises(TypeError, match=r"k: torch dtype torch.int16 is not supported"):
         memattn.attention(t, t.short(), t)
-    with pytest.raises(TypeError, match=r"q, k, v must have the same dtype; got q=f32, k=i64"):
+    with pytest.raises(TypeError, match=r"q, k, v must have the same dtype, or f32 q with k and v both bf16 or both f16 \(a KV cache\); got q=f32, k=i64"):
         memattn.attention(t, t.long(), t)
     with pytest.raises(TypeError, match=r"mask: dtype must be u8 .* got f32"):
         memattn.attention(t, t, t, mask=torch.ones(4, 4))
@@ -92,6 +93,6 @@ def test_torch_errors():
         memattn.attention(t, t, torch._neg_view(t))
     with pytest.raises(ValueError, match=r"q: expected a strided \(dense\) tensor"):
         memattn.attention(t.to_sparse(), t, t)
-    with pytest.raises(TypeError, match=r"same dtype; got q=bf16, k=f32, v=bf16") as info:
+    with pytest.raises(TypeError, match=r"both bf16 or both f16 \(a KV cache\); got q=bf16, k=f32, v=bf16") as info:
         memattn.attention(t.bfloat16(), t, t.bfloat16())
     assert info.value.code == "wrong_dtype"
