@@ -125,7 +125,9 @@ def attention(q, k, v, *, causal=False, align="top_left", window=None, mask=None
     """softmax(scale * q k^T + bias, masked) v, exactly, for q [B, Sq, Hq, d], k [B, Sk, Hkv, d],
     v [B, Sk, Hkv, dv] (Hq a multiple of Hkv). Returns out [B, Sq, Hq, dv] (q's dtype; `out` itself
     when given), or (out, lse) with return_lse, lse float32 [B, Hq, Sq]. The GIL is released while
-    the kernel runs. Score modifiers (docs/api.md): softcap > 0 caps the scaled scores as
+    the kernel runs. f32 q may read k and v held in float16 or bfloat16 (a KV cache), with the
+    same bits as the float32 call on them widened. Score modifiers (docs/api.md): softcap > 0 caps
+    the scaled scores as
     softcap * tanh(s / softcap); alibi_slopes (float32 [Hq] or [B, Hq]) adds
     -slope * |i + diag - j|; sinks (float32 [Hq]) adds one logit per head to each row's softmax
     denominator (lse includes it).
