@@ -127,8 +127,7 @@ def attention(q, k, v, *, causal=False, align="top_left", window=None, mask=None
     when given), or (out, lse) with return_lse, lse float32 [B, Hq, Sq]. The GIL is released while
     the kernel runs. f32 q may read k and v held in float16 or bfloat16 (a KV cache), with the
     same bits as the float32 call on them widened. Score modifiers (docs/api.md): softcap > 0 caps
-    the scaled scores as
-    softcap * tanh(s / softcap); alibi_slopes (float32 [Hq] or [B, Hq]) adds
+    the scaled scores as softcap * tanh(s / softcap); alibi_slopes (float32 [Hq] or [B, Hq]) adds
     -slope * |i + diag - j|; sinks (float32 [Hq]) adds one logit per head to each row's softmax
     denominator (lse includes it).
 
