@@ -23,7 +23,8 @@ struct NamedPath {
   const std::string& path;
 };
 
-// The first output that names an input or an earlier output, as a message; "" when there is none.
+}  // namespace
+
 std::string coinciding_paths(const RunConfig& c) {
   const NamedPath inputs[] = {{"--q", c.q},         {"--k", c.k},       {"--v", c.v},
                               {"--mask", c.mask},   {"--bias", c.bias}, {"--alibi-slopes", c.alibi_slopes},
@@ -44,11 +45,22 @@ std::string coinciding_paths(const RunConfig& c) {
   return "";
 }
 
+Options attention_options(const RunConfig& c) {
+  Options o;
+  o.causal = c.causal, o.align = c.align, o.window_left = c.window_left, o.window_right = c.window_right;
+  o.scale = c.scale, o.softcap = c.softcap, o.algorithm = c.algorithm, o.num_threads = c.threads;
+  return o;
+}
+
+namespace {
+
 std::string dims_text(const std::vector<int64_t>& d) {
   std::string s = "(";
   for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
   return s + ")";
 }
+
+}  // namespace
 
 // backward() would refuse a dout unlike out too, but the pieces slice dout by out's shape first.
 void check_dout(const NpyArray& dout, const NpyArray& q, const std::vector<int64_t>& out_shape) {
@@ -59,6 +71,8 @@ void check_dout(const NpyArray& dout, const NpyArray& q, const std::vector<int64
     throw NpyError(dout.path() + ": shape " + dims_text(dout.shape()) + " does not match out's shape " +
                    dims_text(out_shape) + " [batch, seq_q, heads_q, dim_v]");
 }
+
+namespace {
 
 constexpr auto kFloats = {DType::f32, DType::f16, DType::f64};
 constexpr const char* kMaskDims = "[batch|1, heads_q|1, seq_q|1, seq_k|1]";
@@ -83,8 +97,7 @@ void run_files(const RunConfig& c) {
   if (slopes) call.alibi_slopes = slopes->tensor();
   if (sinks) call.sinks = sinks->tensor();
   Options& o = call.options;
-  o.causal = c.causal, o.align = c.align, o.window_left = c.window_left, o.window_right = c.window_right;
-  o.scale = c.scale, o.softcap = c.softcap, o.algorithm = c.algorithm, o.num_threads = c.threads;
+  o = attention_options(c);
   o.mask = call.mask ? &*call.mask : nullptr;
   o.bias = call.bias ? &*call.bias : nullptr;
   o.alibi_slopes = call.alibi_slopes ? &*call.alibi_slopes : nullptr;
@@ -125,6 +138,7 @@ void run_files(const RunConfig& c) {
 }  // namespace
 
 int run_main(const RunConfig& c) {
+  if (c.mpi) return run_mpi_main(c);
   return run_file_command("memattn run", coinciding_paths(c), [&] { run_files(c); });
 }
 

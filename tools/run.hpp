@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "memattn/types.hpp"
 
@@ -26,7 +27,12 @@ struct RunConfig {
   double softcap = 0;           // > 0: scores capped as softcap * tanh(s / softcap)
   Algorithm algorithm = Algorithm::automatic;
   int threads = 0;  // 0: all that OpenMP offers
+  bool mpi = false;                     // ring attention across the ranks of mpirun (run_mpi.cpp)
+  std::string placement = "contiguous";  // with mpi: contiguous or zigzag
 };
+
+// The attention options of the command line (mask, bias, slopes and sinks are the caller's to set).
+Options attention_options(const RunConfig& c);
 
 // Adds the `run` subcommand to `app`; parsing fills `c` (bad values are CLI11 errors naming the
 // option, the value and what was expected).
@@ -35,5 +41,16 @@ CLI::App* add_run_command(CLI::App& app, RunConfig& c);
 // Runs it and returns the exit code: 0, 1 (an unusable file, or the library refused the call), 2 (an
 // output path is an input or another output). On any error no output file exists afterwards.
 int run_main(const RunConfig& c);
+
+// `run --mpi`: every rank reads its slices, memattn::dist::ring_forward, rank 0 writes the
+// outputs. Exit codes as run_main's, agreed by every rank; 1 when built without MPI.
+int run_mpi_main(const RunConfig& c);
+
+class NpyArray;
+// Throws NpyError unless dout has q's dtype and out's shape.
+void check_dout(const NpyArray& dout, const NpyArray& q, const std::vector<int64_t>& out_shape);
+
+// The first output that names an input or an earlier output, as a message; "" when there is none.
+std::string coinciding_paths(const RunConfig& c);
 
 }  // namespace memattn::tool

@@ -76,6 +76,10 @@ CLI::App* add_run_command(CLI::App& app, RunConfig& c) {
   grad("--dq", c.dq, "with --backward: output dLoss/dq, the shape and dtype of q");
   grad("--dk", c.dk, "with --backward: output dLoss/dk, the shape and dtype of k");
   grad("--dv", c.dv, "with --backward: output dLoss/dv, the shape and dtype of v");
+  CLI::Option* mpi = sub->add_flag("--mpi", c.mpi, "ring attention across the ranks of mpirun (docs/distributed.md)");
+  sub->add_option("--placement", c.placement, "with --mpi: how the sequence is cut among the ranks")
+      ->check(CLI::IsMember({"contiguous", "zigzag"}))->needs(mpi)->type_name("contiguous|zigzag")
+      ->default_str("contiguous");
   return sub;
 }
 

@@ -130,11 +130,17 @@ std::string read_file(const std::string& path) {
 }
 
 ToolResult run_tool(const std::vector<std::string>& args, const std::string& cwd, const std::vector<std::string>& env) {
+  std::vector<std::string> program{MEMATTN_TOOL_PATH};
+  program.insert(program.end(), args.begin(), args.end());
+  return run_program(program, cwd, env);
+}
+
+ToolResult run_program(const std::vector<std::string>& args, const std::string& cwd, const std::vector<std::string>& env) {
   char out_path[] = "/tmp/memattn_cli_out_XXXXXX", err_path[] = "/tmp/memattn_cli_err_XXXXXX";
   const int out_fd = ::mkstemp(out_path), err_fd = ::mkstemp(err_path);
   std::vector<std::string> env_strings(env);
   for (char** e = environ; *e; ++e) env_strings.emplace_back(*e);
-  std::vector<char*> argv{const_cast<char*>(MEMATTN_TOOL_PATH)}, envp;
+  std::vector<char*> argv, envp;
   for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   for (const std::string& e : env_strings) envp.push_back(const_cast<char*>(e.c_str()));
   argv.push_back(nullptr), envp.push_back(nullptr);

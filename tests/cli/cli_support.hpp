@@ -58,6 +58,10 @@ struct ToolResult {
 ToolResult run_tool(const std::vector<std::string>& args, const std::string& cwd = ".",
                     const std::vector<std::string>& env = {});
 
+// Runs `argv` (argv[0] an absolute path) like run_tool: for launchers such as mpirun.
+ToolResult run_program(const std::vector<std::string>& argv, const std::string& cwd = ".",
+                       const std::vector<std::string>& env = {});
+
 // Starts the memattn binary with `args` in `cwd`, its stdout and stderr discarded; returns its pid.
 int start_tool(const std::vector<std::string>& args, const std::string& cwd);
 
