@@ -2,6 +2,7 @@
 // ring time beside the same block pairs computed alone and the ring's messages alone, the share of
 // communication hidden behind compute and the causal balance (docs/distributed.md).
 #include "bench_dist.hpp"
+#include "without_mpi.hpp"
 
 #include <cstdio>
 
@@ -238,12 +239,7 @@ int bench_dist_main(const Config& c) {
 
 namespace memattn::tool {
 
-int bench_dist_main(const Config&) {
-  std::fprintf(stderr,
-               "memattn bench --dist: this memattn was built without MPI (install Open MPI, e.g. "
-               "Debian's libopenmpi-dev openmpi-bin, and configure again)\n");
-  return 1;
-}
+int bench_dist_main(const Config&) { return without_mpi("memattn bench --dist"); }
 
 }  // namespace memattn::tool
 

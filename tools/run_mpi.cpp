@@ -2,6 +2,7 @@
 #include <cstdio>
 
 #include "run.hpp"
+#include "without_mpi.hpp"
 
 #ifdef MEMATTN_WITH_MPI
 
@@ -231,12 +232,7 @@ int run_mpi_main(const RunConfig& c) {
 
 namespace memattn::tool {
 
-int run_mpi_main(const RunConfig&) {
-  std::fprintf(stderr,
-               "memattn run --mpi: this memattn was built without MPI (install Open MPI, e.g. Debian's "
-               "libopenmpi-dev openmpi-bin, and configure again)\n");
-  return 1;
-}
+int run_mpi_main(const RunConfig&) { return without_mpi("memattn run --mpi"); }
 
 }  // namespace memattn::tool
 
