@@ -26,14 +26,29 @@ Options with_views(const AttentionCall& c) {
   o.bias = c.bias ? &*c.bias : nullptr;
   o.alibi_slopes = c.alibi_slopes ? &*c.alibi_slopes : nullptr;
   o.sinks = c.sinks ? &*c.sinks : nullptr;
+  o.cu_seqlens_q = c.cu_seqlens_q ? &*c.cu_seqlens_q : nullptr;
+  o.cu_seqlens_k = c.cu_seqlens_k ? &*c.cu_seqlens_k : nullptr;
   return o;
 }
 
 }  // namespace
 
+void AttentionCall::validate(bool with_backward) const {
+  const Options o = with_views(*this);
+  if (seqlens_k) {
+    kvcache_workspace_bytes(q, k, v, *seqlens_k, block_table ? &*block_table : nullptr, o);
+    return;
+  }
+  workspace_bytes(q, k, v, o);
+  if (with_backward) backward_workspace_bytes(q, k, v, o);
+}
+
 void AttentionCall::forward() const {
   const Options o = with_views(*this);
-  memattn::forward(q, k, v, out, lse ? &*lse : nullptr, o);
+  if (seqlens_k)
+    attention_with_kvcache(q, k, v, *seqlens_k, block_table ? &*block_table : nullptr, out, lse ? &*lse : nullptr, o);
+  else
+    memattn::forward(q, k, v, out, lse ? &*lse : nullptr, o);
 }
 
 void AttentionCall::backward() const {
@@ -47,7 +62,14 @@ AttentionCall AttentionCall::piece(int64_t b, int64_t g) const {
   const auto q_like = [&](const Tensor& t) { return slice(slice(t, 0, b, 1), 2, h0, group); };
   const auto kv_like = [&](const Tensor& t) { return slice(slice(t, 0, b, 1), 2, g, 1); };
   AttentionCall p = *this;
-  p.q = q_like(q), p.k = kv_like(k), p.v = kv_like(v), p.out = q_like(out);
+  p.q = q_like(q), p.out = q_like(out);
+  if (block_table) {
+    p.k = slice(k, 2, g, 1), p.v = slice(v, 2, g, 1);
+    p.block_table = slice(*block_table, 0, b, 1);
+  } else {
+    p.k = kv_like(k), p.v = kv_like(v);
+  }
+  if (seqlens_k) p.seqlens_k = slice(*seqlens_k, 0, b, 1);
   if (lse) p.lse = slice(slice(*lse, 0, b, 1), 1, h0, group);
   p.mask = slice_broadcast(slice_broadcast(mask, 0, b, 1), 1, h0, group);
   p.bias = slice_broadcast(slice_broadcast(bias, 0, b, 1), 1, h0, group);

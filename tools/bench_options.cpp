@@ -26,7 +26,8 @@ CLI::Validator target_names() {
 }
 
 // --decode takes the sweep options that were given (n as seq_k, d, heads, threads, dtype as the
-// cache dtype, reps, min-seconds, json) and keeps its own defaults for the others.
+// cache dtype, reps, min-seconds, json) and keeps its own defaults for the others (seq-q,
+// page-size and q-dtype are its own).
 void fill_decode_sweep(Config& c, const CLI::App& sub) {
   DecodeConfig& dc = c.decode_sweep;
   if (sub.count("--n")) dc.seq_k = c.n;
@@ -37,6 +38,7 @@ void fill_decode_sweep(Config& c, const CLI::App& sub) {
   dc.reps = c.reps, dc.min_seconds = c.min_seconds, dc.json = c.json;
   drop_repeats(dc.seq_q);
   drop_repeats(dc.page_sizes);
+  drop_repeats(dc.query_dtypes);
 }
 
 }  // namespace
@@ -109,6 +111,12 @@ CLI::App* add_bench_command(CLI::App& app, Config& c) {
   sub->add_option("--page-size", c.decode_sweep.page_sizes,
                   "with --decode: keys per page of a paged cache, 0 for a contiguous one (default 0,16,256)")
       ->delimiter(',')->check(CLI::NonNegativeNumber)->type_name("N,...")->needs(decode);
+  sub->add_option("--q-dtype", c.decode_sweep.query_dtypes,
+                  "with --decode: the queries' dtype, the cache's or f32 (default cache,f32: on a bf16 or f16 cache "
+                  "also f32 queries, memattn's mixed call)")
+      ->delimiter(',')
+      ->transform(one_of({enum_name("cache", QueryDtype::cache), enum_name("f32", QueryDtype::f32)}, "cache or f32"))
+      ->type_name("cache|f32,...")->needs(decode);
   sub->callback([&c, sub, quick, backward, decode] {
     if (*decode) fill_decode_sweep(c, *sub);
     if (*quick && !sub->count("--n")) c.n = {1024, 4096};

@@ -30,7 +30,7 @@ struct KnownDescr {
 };
 constexpr KnownDescr kDescrs[] = {{"<f4", DType::f32}, {"<f2", DType::f16}, {"<f8", DType::f64},
                                   {"|u1", DType::u8},  {"|b1", DType::u8},  {"<u1", DType::u8},
-                                  {"<b1", DType::u8}};
+                                  {"<b1", DType::u8},  {"<i4", DType::i32}, {"<i8", DType::i64}};
 
 std::string descr_of(DType t) {
   if (t == DType::u8) return "'|b1' or '|u1' (bool or uint8)";
@@ -319,6 +319,8 @@ const char* npy_descr(DType dtype) {
     case DType::f16: return "<f2";
     case DType::f64: return "<f8";
     case DType::u8: return "|u1";
+    case DType::i32: return "<i4";
+    case DType::i64: return "<i8";
     default: throw std::invalid_argument(std::string("no .npy dtype for ") + dtype_name(dtype));
   }
 }

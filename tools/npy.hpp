@@ -60,7 +60,7 @@ class NpyArray {
 // against `expect`, rank, and data size against the file size. Throws NpyError.
 NpyArray read_npy(const std::string& path, const NpyExpect& expect);
 
-// The .npy descr of a dtype ("<f4", "<f2", "<f8", "|u1"); throws std::invalid_argument for bf16,
+// The .npy descr of a dtype ("<f4", "<f2", "<f8", "|u1", "<i4", "<i8"); throws std::invalid_argument for bf16,
 // which numpy does not have.
 const char* npy_descr(DType dtype);
 

@@ -26,9 +26,18 @@ struct NamedPath {
 }  // namespace
 
 std::string coinciding_paths(const RunConfig& c) {
-  const NamedPath inputs[] = {{"--q", c.q},         {"--k", c.k},       {"--v", c.v},
-                              {"--mask", c.mask},   {"--bias", c.bias}, {"--alibi-slopes", c.alibi_slopes},
-                              {"--sinks", c.sinks}, {"--dout", c.dout}};
+  const NamedPath inputs[] = {{"--q", c.q},
+                              {"--k", c.k},
+                              {"--v", c.v},
+                              {"--mask", c.mask},
+                              {"--bias", c.bias},
+                              {"--alibi-slopes", c.alibi_slopes},
+                              {"--sinks", c.sinks},
+                              {"--cu-seqlens-q", c.cu_seqlens_q},
+                              {"--cu-seqlens-k", c.cu_seqlens_k},
+                              {"--seqlens-k", c.seqlens_k},
+                              {"--block-table", c.block_table},
+                              {"--dout", c.dout}};
   const NamedPath outputs[] = {{"-o", c.out}, {"--lse", c.lse}, {"--dq", c.dq}, {"--dk", c.dk}, {"--dv", c.dv}};
   for (size_t i = 0; i < std::size(outputs); ++i) {
     const NamedPath& o = outputs[i];
@@ -49,6 +58,7 @@ Options attention_options(const RunConfig& c) {
   Options o;
   o.causal = c.causal, o.align = c.align, o.window_left = c.window_left, o.window_right = c.window_right;
   o.scale = c.scale, o.softcap = c.softcap, o.algorithm = c.algorithm, o.num_threads = c.threads;
+  o.max_seqlen_q = c.max_seqlen_q, o.max_seqlen_k = c.max_seqlen_k;
   return o;
 }
 
@@ -75,35 +85,60 @@ void check_dout(const NpyArray& dout, const NpyArray& q, const std::vector<int64
 namespace {
 
 constexpr auto kFloats = {DType::f32, DType::f16, DType::f64};
+constexpr auto kIntegers = {DType::i32, DType::i64};
 constexpr const char* kMaskDims = "[batch|1, heads_q|1, seq_q|1, seq_k|1]";
+
+// The layouts of q, k and v in each kind of call, for the reader's messages.
+struct Layouts {
+  const char *q, *k, *v;
+};
+Layouts layouts(const RunConfig& c) {
+  if (!c.cu_seqlens_q.empty())
+    return {"[1, total_q, heads_q, dim] (varlen: sequences packed)", "[1, total_k, heads_kv, dim] (varlen: sequences packed)",
+            "[1, total_k, heads_kv, dim_v] (varlen: sequences packed)"};
+  if (!c.block_table.empty())
+    return {"[batch, seq_q, heads_q, dim]", "[num_pages, page_size, heads_kv, dim] (pages of the cache)",
+            "[num_pages, page_size, heads_kv, dim_v] (pages of the cache)"};
+  if (!c.seqlens_k.empty())
+    return {"[batch, seq_q, heads_q, dim]", "[batch, max_seq, heads_kv, dim] (the cache)",
+            "[batch, max_seq, heads_kv, dim_v] (the cache)"};
+  return {"[batch, seq_q, heads_q, dim]", "[batch, seq_k, heads_kv, dim]", "[batch, seq_k, heads_kv, dim_v]"};
+}
+
+// The optional input `path` ("" when not given), read as `expect` says.
+std::optional<NpyArray> read_optional(const std::string& path, const NpyExpect& expect) {
+  if (path.empty()) return std::nullopt;
+  return read_npy(path, expect);
+}
 
 // Computes and commits; throws NpyError, memattn::Error or std::runtime_error.
 void run_files(const RunConfig& c) {
-  const NpyArray q = read_npy(c.q, {kFloats, 4, "[batch, seq_q, heads_q, dim]"});
-  const NpyArray k = read_npy(c.k, {kFloats, 4, "[batch, seq_k, heads_kv, dim]"});
-  const NpyArray v = read_npy(c.v, {kFloats, 4, "[batch, seq_k, heads_kv, dim_v]"});
-  std::optional<NpyArray> mask, bias, slopes, sinks, dout;
-  if (!c.mask.empty()) mask = read_npy(c.mask, {{DType::u8}, 4, kMaskDims});
-  if (!c.bias.empty()) bias = read_npy(c.bias, {kFloats, 4, kMaskDims});
+  const Layouts dims = layouts(c);
+  const NpyArray q = read_npy(c.q, {kFloats, 4, dims.q});
+  // k and v may be f16 under f32 queries (an f16 KV cache): the library checks the mix.
+  const NpyArray k = read_npy(c.k, {kFloats, 4, dims.k});
+  const NpyArray v = read_npy(c.v, {kFloats, 4, dims.v});
+  const std::optional<NpyArray> mask = read_optional(c.mask, {{DType::u8}, 4, kMaskDims});
+  const std::optional<NpyArray> bias = read_optional(c.bias, {kFloats, 4, kMaskDims});
   // Their rank ([heads_q] or [batch, heads_q]) is the library's to check, with its message.
-  if (!c.alibi_slopes.empty()) slopes = read_npy(c.alibi_slopes, {{DType::f32}, -1, "[heads_q] or [batch, heads_q]"});
-  if (!c.sinks.empty()) sinks = read_npy(c.sinks, {{DType::f32}, -1, "[heads_q]"});
-  if (c.backward) dout = read_npy(c.dout, {kFloats, 4, "[batch, seq_q, heads_q, dim_v]"});
+  const std::optional<NpyArray> slopes =
+      read_optional(c.alibi_slopes, {{DType::f32}, -1, "[heads_q] or [batch, heads_q]"});
+  const std::optional<NpyArray> sinks = read_optional(c.sinks, {{DType::f32}, -1, "[heads_q]"});
+  const std::optional<NpyArray> cu_q = read_optional(c.cu_seqlens_q, {kIntegers, 1, "[batch + 1] (offsets)"});
+  const std::optional<NpyArray> cu_k = read_optional(c.cu_seqlens_k, {kIntegers, 1, "[batch + 1] (offsets)"});
+  const std::optional<NpyArray> seqlens_k = read_optional(c.seqlens_k, {kIntegers, 1, "[batch]"});
+  const std::optional<NpyArray> block_table = read_optional(c.block_table, {kIntegers, 2, "[batch, max_pages]"});
+  const std::optional<NpyArray> dout =
+      c.backward ? std::optional(read_npy(c.dout, {kFloats, 4, "[batch, seq_q, heads_q, dim_v]"})) : std::nullopt;
 
   AttentionCall call;
   call.q = q.tensor(), call.k = k.tensor(), call.v = v.tensor();
-  if (mask) call.mask = mask->tensor();
-  if (bias) call.bias = bias->tensor();
-  if (slopes) call.alibi_slopes = slopes->tensor();
-  if (sinks) call.sinks = sinks->tensor();
-  Options& o = call.options;
-  o = attention_options(c);
-  o.mask = call.mask ? &*call.mask : nullptr;
-  o.bias = call.bias ? &*call.bias : nullptr;
-  o.alibi_slopes = call.alibi_slopes ? &*call.alibi_slopes : nullptr;
-  o.sinks = call.sinks ? &*call.sinks : nullptr;
-  workspace_bytes(call.q, call.k, call.v, o);  // the library's own checks of the whole call, first
-  if (c.backward) backward_workspace_bytes(call.q, call.k, call.v, o);
+  const auto view = [](const std::optional<NpyArray>& a) { return a ? std::optional(a->tensor()) : std::nullopt; };
+  call.mask = view(mask), call.bias = view(bias), call.alibi_slopes = view(slopes), call.sinks = view(sinks);
+  call.cu_seqlens_q = view(cu_q), call.cu_seqlens_k = view(cu_k);
+  call.seqlens_k = view(seqlens_k), call.block_table = view(block_table);
+  call.options = attention_options(c);
+  call.validate(c.backward);
 
   const auto& qs = q.shape();
   const int64_t batch = qs[0], seq_q = qs[1], heads_q = qs[2];

@@ -17,6 +17,12 @@ namespace memattn::tool {
 struct RunConfig {
   std::string q, k, v, mask, bias;  // input .npy paths; mask, bias: "" when not given
   std::string alibi_slopes, sinks;  // f32 score-modifier inputs; "" when not given
+  // Varlen batches: i32/i64 offsets .npy paths (both or neither) and the longest lengths (0: computed).
+  std::string cu_seqlens_q, cu_seqlens_k;
+  int64_t max_seqlen_q = 0, max_seqlen_k = 0;
+  // A KV cache: seqlens_k given makes k and v caches for attention_with_kvcache, paged when
+  // block_table is given too; "" when not given.
+  std::string seqlens_k, block_table;
   std::string out, lse;             // output .npy paths; lse: "" when not wanted
   bool backward = false;
   std::string dout, dq, dk, dv;  // with backward: dout input, gradient outputs
@@ -31,7 +37,7 @@ struct RunConfig {
   std::string placement = "contiguous";  // with mpi: contiguous or zigzag
 };
 
-// The attention options of the command line (mask, bias, slopes and sinks are the caller's to set).
+// The attention options of the command line (the tensors they point to are the caller's to set).
 Options attention_options(const RunConfig& c);
 
 // Adds the `run` subcommand to `app`; parsing fills `c` (bad values are CLI11 errors naming the

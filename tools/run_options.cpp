@@ -30,18 +30,44 @@ CLI::App* add_run_command(CLI::App& app, RunConfig& c) {
   sub->footer(
       "Arrays are [batch, seq, heads, dim] like the C++ API, in f32 (<f4), f16 (<f2) or f64 (<f8, with\n"
       "the naive, sequential or chunked algorithm), C or Fortran order; mask and bias broadcast over\n"
-      "[batch|1, heads_q|1, seq_q|1, seq_k|1]. Outputs appear only when everything succeeded.\n"
+      "[batch|1, heads_q|1, seq_q|1, seq_k|1]; f32 q may read f16 k and v (forward only).\n"
+      "Varlen (--cu-seqlens-q/-k): q, k, v packed as [1, total, heads, dim], forward and backward.\n"
+      "KV cache (--seqlens-k [--block-table]): k, v are caches [batch, max_seq, heads_kv, dim] or pages\n"
+      "[num_pages, page_size, heads_kv, dim]; forward only, no mask or bias (use --causal --align\n"
+      "bottom_right for new tokens at the end). Outputs appear only when everything succeeded.\n"
       "Exit codes: 0 done, 1 an unusable file or a call memattn refused, 2 a bad command line.\n"
       "Example: memattn run --q q.npy --k k.npy --v v.npy --causal -o out.npy --lse lse.npy");
   sub->add_option("--q", c.q, "queries [batch, seq_q, heads_q, dim]")->required()->type_name("FILE.npy");
-  sub->add_option("--k", c.k, "keys [batch, seq_k, heads_kv, dim]")->required()->type_name("FILE.npy");
-  sub->add_option("--v", c.v, "values [batch, seq_k, heads_kv, dim_v]")->required()->type_name("FILE.npy");
+  sub->add_option("--k", c.k, "keys [batch, seq_k, heads_kv, dim] (with --seqlens-k: the key cache)")
+      ->required()->type_name("FILE.npy");
+  sub->add_option("--v", c.v, "values [batch, seq_k, heads_kv, dim_v] (with --seqlens-k: the value cache)")
+      ->required()->type_name("FILE.npy");
   sub->add_option("--mask", c.mask, "boolean mask, bool (|b1) or uint8 (|u1), nonzero = attend")
       ->type_name("FILE.npy");
   sub->add_option("--bias", c.bias, "additive bias, f32 or f16 (f64 with f64 inputs)")->type_name("FILE.npy");
   sub->add_option("--alibi-slopes", c.alibi_slopes, "ALiBi slopes, f32 [heads_q] or [batch, heads_q]")
       ->type_name("FILE.npy");
   sub->add_option("--sinks", c.sinks, "attention sink logits, f32 [heads_q]")->type_name("FILE.npy");
+  // Varlen: both offsets or neither; each max length only with its offsets.
+  CLI::Option* cu_q = sub->add_option("--cu-seqlens-q", c.cu_seqlens_q,
+                                      "varlen: query offsets, int32 or int64 [batch + 1]; q, out [1, total_q, ...]")
+                          ->type_name("FILE.npy");
+  CLI::Option* cu_k = sub->add_option("--cu-seqlens-k", c.cu_seqlens_k,
+                                      "varlen: key offsets, int32 or int64 [batch + 1]; k, v [1, total_k, ...]")
+                          ->type_name("FILE.npy");
+  cu_q->needs(cu_k), cu_k->needs(cu_q);
+  sub->add_option("--max-seqlen-q", c.max_seqlen_q, "varlen: the longest query sequence (default: computed)")
+      ->check(positive_integer())->needs(cu_q)->type_name("N");
+  sub->add_option("--max-seqlen-k", c.max_seqlen_k, "varlen: the longest key sequence (default: computed)")
+      ->check(positive_integer())->needs(cu_k)->type_name("N");
+  // A cache call: --k and --v are the caches.
+  CLI::Option* seqlens_k = sub->add_option("--seqlens-k", c.seqlens_k,
+                                           "KV cache: keys per sequence, int32 or int64 [batch]; --k, --v are the "
+                                           "caches (attention_with_kvcache)")
+                               ->type_name("FILE.npy")->excludes(cu_q)->excludes(cu_k);
+  sub->add_option("--block-table", c.block_table,
+                  "KV cache: pages of each sequence, int32 or int64 [batch, max_pages]; --k, --v are pages")
+      ->type_name("FILE.npy")->needs(seqlens_k);
   sub->add_flag("--causal", c.causal, "query i sees keys up to its diagonal only");
   sub->add_option("--align", c.align, "diagonal of --causal and --window when seq_q != seq_k")
       ->transform(one_of({enum_name("top_left", Align::top_left), enum_name("bottom_right", Align::bottom_right)},
@@ -67,7 +93,8 @@ CLI::App* add_run_command(CLI::App& app, RunConfig& c) {
   sub->add_option("-o,--out", c.out, "output [batch, seq_q, heads_q, dim_v], dtype of q")->required()
       ->type_name("FILE.npy");
   sub->add_option("--lse", c.lse, "log-sum-exp of each row, f32 [batch, heads_q, seq_q]")->type_name("FILE.npy");
-  CLI::Option* backward = sub->add_flag("--backward", c.backward, "also compute dq, dk, dv from --dout");
+  CLI::Option* backward = sub->add_flag("--backward", c.backward, "also compute dq, dk, dv from --dout")
+                              ->excludes(seqlens_k);  // the library has no backward of a cache call
   const auto grad = [&](const char* name, std::string& path, const char* help) {
     CLI::Option* o = sub->add_option(name, path, help)->type_name("FILE.npy")->needs(backward);
     backward->needs(o);
@@ -76,7 +103,8 @@ CLI::App* add_run_command(CLI::App& app, RunConfig& c) {
   grad("--dq", c.dq, "with --backward: output dLoss/dq, the shape and dtype of q");
   grad("--dk", c.dk, "with --backward: output dLoss/dk, the shape and dtype of k");
   grad("--dv", c.dv, "with --backward: output dLoss/dv, the shape and dtype of v");
-  CLI::Option* mpi = sub->add_flag("--mpi", c.mpi, "ring attention across the ranks of mpirun (docs/distributed.md)");
+  CLI::Option* mpi = sub->add_flag("--mpi", c.mpi, "ring attention across the ranks of mpirun (docs/distributed.md)")
+                         ->excludes(cu_q)->excludes(cu_k)->excludes(seqlens_k);  // ring attention is dense
   sub->add_option("--placement", c.placement, "with --mpi: how the sequence is cut among the ranks")
       ->check(CLI::IsMember({"contiguous", "zigzag"}))->needs(mpi)->type_name("contiguous|zigzag")
       ->default_str("contiguous");

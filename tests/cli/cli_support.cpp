@@ -14,7 +14,10 @@
 #include <sstream>
 #include <stdexcept>
 
+#include <gtest/gtest.h>
+
 #include "common/half.hpp"
+#include "npy.hpp"
 
 extern char** environ;
 
@@ -84,14 +87,35 @@ Array Array::random(DType dtype, std::vector<int64_t> shape, uint32_t seed, bool
   return a;
 }
 
+Array Array::integers(DType dtype, std::vector<int64_t> shape, const std::vector<int64_t>& values) {
+  Array a = zeros(dtype, std::move(shape));
+  if (values.size() != size_t(a.numel())) throw std::invalid_argument("Array::integers: values do not fill the shape");
+  for (size_t i = 0; i < values.size(); ++i)
+    if (dtype == DType::i32) reinterpret_cast<int32_t*>(a.bytes.data())[i] = int32_t(values[i]);
+    else if (dtype == DType::i64) reinterpret_cast<int64_t*>(a.bytes.data())[i] = values[i];
+    else throw std::invalid_argument("Array::integers: dtype must be i32 or i64");
+  return a;
+}
+
 std::string descr_of(DType dtype, bool as_bool) {
   switch (dtype) {
     case DType::f32: return "<f4";
     case DType::f16: return "<f2";
     case DType::f64: return "<f8";
     case DType::u8: return as_bool ? "|b1" : "|u1";
+    case DType::i32: return "<i4";
+    case DType::i64: return "<i8";
     default: throw std::invalid_argument("no .npy descr");
   }
+}
+
+void expect_output(const std::string& path, const Array& want) {
+  const tool::NpyArray got = tool::read_npy(path, {{DType::f32, DType::f16, DType::f64}, -1, ""});
+  EXPECT_EQ(got.dtype(), want.dtype) << path;
+  EXPECT_FALSE(got.fortran_order()) << path;
+  ASSERT_EQ(got.shape(), want.shape) << path;
+  const size_t bytes = want.bytes.size();
+  EXPECT_TRUE(bytes == 0 || std::memcmp(got.data(), want.bytes.data(), bytes) == 0) << path << " differs bitwise";
 }
 
 std::string npy_bytes(const std::string& dict, size_t payload_bytes, int version) {
@@ -157,6 +181,16 @@ ToolResult run_program(const std::vector<std::string>& args, const std::string& 
   ToolResult r{WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), read_file(out_path), read_file(err_path)};
   ::unlink(out_path), ::unlink(err_path);
   return r;
+}
+
+void expect_failure(const ScratchDir& dir, const std::vector<std::string>& args, int exit_code,
+                    const std::vector<std::string>& parts, std::vector<std::string> files) {
+  const ToolResult r = run_tool(args, dir.dir());
+  EXPECT_EQ(r.exit_code, exit_code) << r.err;
+  EXPECT_EQ(r.out, "");
+  for (const std::string& p : parts) EXPECT_NE(r.err.find(p), std::string::npos) << "'" << p << "' not in: " << r.err;
+  std::sort(files.begin(), files.end());
+  EXPECT_EQ(dir.names(), files) << "an output or temporary file was left behind";
 }
 
 int start_tool(const std::vector<std::string>& args, const std::string& cwd) {

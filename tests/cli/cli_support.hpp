@@ -37,6 +37,8 @@ struct Array {
   static Array zeros(DType dtype, std::vector<int64_t> shape, bool fortran = false);
   // Standard normal values (u8: 0/1, about 70% ones), rounded to the dtype, from `seed`.
   static Array random(DType dtype, std::vector<int64_t> shape, uint32_t seed, bool fortran = false);
+  // An i32 or i64 C-order array holding `values` (offsets, lengths, block tables).
+  static Array integers(DType dtype, std::vector<int64_t> shape, const std::vector<int64_t>& values);
 };
 
 // The .npy descr numpy writes for a dtype ("|b1" for a bool mask when `as_bool`).
@@ -45,6 +47,9 @@ std::string descr_of(DType dtype, bool as_bool = false);
 // Writes `a` as a .npy file of format `version` (1, 2 or 3) with this test's own code, so that the
 // tool's reader is checked against an independent writer.
 void write_npy(const std::string& path, const Array& a, int version = 1, bool as_bool = false);
+// Checks (gtest EXPECTs) that the tool's output `path` is a C-order array of want's dtype and
+// shape whose bytes equal want's.
+void expect_output(const std::string& path, const Array& want);
 // The .npy bytes of a file with this header dict and raw payload, for malformed files.
 std::string npy_bytes(const std::string& dict, size_t payload_bytes, int version = 1);
 void write_file(const std::string& path, const std::string& bytes);
@@ -61,6 +66,12 @@ ToolResult run_tool(const std::vector<std::string>& args, const std::string& cwd
 // Runs `argv` (argv[0] an absolute path) like run_tool: for launchers such as mpirun.
 ToolResult run_program(const std::vector<std::string>& argv, const std::string& cwd = ".",
                        const std::vector<std::string>& env = {});
+
+// Runs the memattn binary with `args` in `dir` and expects it to fail: `exit_code`, nothing on
+// stdout, each of `parts` in stderr, and exactly `files` in `dir` afterwards (no output or
+// temporary file left behind).
+void expect_failure(const ScratchDir& dir, const std::vector<std::string>& args, int exit_code,
+                    const std::vector<std::string>& parts, std::vector<std::string> files);
 
 // Starts the memattn binary with `args` in `cwd`, its stdout and stderr discarded; returns its pid.
 int start_tool(const std::vector<std::string>& args, const std::string& cwd);

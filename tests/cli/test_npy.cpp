@@ -27,6 +27,22 @@ TEST(CliNpy, ReadsWhatAnIndependentWriterWrites) {
     }
 }
 
+// Offsets, key lengths and block tables: '<i4' and '<i8' as memattn's i32 and i64, nothing else.
+TEST(CliNpy, ReadsIntegerIndexArrays) {
+  ScratchDir dir;
+  for (DType t : {DType::i32, DType::i64}) {
+    const Array a = Array::integers(t, {2, 2}, {0, 7, -1, 3});
+    write_npy(dir.path("a.npy"), a);
+    const tool::NpyArray r = tool::read_npy(dir.path("a.npy"), {{DType::i32, DType::i64}, 2, ""});
+    EXPECT_EQ(r.dtype(), t);
+    EXPECT_EQ(r.descr(), t == DType::i32 ? "<i4" : "<i8");
+    EXPECT_EQ(std::memcmp(r.data(), a.bytes.data(), a.bytes.size()), 0);
+    EXPECT_EQ(std::string(tool::npy_descr(t)), r.descr());
+  }
+  write_file(dir.path("u.npy"), npy_bytes("{'descr': '<u4', 'fortran_order': False, 'shape': (2,), }", 8));
+  EXPECT_THROW(tool::read_npy(dir.path("u.npy"), {{DType::i32, DType::i64}, 1, ""}), tool::NpyError);
+}
+
 TEST(CliNpy, MisalignedDataIsCopied) {
   ScratchDir dir;
   Array a = Array::random(DType::f64, {3}, 9);

@@ -154,16 +154,41 @@ TEST(CliOptions, BenchDecodeJson) {
                                  "--dtype", "bf16", "--threads", "1", "--reps", "1", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto count = [&](const std::string& s) { return occurrences(r.out, s); };
-  // Each seq_k with a contiguous cache and pages of 16 and 256 keys.
-  EXPECT_EQ(count("{\"direction\": \"decode\""), 6u) << r.out;
-  EXPECT_EQ(count("\"seq_q\": 2,"), 6u);
-  EXPECT_EQ(count("\"seq_k\": 300,"), 3u);
-  EXPECT_EQ(count("\"seq_k\": 70,"), 3u);
-  EXPECT_EQ(count("\"cache_dtype\": \"bf16\""), 6u);
+  // Each seq_k with a contiguous cache and pages of 16 and 256 keys, read by bf16 and by f32 queries.
+  EXPECT_EQ(count("{\"direction\": \"decode\""), 12u) << r.out;
+  EXPECT_EQ(count("\"seq_q\": 2,"), 12u);
+  EXPECT_EQ(count("\"seq_k\": 300,"), 6u);
+  EXPECT_EQ(count("\"seq_k\": 70,"), 6u);
+  EXPECT_EQ(count("\"cache_dtype\": \"bf16\""), 12u);
+  EXPECT_EQ(count("\"q_dtype\": \"bf16\""), 6u);
+  EXPECT_EQ(count("\"q_dtype\": \"f32\""), 6u);
   for (const char* page : {"\"page_size\": 0,", "\"page_size\": 16,", "\"page_size\": 256,"})
-    EXPECT_EQ(count(page), 2u) << page;
-  EXPECT_EQ(count("\"kv_heads\": 2,"), 6u);
-  for (const char* key : {"\"threads\": 1,", "\"gbps\": ", "\"peak_gbps\": "}) EXPECT_EQ(count(key), 6u) << key;
+    EXPECT_EQ(count(page), 4u) << page;
+  EXPECT_EQ(count("\"kv_heads\": 2,"), 12u);
+  for (const char* key : {"\"threads\": 1,", "\"gbps\": ", "\"peak_gbps\": "}) EXPECT_EQ(count(key), 12u) << key;
+}
+
+// f32 queries on an f32 cache are the cache's own dtype: one row, not two; --q-dtype picks.
+TEST(CliOptions, BenchDecodeQueryDtypes) {
+  const std::vector<std::string> point{"bench", "--decode", "--n", "100", "--seq-q", "1", "--heads", "4", "--d", "8",
+                                       "--dtype", "f32,f16", "--threads", "1", "--reps", "1", "--page-size", "0", "--json"};
+  const auto run = [&](std::vector<std::string> extra) {
+    extra.insert(extra.begin(), point.begin(), point.end());
+    const ToolResult r = run_tool(extra);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return r.out;
+  };
+  const std::string both = run({});
+  EXPECT_EQ(occurrences(both, "{\"direction\": \"decode\""), 3u) << both;
+  EXPECT_EQ(occurrences(both, "\"cache_dtype\": \"f16\", \"q_dtype\": \"f32\""), 1u) << both;
+  EXPECT_EQ(occurrences(both, "\"cache_dtype\": \"f16\", \"q_dtype\": \"f16\""), 1u) << both;
+  EXPECT_EQ(occurrences(both, "\"cache_dtype\": \"f32\", \"q_dtype\": \"f32\""), 1u) << both;
+  const std::string cache_only = run({"--q-dtype", "cache"});
+  EXPECT_EQ(occurrences(cache_only, "\"q_dtype\": \"f32\""), 1u) << cache_only;
+  EXPECT_EQ(occurrences(cache_only, "\"cache_dtype\": \"f16\", \"q_dtype\": \"f16\""), 1u) << cache_only;
+  const ToolResult bad = run_tool({"bench", "--decode", "--q-dtype", "bf16"});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.err.find("--q-dtype: 'bf16' is not cache or f32"), std::string::npos) << bad.err;
 }
 
 TEST(CliOptions, BenchDecodePageSizes) {

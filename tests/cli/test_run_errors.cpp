@@ -5,12 +5,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <filesystem>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "cli_support.hpp"
@@ -35,12 +35,7 @@ class CliRunErrors : public testing::Test {
                     std::vector<std::string> files = kInputs) {
     std::vector<std::string> args{"run", "--q", "q.npy", "--k", "k.npy", "--v", "v.npy", "-o", "out.npy"};
     args.insert(args.end(), extra.begin(), extra.end());
-    const ToolResult r = run_tool(args, dir.dir());
-    EXPECT_EQ(r.exit_code, exit_code) << r.err;
-    EXPECT_EQ(r.out, "");
-    for (const std::string& p : parts) EXPECT_NE(r.err.find(p), std::string::npos) << "'" << p << "' not in: " << r.err;
-    std::sort(files.begin(), files.end());
-    EXPECT_EQ(dir.names(), files) << "an output or temporary file was left behind";
+    expect_failure(dir, args, exit_code, parts, std::move(files));
   }
   void write_q(const std::string& bytes) { write_file(dir.path("q.npy"), bytes); }
 

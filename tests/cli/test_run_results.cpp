@@ -42,16 +42,6 @@ const char* align_name(Align a) { return a == Align::top_left ? "top_left" : "bo
 
 class CliRunResults : public testing::TestWithParam<Case> {};
 
-// The tool's output file: a C-order array of the expected dtype and shape, its bytes equal to `want`.
-void expect_output(const std::string& path, Array& want) {
-  const tool::NpyArray got = tool::read_npy(path, {{DType::f32, DType::f16, DType::f64}, -1, ""});
-  EXPECT_EQ(got.dtype(), want.dtype) << path;
-  EXPECT_FALSE(got.fortran_order()) << path;
-  ASSERT_EQ(got.shape(), want.shape) << path;
-  const size_t bytes = want.bytes.size();
-  EXPECT_TRUE(bytes == 0 || std::memcmp(got.data(), want.bytes.data(), bytes) == 0) << path << " differs bitwise";
-}
-
 TEST_P(CliRunResults, BitwiseEqualToDirectCalls) {
   const Case& c = GetParam();
   ScratchDir dir;
