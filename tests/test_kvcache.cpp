@@ -237,29 +237,34 @@ TEST(KvCache, errors_leave_outputs_untouched) {
 }
 
 // The score modifiers through the cache: softcap, ALiBi (its distance from the bottom-right
-// diagonal of each sequence's own length) and sinks, paged and dense, against each sequence's dense
-// forward with the same modifiers.
+// diagonal of each sequence's own length; one slope per head, or per sequence and head) and sinks,
+// paged and dense, against each sequence's dense forward with the same modifiers.
 TEST(KvCache, score_modifiers_equal_dense_forward) {
-  const std::vector<double> slopes = {0.5, 0.25, 0.125, 0.0625}, sink_logits = {0.5, -1.0, 2.0, 0.0};
-  Buf alibi(DType::f32, {4}), sinks(DType::f32, {4});
-  for (int64_t h = 0; h < 4; ++h) alibi.set(h, slopes[size_t(h)]), sinks.set(h, sink_logits[size_t(h)]);
-  const Tensor alibi_view = alibi.view(), sinks_view = sinks.view();
+  const std::vector<double> sink_logits = {0.5, -1.0, 2.0, 0.0};
+  std::vector<double> slopes(4 * 4);  // [batch, heads_q]: row b for sequence b
+  for (size_t e = 0; e < slopes.size(); ++e) slopes[e] = 0.5 / double(1 + e % 4) + 0.0625 * double(e / 4);
+  Buf per_head(DType::f32, {4}), per_batch(DType::f32, {4, 4}), sinks(DType::f32, {4});
+  for (int64_t h = 0; h < 4; ++h) per_head.set(h, slopes[size_t(h)]), sinks.set(h, sink_logits[size_t(h)]);
+  for (size_t e = 0; e < slopes.size(); ++e) per_batch.set(int64_t(e), slopes[e]);
+  const Tensor head_view = per_head.view(), batch_view = per_batch.view(), sinks_view = sinks.view();
+  for (const Tensor* alibi_view : {&head_view, &batch_view})
   for (int64_t ps : {0, 16})
     for (DType dt : {DType::f32, DType::bf16}) {
       KvCase c({7, 0, 33, 2600}, ps, 2, dt, 13);
-      c.options.softcap = 4.0, c.options.alibi_slopes = &alibi_view, c.options.sinks = &sinks_view;
+      c.options.softcap = 4.0, c.options.alibi_slopes = alibi_view, c.options.sinks = &sinks_view;
       c.options.key_chunk = 16;
       c.run();
       for (size_t b = 0; b < c.lens.size(); ++b) {
         BackwardCase d = c.dense(b);
-        d.set_alibi({4}, slopes);
+        const size_t row = alibi_view == &batch_view ? 4 * b : 0;
+        d.set_alibi({4}, std::vector<double>(slopes.begin() + ptrdiff_t(row), slopes.begin() + ptrdiff_t(row + 4)));
         d.set_sinks(sink_logits);
         d.out.fill(kNaN);
         d.run();
         Buf got(c.dtype, {1, c.sq, c.hq, c.dv});
         for (int64_t e = 0; e < got.numel(); ++e) got.set(e, c.out.get(int64_t(b) * got.numel() + e));
         const std::string what = "page " + std::to_string(ps) + " " + memattn::dtype_name(dt) + ", sequence " +
-                                 std::to_string(b);
+                                 std::to_string(b) + (alibi_view == &batch_view ? ", slopes per batch" : "");
         EXPECT_EQ(bitwise_difference(got, d.out), "") << what;
         const RefProblem p = d.problem();
         EXPECT_EQ(accuracy_failure(got.values(), reference64(p).out, baseline(p, dt).out, dt), "") << what;

@@ -76,6 +76,40 @@ TEST(VarlenModifiers, BackwardEqualsDensePerSequence) {
   }
 }
 
+// FlashAttention's varlen ALiBi: one row of slopes per sequence ([sequences, heads_q]), each
+// sequence equal to its dense call with its own row, forward and backward; a row count that is
+// not the sequence count is refused.
+TEST(VarlenModifiers, SlopesPerSequence) {
+  VarlenCase c({3, 0, 17, 21}, {5, 9, 0, 30}, 4, 2, 16, 12, DType::f32, DType::i64, 21);
+  c.options.causal = true, c.options.align = Align::bottom_right;
+  std::vector<double> slopes(4 * 4);
+  for (size_t e = 0; e < slopes.size(); ++e) slopes[e] = 0.03125 * double(e + 1);
+  c.set_modifiers(0.0, slopes, {});
+  c.forward();
+  c.backward();
+  for (size_t b = 0; b < c.count(); ++b) {
+    BackwardCase d = dense_of(c, b);
+    d.run_both();
+    const std::string what = "sequence " + std::to_string(b);
+    EXPECT_EQ(bitwise_difference(VarlenCase::rows(c.out, c.first_q(b), c.len_q[b]), d.out), "") << what;
+    EXPECT_EQ(bitwise_difference(VarlenCase::rows(c.dq, c.first_q(b), c.len_q[b]), d.dq), "") << what;
+    EXPECT_EQ(bitwise_difference(VarlenCase::rows(c.dk, c.first_k(b), c.len_k[b]), d.dk), "") << what;
+  }
+  // The rows differ, so sequence 3 with sequence 0's slopes would not match (the check can fail).
+  BackwardCase wrong = dense_of(c, 3);
+  wrong.set_alibi({4}, std::vector<double>(slopes.begin(), slopes.begin() + 4));
+  wrong.run();
+  EXPECT_NE(bitwise_difference(VarlenCase::rows(c.out, c.first_q(3), c.len_q[3]), wrong.out), "");
+
+  Buf three(DType::f32, {3, 4});
+  const Tensor three_view = three.view();
+  c.options.alibi_slopes = &three_view;
+  c.out.fill(7.0);
+  expect_error([&] { memattn::forward(c.q.view(), c.k.view(), c.v.view(), c.out.view(), nullptr, c.options); },
+               memattn::ErrorCode::invalid_argument, {"alibi_slopes: shape [3,4] expected [4] or [4,4]", "sequences"},
+               {&c.out});
+}
+
 TEST(VarlenModifiers, DsinksRefusedForVarlenCalls) {
   VarlenCase c = modified({3, 4}, {5, 6}, DType::f32, false, 3);
   c.forward();

@@ -79,7 +79,11 @@ BackwardCase VarlenCase::dense(size_t b) const {
   c.options = options;
   c.options.cu_seqlens_q = c.options.cu_seqlens_k = nullptr;
   c.options.max_seqlen_q = c.options.max_seqlen_k = 0;
-  if (!alibi_slopes.empty()) c.set_alibi({heads_q}, alibi_slopes);
+  if (!alibi_slopes.empty()) {
+    const size_t row = alibi_slopes.size() == size_t(heads_q) ? 0 : b * size_t(heads_q);
+    c.set_alibi({heads_q}, std::vector<double>(alibi_slopes.begin() + ptrdiff_t(row),
+                                               alibi_slopes.begin() + ptrdiff_t(row + size_t(heads_q))));
+  }
   if (!sinks.empty()) c.set_sinks(sinks);
   return c;
 }
@@ -89,8 +93,9 @@ void VarlenCase::set_modifiers(double softcap, std::vector<double> slopes, std::
   alibi_slopes = std::move(slopes), sinks = std::move(sink_logits);
   options.alibi_slopes = options.sinks = nullptr;
   if (!alibi_slopes.empty()) {
-    alibi_buf = Buf(DType::f32, {heads_q});
-    for (int64_t h = 0; h < heads_q; ++h) alibi_buf.set(h, alibi_slopes[size_t(h)]);
+    alibi_buf = alibi_slopes.size() == size_t(heads_q) ? Buf(DType::f32, {heads_q})
+                                                        : Buf(DType::f32, {int64_t(count()), heads_q});
+    for (size_t e = 0; e < alibi_slopes.size(); ++e) alibi_buf.set(int64_t(e), alibi_slopes[e]);
     alibi_view = alibi_buf.view(), options.alibi_slopes = &alibi_view;
   }
   if (!sinks.empty()) {

@@ -21,7 +21,8 @@ struct VarlenCase {
   Buf alibi_buf, sinks_buf;      // f32 operands of set_modifiers()
   Tensor alibi_view, sinks_view;
   memattn::Options options;      // cu_seqlens set; the caller adds causal, window, algorithm...
-  std::vector<double> alibi_slopes, sinks;  // [heads_q] each when set_modifiers() gave them
+  // [heads_q] each when set_modifiers() gave them; the slopes may also be [sequences, heads_q]
+  std::vector<double> alibi_slopes, sinks;
 
   VarlenCase(std::vector<int64_t> lq, std::vector<int64_t> lk, int64_t hq, int64_t hkv, int64_t d,
              int64_t dv, DType dt, DType offsets = DType::i32, uint64_t seed = 1);
@@ -29,8 +30,9 @@ struct VarlenCase {
   int64_t first_q(size_t b) const { return cu_q64[b]; }
   int64_t first_k(size_t b) const { return cu_k64[b]; }
   void use_offsets(DType offsets);  // i32 or i64
-  // Score modifiers for every sequence: softcap, ALiBi slopes and sinks ([heads_q] each; empty:
-  // none), in options and in each dense(b).
+  // Score modifiers for every sequence: softcap, ALiBi slopes ([heads_q], or [count(), heads_q]
+  // row-major: one row per sequence) and sinks ([heads_q]; empty: none), in options and in each
+  // dense(b).
   void set_modifiers(double softcap, std::vector<double> slopes, std::vector<double> sink_logits);
 
   void forward();                 // into out and lse (pre-filled with NaN)

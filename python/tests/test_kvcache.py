@@ -108,11 +108,19 @@ def test_score_modifiers_match_attention(rng, page):
     mods = dict(softcap=4.0, alibi_slopes=slopes, sinks=sinks)
     out, lse = memattn.attention_with_kvcache(q, k_cache, v_cache, lens, table if page else None,
                                               return_lse=True, **mods)
+    # Slopes per sequence ([batch, heads_q]): sequence b takes row b.
+    per_batch = slopes[None, :] * np.array([[1.0], [2.0], [0.5]], np.float32)
+    out_pb = memattn.attention_with_kvcache(q, k_cache, v_cache, lens, table if page else None,
+                                            softcap=4.0, alibi_slopes=per_batch, sinks=sinks)
     for b, n in enumerate(lens):
         want, want_lse = memattn.attention(q[b:b + 1], k_seq[b].astype(np.float32), v_seq[b].astype(np.float32),
                                            causal=True, align="bottom_right", return_lse=True, **mods)
         np.testing.assert_allclose(out[b:b + 1], want, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(lse[b:b + 1], want_lse, rtol=1e-6, atol=1e-6)
+        want_pb = memattn.attention(q[b:b + 1], k_seq[b].astype(np.float32), v_seq[b].astype(np.float32),
+                                    causal=True, align="bottom_right", softcap=4.0, alibi_slopes=per_batch[b],
+                                    sinks=sinks)
+        np.testing.assert_allclose(out_pb[b:b + 1], want_pb, rtol=1e-5, atol=1e-6)
     # The sinks took part: without them every row's lse is lower.
     plain = memattn.attention_with_kvcache(q, k_cache, v_cache, lens, table if page else None,
                                            return_lse=True, softcap=4.0, alibi_slopes=slopes)[1]

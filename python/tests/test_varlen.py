@@ -59,6 +59,22 @@ def test_list_offsets_and_max_seqlen(rng):
     assert memattn.workspace_bytes(*args, cu_seqlens_q=[0, 2, 2, 5], cu_seqlens_k=[0, 4, 5, 5]) >= 0
 
 
+def test_alibi_slopes_per_sequence(rng):
+    """[sequences, heads_q] slopes (FlashAttention's varlen ALiBi): sequence b takes row b."""
+    lq, lk = [3, 0, 5], [4, 2, 6]
+    q, k, v, _ = packed(rng, lq, lk)
+    args = [x.astype(np.float32) for x in (q, k, v)]
+    cq, ck = offsets(lq), offsets(lk)
+    slopes = (np.arange(12, dtype=np.float32).reshape(3, 4) + 1) / 16
+    out = memattn.attention(*args, causal=True, cu_seqlens_q=cq, cu_seqlens_k=ck, alibi_slopes=slopes)
+    for b in range(3):
+        rq, rk = slice(cq[b], cq[b + 1]), slice(ck[b], ck[b + 1])
+        want = memattn.attention(args[0][:, rq], args[1][:, rk], args[2][:, rk], causal=True, alibi_slopes=slopes[b])
+        np.testing.assert_array_equal(out[:, rq], want)
+    with pytest.raises(ValueError, match=re.escape("expected [4] or [3,4] ([heads_q] or [sequences, heads_q])")):
+        memattn.attention(*args, cu_seqlens_q=cq, cu_seqlens_k=ck, alibi_slopes=slopes[:2])
+
+
 @pytest.mark.parametrize("lq, lk", LENGTHS)
 def test_backward_matches_dense_torch(lq, lk):
     torch = pytest.importorskip("torch")

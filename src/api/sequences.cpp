@@ -34,13 +34,12 @@ std::vector<int64_t> read_offsets(const Tensor& t, const char* name, int64_t tot
   return offsets;
 }
 
-// v moved `index` steps along dimension `dim` (a no-op on a dim of stride 0).
+}  // namespace
+
 View shifted(View v, int dim, int64_t index) {
   v.data = static_cast<const char*>(v.data) + index * v.stride[dim] * int64_t(dtype_size(v.dtype));
   return v;
 }
-
-}  // namespace
 
 void check_sequence_tensors(const Params& whole, const Options& o) {
   const std::pair<int64_t, const char*> maxes[] = {{o.max_seqlen_q, "max_seqlen_q"}, {o.max_seqlen_k, "max_seqlen_k"}};
@@ -93,6 +92,7 @@ Params sequence_params(const Params& whole, const Sequences& s, size_t b, const 
   p.lse = shifted(whole.lse, 2, q0);
   p.k = shifted(whole.k, 1, k0);
   p.v = shifted(whole.v, 1, k0);
+  if (p.has_alibi) p.alibi = shifted(whole.alibi, 0, int64_t(b));  // [sequences, heads_q] slopes
   resolve_diagonal(p, o);
   return p;
 }

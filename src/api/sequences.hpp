@@ -18,6 +18,10 @@ inline int64_t integer_at(const Tensor& t, int64_t offset) {
 
 inline bool is_varlen(const Options& o) { return o.cu_seqlens_q != nullptr || o.cu_seqlens_k != nullptr; }
 
+// v moved `index` steps along dimension `dim` (a no-op on a dim of stride 0): a sequence's rows of
+// a packed operand, or its row of a per-batch one.
+View shifted(View v, int dim, int64_t index);
+
 // The checks that need no offset values, run by make_forward_params before its alias checks: both
 // cu_seqlens or neither, each 1-D i32/i64 of one length >= 1, max_seqlen >= 0 and only with
 // cu_seqlens, q/k/v batch 1, no mask or bias.

@@ -87,6 +87,7 @@ std::vector<Params> kvcache_parts(const Tensor& q, const Tensor& k_cache, const 
     p.q.data = static_cast<const char*>(whole.q.data) + b * whole.q.stride[0] * int64_t(dtype_size(p.q.dtype));
     p.out.data = static_cast<const char*>(whole.out.data) + b * whole.out.stride[0] * int64_t(dtype_size(p.out.dtype));
     p.lse.data = static_cast<const char*>(whole.lse.data) + b * whole.lse.stride[0] * int64_t(sizeof(float));
+    if (p.has_alibi) p.alibi = shifted(whole.alibi, 0, b);  // [batch, heads_q] slopes: this sequence's row
     p.k = make_view(k_cache);
     p.v = make_view(v_cache);
     if (paged) {

@@ -198,7 +198,7 @@ std::vector<Case> cases() {
       }),
       with(cache, [](Case& c) { c.name = "cache_i32", c.causal = true, c.align = Align::bottom_right; }),
       with(cache, [](Case& c) {
-        c.name = "cache_i64_modifiers", c.index_dtype = DType::i64, c.softcap = 0.75, c.alibi = true,
+        c.name = "cache_i64_modifiers", c.index_dtype = DType::i64, c.softcap = 0.75, c.alibi_per_batch = true,
         c.sinks = true, c.window_left = 3, c.window_right = 0, c.causal = true, c.align = Align::bottom_right;
       }),
       with(cache, [](Case& c) { c.name = "cache_f32_q_f16_kv", c.kv_dtype = DType::f16, c.lse = false; }),
