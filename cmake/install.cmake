@@ -19,7 +19,7 @@ install(TARGETS memattn_shared memattn EXPORT memattnTargets COMPONENT memattn
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
         RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
-# memattn_dist's headers stay out: that library (MPI) is built for the tree, not installed yet.
+# memattn_dist's headers go with that library (component "dist" below).
 install(DIRECTORY ${CMAKE_SOURCE_DIR}/include/memattn DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
         COMPONENT memattn FILES_MATCHING PATTERN "*.hpp" PATTERN "*.h"
         PATTERN "dist.hpp" EXCLUDE PATTERN "memattn_dist.h" EXCLUDE)
@@ -27,6 +27,17 @@ install(DIRECTORY ${CMAKE_SOURCE_DIR}/include/memattn DESTINATION ${CMAKE_INSTAL
 set(MEMATTN_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/memattn)
 install(EXPORT memattnTargets NAMESPACE memattn:: DESTINATION ${MEMATTN_CMAKE_DIR}
         COMPONENT memattn)
+
+# Where MPI was found: libmemattn_dist.a as memattn::memattn_dist (it links memattn::memattn_static
+# and MPI) with its headers, component "dist", in an export file of its own that memattnConfig
+# loads when present and MPI is found, so that the core package never needs MPI.
+if(TARGET memattn_dist)
+  install(TARGETS memattn_dist EXPORT memattnDistTargets COMPONENT dist
+          ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
+  install(FILES ${CMAKE_SOURCE_DIR}/include/memattn/dist.hpp ${CMAKE_SOURCE_DIR}/include/memattn/memattn_dist.h
+          DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/memattn COMPONENT dist)
+  install(EXPORT memattnDistTargets NAMESPACE memattn:: DESTINATION ${MEMATTN_CMAKE_DIR} COMPONENT dist)
+endif()
 configure_package_config_file(${CMAKE_CURRENT_LIST_DIR}/memattnConfig.cmake.in
                               ${CMAKE_BINARY_DIR}/package/memattnConfig.cmake
                               INSTALL_DESTINATION ${MEMATTN_CMAKE_DIR})

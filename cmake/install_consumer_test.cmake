@@ -1,6 +1,8 @@
 # ctest install_consumer (cmake -P): install the build tree into a fresh prefix, then build and run
 # examples/consumer against that prefix alone, through find_package and through pkg-config.
-# Inputs: BUILD_DIR, SOURCE_DIR, WORK_DIR, C_COMPILER, CXX_COMPILER.
+# Inputs: BUILD_DIR, SOURCE_DIR, WORK_DIR, C_COMPILER, CXX_COMPILER. With MPIEXEC (a command line,
+# ;-separated, ending in the rank-count flag; ctest install_consumer_dist) it installs the "dist"
+# component too and builds and runs examples/consumer_dist under it on 2 ranks instead.
 cmake_minimum_required(VERSION 3.20)
 
 set(prefix ${WORK_DIR}/prefix)
@@ -12,6 +14,16 @@ function(run)
 endfunction()
 
 run(${CMAKE_COMMAND} --install ${BUILD_DIR} --prefix ${prefix} --component memattn)
+
+if(MPIEXEC)
+  run(${CMAKE_COMMAND} --install ${BUILD_DIR} --prefix ${prefix} --component dist)
+  run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/examples/consumer_dist -B ${WORK_DIR}/dist-build
+      -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=${prefix}
+      -DCMAKE_C_COMPILER=${C_COMPILER} -DCMAKE_CXX_COMPILER=${CXX_COMPILER})
+  run(${CMAKE_COMMAND} --build ${WORK_DIR}/dist-build -j 2)
+  run(${MPIEXEC} 2 ${WORK_DIR}/dist-build/consumer_dist)
+  return()
+endif()
 
 # find_package: the prefix comes first in the search; the consumer checks the package's location.
 run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/examples/consumer -B ${WORK_DIR}/cmake-build

@@ -170,7 +170,7 @@ double bcast(const std::vector<double>& a, const std::vector<int64_t>& sh, int64
 }
 
 bool visible(const RefProblem& p, int64_t b, int64_t h, int64_t i, int64_t j) {
-  const int64_t diag = p.align == memattn::Align::bottom_right ? p.s.Sk - p.s.Sq : 0;
+  const int64_t diag = ref_diagonal(p);
   if (p.causal && j > i + diag) return false;
   if (p.window_left >= 0 && j < i + diag - p.window_left) return false;
   if (p.window_right >= 0 && j > i + diag + p.window_right) return false;
@@ -296,6 +296,7 @@ RefProblem Case::problem() const {
   p.align = options.align;
   p.window_left = options.window_left;
   p.window_right = options.window_right;
+  p.diagonal_offset = options.diagonal_offset;
   if (mask) p.mask = mask->values(), p.mask_shape = mask->shape;
   if (bias) p.bias = bias->values(), p.bias_shape = bias->shape;
   p.softcap = dtype == DType::f64 ? options.softcap : double(float(options.softcap));
@@ -443,6 +444,7 @@ std::string describe(const Case& c) {
   if (o.causal) r << " causal " << (o.align == memattn::Align::top_left ? "top_left" : "bottom_right");
   if (o.window_left >= 0 || o.window_right >= 0)
     r << " window " << o.window_left << ',' << o.window_right;
+  if (o.diagonal_offset != 0) r << " diagonal_offset " << o.diagonal_offset;
   if (o.scale) r << " scale " << *o.scale;
   if (o.mask) r << " mask";
   if (o.bias) r << " bias " << memattn::dtype_name(o.bias->dtype);

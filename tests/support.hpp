@@ -58,6 +58,7 @@ struct RefProblem {
   bool causal = false;
   memattn::Align align = memattn::Align::top_left;
   int64_t window_left = -1, window_right = -1;
+  int64_t diagonal_offset = 0;
   std::vector<double> mask;  // empty: none; else 0 = masked
   std::vector<int64_t> mask_shape;
   std::vector<double> bias;  // empty: none
@@ -70,6 +71,11 @@ struct RefProblem {
   std::vector<double> sinks;
 };
 
+// Key index of query 0's diagonal under p's alignment and diagonal offset (docs/api.md).
+inline int64_t ref_diagonal(const RefProblem& p) {
+  return (p.align == memattn::Align::bottom_right ? p.s.Sk - p.s.Sq : 0) + p.diagonal_offset;
+}
+
 // The definition of the score modifiers (docs/api.md) on the scaled score x of query row i against
 // key j of (b, h): softcap * tanh(x / softcap), then ALiBi's -slope * |i + diag - j|, in `Real`
 // with each step rounded by `acc`; the bias comes after.
@@ -77,7 +83,7 @@ template <typename Real, typename RA>
 Real modified_score(const RefProblem& p, int64_t b, int64_t h, int64_t i, int64_t j, Real x, RA acc) {
   if (p.softcap > 0) x = acc(Real(p.softcap) * std::tanh(x / Real(p.softcap)));
   if (!p.alibi_slopes.empty()) {
-    const int64_t diag = p.align == memattn::Align::bottom_right ? p.s.Sk - p.s.Sq : 0;
+    const int64_t diag = ref_diagonal(p);
     const double slope = p.alibi_slopes[size_t((p.alibi_per_batch ? b * p.s.Hq : 0) + h)];
     x = acc(x - Real(slope) * Real(std::llabs(i + diag - j)));
   }

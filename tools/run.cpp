@@ -57,6 +57,7 @@ std::string coinciding_paths(const RunConfig& c) {
 Options attention_options(const RunConfig& c) {
   Options o;
   o.causal = c.causal, o.align = c.align, o.window_left = c.window_left, o.window_right = c.window_right;
+  o.diagonal_offset = c.diagonal_offset;
   o.scale = c.scale, o.softcap = c.softcap, o.algorithm = c.algorithm, o.num_threads = c.threads;
   o.max_seqlen_q = c.max_seqlen_q, o.max_seqlen_k = c.max_seqlen_k;
   return o;

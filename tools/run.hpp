@@ -29,6 +29,7 @@ struct RunConfig {
   bool causal = false;
   Align align = Align::top_left;
   int64_t window_left = -1, window_right = -1;
+  int64_t diagonal_offset = 0;  // added to the alignment's diagonal
   std::optional<double> scale;  // used exactly with f64 inputs, rounded to float otherwise
   double softcap = 0;           // > 0: scores capped as softcap * tanh(s / softcap)
   Algorithm algorithm = Algorithm::automatic;

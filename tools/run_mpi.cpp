@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstring>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 #include "memattn/dist.hpp"
@@ -72,6 +73,26 @@ Local read_rows(const NpyArray& a, const md::Range* ranges, int count, int64_t l
         for (int64_t h = 0; h < g.shape[2]; ++h)
           for (int64_t d = 0; d < g.shape[3]; ++d, dst += es) std::memcpy(dst, at + (h * g.strides[2] + d * g.strides[3]) * es, es);
       }
+  return l;
+}
+
+// A rank's slice of a [batch|1, heads|1, seq_q, seq_k|1] mask or bias as ring_forward takes it:
+// the query rows `ranges` (count of them; dim 2) against every key, element by element (any
+// strides).
+Local read_query_rows(const NpyArray& a, const md::Range* ranges, int count, int64_t local_seq) {
+  const Tensor g = a.tensor();
+  const size_t es = dtype_size(g.dtype);
+  Local l;
+  l.bytes.resize(size_t(g.shape[0] * g.shape[1] * local_seq * g.shape[3]) * es);
+  l.view = Tensor::contiguous(l.bytes.data(), g.dtype, {g.shape[0], g.shape[1], local_seq, g.shape[3]});
+  const auto* src = static_cast<const std::byte*>(g.data);
+  std::byte* dst = l.bytes.data();
+  for (int64_t b = 0; b < g.shape[0]; ++b)
+    for (int64_t h = 0; h < g.shape[1]; ++h)
+      for (int c = 0; c < count; ++c)
+        for (int64_t i = ranges[c].start; i < ranges[c].start + ranges[c].length; ++i)
+          for (int64_t j = 0; j < g.shape[3]; ++j, dst += es)
+            std::memcpy(dst, src + (b * g.strides[0] + h * g.strides[1] + i * g.strides[2] + j * g.strides[3]) * es, es);
   return l;
 }
 
@@ -145,7 +166,7 @@ int run_mpi_main(const RunConfig& c) {
   std::optional<NpyArray> q, k, v, dout, mask, bias, slopes, sinks;
   md::RingOptions ro;
   md::LocalSlices mine;
-  Local ql, kl, vl, outl, lsel, doutl, dql, dkl, dvl;
+  Local ql, kl, vl, outl, lsel, doutl, dql, dkl, dvl, maskl, biasl;
   OutputFiles files;  // rank 0's
   Tensor out, lse, dq, dk, dv;
   Tensor modifiers[4];  // mask, bias, slopes, sinks: ro.attention points at them
@@ -154,7 +175,8 @@ int run_mpi_main(const RunConfig& c) {
     q = read_npy(c.q, {kFloats, 4, "[batch, seq_q, heads_q, dim]"});
     k = read_npy(c.k, {kFloats, 4, "[batch, seq_k, heads_kv, dim]"});
     v = read_npy(c.v, {kFloats, 4, "[batch, seq_k, heads_kv, dim_v]"});
-    // Given to ring_forward as they are, for its own word on them (it refuses mask and bias).
+    // Cut to this rank's query rows below when they have a row per query; otherwise given to
+    // ring_forward as they are, for its own word on them.
     if (!c.mask.empty()) mask = read_npy(c.mask, {{DType::u8}, 4, kMaskDims}), modifiers[0] = mask->tensor();
     if (!c.bias.empty()) bias = read_npy(c.bias, {kFloats, 4, kMaskDims}), modifiers[1] = bias->tensor();
     if (!c.alibi_slopes.empty())
@@ -168,6 +190,11 @@ int run_mpi_main(const RunConfig& c) {
     ro.placement = c.placement == "zigzag" ? md::Placement::zigzag : md::Placement::contiguous;
     ro.seq_q = q->shape()[1], ro.seq_k = k->shape()[1];
     mine = md::local_slices(ro, ranks, rank);
+    for (auto [file, local, view] : {std::tuple{&mask, &maskl, &modifiers[0]}, std::tuple{&bias, &biasl, &modifiers[1]}})
+      if (*file && (*file)->shape()[2] == ro.seq_q && ro.seq_q != 1) {
+        *local = read_query_rows(**file, mine.q.data(), mine.count, mine.seq_q);
+        *view = local->view;
+      }
     ql = read_rows(*q, mine.q.data(), mine.count, mine.seq_q);
     kl = read_rows(*k, mine.k.data(), mine.count, mine.seq_k);
     vl = read_rows(*v, mine.k.data(), mine.count, mine.seq_k);

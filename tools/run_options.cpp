@@ -82,6 +82,9 @@ CLI::App* add_run_command(CLI::App& app, RunConfig& c) {
           },
           "", "window"))
       ->type_name("L,R");
+  sub->add_option("--diagonal-offset", c.diagonal_offset,
+                  "move the diagonal of --causal, --window and ALiBi by N keys (query i's: i + diag + N)")
+      ->type_name("N");
   sub->add_option_function<double>("--scale", [&c](const double& s) { c.scale = s; }, "score scale (default 1/sqrt(dim))")
       ->check(number_in(-DBL_MAX, DBL_MAX, "a finite number"))->type_name("S");
   sub->add_option("--softcap", c.softcap, "cap the scaled scores: softcap * tanh(s / softcap); 0: off")

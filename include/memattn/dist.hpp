@@ -19,9 +19,14 @@ enum class Placement : uint8_t { contiguous, zigzag };
 const char* placement_name(Placement);
 
 struct RingOptions {
-  // causal (either alignment), scale, GQA (through the head counts of q and k), algorithm,
-  // num_threads and target act as in memattn::forward. window_left/right, mask and bias must stay
-  // unset (a window needs diagonal offsets between blocks that Options cannot express).
+  // causal (either alignment), window_left/right, diagonal_offset, scale, GQA (through the head
+  // counts of q and k), softcap, alibi_slopes, algorithm, num_threads and target act as in
+  // memattn::forward on the gathered sequence: diagonals are the global ones. Block pairs that
+  // the causal mask and the window hide entirely are not computed (their K/V block still travels
+  // on). mask and bias are slices: each rank passes the rows of ITS queries against ALL global
+  // keys, [batch|1, heads_q|1, local seq_q|1, global seq_k|1], rows in the order of its local q
+  // (zigzag: chunk 0's rows, then chunk 1's), columns in global key order; any strides. sinks
+  // and cu_seqlens are not supported.
   Options attention;
   Placement placement = Placement::contiguous;
   int64_t seq_q = 0;   // global query length (sum over ranks)
@@ -37,7 +42,7 @@ struct Range {
 // chunks[1] (zigzag only). Query chunks split seq_q as evenly as possible (lengths differ by at
 // most 1); key chunks do the same for seq_k without a causal mask, and under one start where the
 // causal diagonal of their query chunk falls (clamped to [0, seq_k]), so that a block pair is
-// either entirely visible, entirely hidden, or shares its diagonal with options.attention.align.
+// either entirely visible, entirely hidden, or cut by the diagonal only where chunk indices meet.
 struct LocalSlices {
   int count = 1;                 // chunks held: 1 (contiguous) or 2 (zigzag)
   std::array<Range, 2> q, k;     // global query and key positions of each chunk
@@ -69,9 +74,12 @@ void ring_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
 // k, v, any non-overlapping strides). Each block pair runs memattn::backward with the global lse;
 // dq accumulates locally in f32, dK/dV accumulate in f32 while travelling around the ring with
 // their K/V block back to the owner, in a fixed order per rank count (bitwise identical run to
-// run). Errors as for ring_forward.
+// run). dbias (optional; options.attention.bias must be set) has this rank's bias slice's shape
+// and dtype and receives the gradient of that slice (its rows against all keys), summed over its
+// broadcast dims in f32 in ring order and rounded once. Errors as for ring_forward.
 void ring_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                    const Tensor& dout, const Tensor& lse, const Tensor& dq, const Tensor& dk,
-                   const Tensor& dv, const RingOptions& options, MPI_Comm comm);
+                   const Tensor& dv, const RingOptions& options, MPI_Comm comm,
+                   const Tensor* dbias = nullptr);
 
 }  // namespace memattn::dist

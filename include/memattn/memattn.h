@@ -90,6 +90,9 @@ typedef struct memattn_options {
   const memattn_tensor* cu_seqlens_q;
   const memattn_tensor* cu_seqlens_k;
   int64_t max_seqlen_q, max_seqlen_k; /* 0: computed; smaller than the longest sequence: error */
+  /* Moves the diagonal of causal, window and ALiBi: query i's is key i + diag + diagonal_offset
+   * (diag from align: 0, or seq_k - seq_q). |diagonal_offset| <= 2^62; default 0. */
+  int64_t diagonal_offset;
 } memattn_options;
 
 /* Caller scratch memory; {NULL, 0} lets memattn allocate exactly what it needs. */

@@ -19,8 +19,11 @@ enum { MEMATTN_PLACEMENT_CONTIGUOUS = 0, MEMATTN_PLACEMENT_ZIGZAG = 1 };
 /* Start from memattn_ring_options_default() and change fields: new fields may be added at the end.
  */
 typedef struct memattn_ring_options {
-  memattn_options attention; /* causal (either alignment), scale, algorithm, threads, target;
-                                window, mask and bias must stay unset */
+  memattn_options attention; /* causal (either alignment), window, diagonal_offset, scale,
+                                softcap, ALiBi, algorithm, threads, target, on global diagonals;
+                                mask and bias are this rank's slices [B|1, H|1, local seq_q|1,
+                                global seq_k|1]: its query rows (local order) against every
+                                global key; sinks and cu_seqlens must stay NULL */
   int32_t placement;         /* MEMATTN_PLACEMENT_* */
   int64_t seq_q;             /* global query length */
   int64_t seq_k;             /* global key length; -1: seq_q */
@@ -60,6 +63,15 @@ memattn_status memattn_ring_backward(const memattn_tensor* q, const memattn_tens
                                      const memattn_tensor* dq, const memattn_tensor* dk,
                                      const memattn_tensor* dv, const memattn_ring_options* options,
                                      MPI_Comm comm);
+
+/* memattn_ring_backward plus dbias (nullable; options->attention.bias must be set): the gradient
+ * of this rank's bias slice, in its shape and dtype. */
+memattn_status memattn_ring_backward_ex(const memattn_tensor* q, const memattn_tensor* k,
+                                        const memattn_tensor* v, const memattn_tensor* out,
+                                        const memattn_tensor* dout, const memattn_tensor* lse,
+                                        const memattn_tensor* dq, const memattn_tensor* dk,
+                                        const memattn_tensor* dv, const memattn_tensor* dbias,
+                                        const memattn_ring_options* options, MPI_Comm comm);
 
 #ifdef __cplusplus
 }

@@ -53,13 +53,18 @@ struct Options {
   bool causal = false;                     // keys right of the diagonal are masked
   Align align = Align::top_left;           // diagonal of causal and of the window
   int64_t window_left = -1, window_right = -1;  // keys allowed at diag-left .. diag+right; -1: unbounded
+  // Moves the diagonal of causal, window and ALiBi: query i's diagonal is key i + diag +
+  // diagonal_offset, diag the alignment's (0 top_left, seq_k - seq_q bottom_right). It lets a
+  // block of a longer sequence keep the mask it has there (ring attention). |value| <= 2^62.
+  int64_t diagonal_offset = 0;
   const Tensor* mask = nullptr;  // u8, nonzero = attend; masked keys are never read
   const Tensor* bias = nullptr;  // f32/bf16/f16 (f64 with f64 inputs), added to the scaled scores
   // Score modifiers (docs/api.md, "Score modifiers"), applied in this order to scale * q.k:
   // softcap > 0: s = softcap * tanh(s / softcap) (Gemma 2, Grok); 0: off. Finite, >= 0.
   double softcap = 0;
   // f32 [heads_q] or [batch, heads_q] (FlashAttention's convention): s -= slope * |i + diag - j|,
-  // diag the alignment's diagonal (bottom_right reproduces FlashAttention's ALiBi). Finite.
+  // diag the alignment's diagonal plus diagonal_offset (bottom_right reproduces FlashAttention's
+  // ALiBi). Finite.
   const Tensor* alibi_slopes = nullptr;
   // f32 [heads_q] (gpt-oss): one logit per query head that joins the softmax denominator with no
   // value, so lse = log(sum_j exp(s_ij) + exp(sink_h)). Finite.

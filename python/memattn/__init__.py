@@ -62,7 +62,7 @@ def _varlen(kind, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
 
 
 def _options(kind, causal, align, window, mask, bias, scale, algorithm, num_threads, target,
-             softcap=0.0, alibi_slopes=None, sinks=None, varlen=None):
+             softcap=0.0, alibi_slopes=None, sinks=None, varlen=None, diagonal_offset=0):
     """The extension's Options for one call (mask, bias, ALiBi slopes, sinks and cu_seqlens are
     viewed, never copied); varlen: _varlen()'s tuple or None."""
     _check_type(align, "align", (str,), "'top_left' or 'bottom_right'")
@@ -70,6 +70,8 @@ def _options(kind, causal, align, window, mask, bias, scale, algorithm, num_thre
                 "one of 'auto', 'naive', 'sequential', 'chunked', 'flash'")
     _check_type(num_threads, "num_threads", (numbers.Integral,), "an int (0: the default)")
     _check_type(softcap, "softcap", (numbers.Real,), "a float >= 0 (0: off)")
+    _check_type(diagonal_offset, "diagonal_offset", (numbers.Integral,),
+                "an int (0: the alignment's diagonal)")
     if target is not None:
         _check_type(target, "target", (str,), "None or a name from memattn.supported_targets()")
     left = right = -1
@@ -80,7 +82,7 @@ def _options(kind, causal, align, window, mask, bias, scale, algorithm, num_thre
         left = _window_bound(window[0], "window[0] (left)")
         right = _window_bound(window[1], "window[1] (right)")
     flags = (bool(causal), align, left, right, None if scale is None else float(scale), algorithm,
-             _t.default_threads(kind, int(num_threads)), target, float(softcap))
+             _t.default_threads(kind, int(num_threads)), target, float(softcap), int(diagonal_offset))
     if mask is None and bias is None and alibi_slopes is None and sinks is None and varlen is None:
         return _plain_options(*flags)
     cu_q, cu_k, max_q, max_k = varlen if varlen is not None else (None, None, 0, 0)
@@ -91,14 +93,14 @@ def _options(kind, causal, align, window, mask, bias, scale, algorithm, num_thre
 
 
 def _make_options(causal, align, left, right, scale, algorithm, num_threads, target, softcap,
-                  mask=None, bias=None, alibi_slopes=None, sinks=None, cu_seqlens_q=None,
+                  diagonal_offset, mask=None, bias=None, alibi_slopes=None, sinks=None, cu_seqlens_q=None,
                   cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     return _memattn.Options(causal=causal, align=align, window_left=left, window_right=right,
                             mask=mask, bias=bias, scale=scale, algorithm=algorithm,
                             num_threads=num_threads, target=target, softcap=softcap,
                             alibi_slopes=alibi_slopes, sinks=sinks, cu_seqlens_q=cu_seqlens_q,
                             cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
-                            max_seqlen_k=max_seqlen_k)
+                            max_seqlen_k=max_seqlen_k, diagonal_offset=diagonal_offset)
 
 
 # Options without operands (mask, bias, slopes, sinks) point at nothing the caller owns and are
@@ -121,7 +123,7 @@ def _check_rank4(q, k, v):
 def attention(q, k, v, *, causal=False, align="top_left", window=None, mask=None, bias=None,
               scale=None, algorithm="auto", return_lse=False, num_threads=0, out=None,
               target=None, softcap=0.0, sinks=None, alibi_slopes=None, cu_seqlens_q=None,
-              cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None):
+              cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None, diagonal_offset=0):
     """softmax(scale * q k^T + bias, masked) v, exactly, for q [B, Sq, Hq, d], k [B, Sk, Hkv, d],
     v [B, Sk, Hkv, dv] (Hq a multiple of Hkv). Returns out [B, Sq, Hq, dv] (q's dtype; `out` itself
     when given), or (out, lse) with return_lse, lse float32 [B, Hq, Sq]. The GIL is released while
@@ -129,7 +131,9 @@ def attention(q, k, v, *, causal=False, align="top_left", window=None, mask=None
     same bits as the float32 call on them widened. Score modifiers (docs/api.md): softcap > 0 caps
     the scaled scores as softcap * tanh(s / softcap); alibi_slopes (float32 [Hq] or [B, Hq]) adds
     -slope * |i + diag - j|; sinks (float32 [Hq]) adds one logit per head to each row's softmax
-    denominator (lse includes it).
+    denominator (lse includes it). diagonal_offset moves the diagonal of causal, window and ALiBi:
+    query i's diagonal is key i + diag + diagonal_offset (diag 0 for align="top_left",
+    Sk - Sq for "bottom_right").
 
     Variable-length batches: cu_seqlens_q and cu_seqlens_k (both; int32/int64 arrays or lists of
     batch + 1 offsets from 0 to the token totals) with q [1, total_q, Hq, d], k and v
@@ -142,7 +146,8 @@ def attention(q, k, v, *, causal=False, align="top_left", window=None, mask=None
                            "cu_seqlens_k": _array_or_none(cu_seqlens_k)})
     options = _options(kind, causal, align, window, mask, bias, scale, algorithm, num_threads,
                        target, softcap, alibi_slopes, sinks,
-                       _varlen(kind, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
+                       _varlen(kind, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k),
+                       diagonal_offset)
     _check_rank4(q, k, v)
     if out is None:
         out = _t.empty(kind, (q.shape[0], q.shape[1], q.shape[2], v.shape[3]), q)
@@ -158,14 +163,14 @@ def attention_backward(q, k, v, out, dout, lse, *, causal=False, align="top_left
                        dk=None, dv=None, bias_grad=False, dbias=None, target=None, softcap=0.0,
                        sinks=None, alibi_slopes=None, sinks_grad=False, dsinks=None,
                        cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
-                       max_seqlen_k=None):
+                       max_seqlen_k=None, diagonal_offset=0):
     """Gradients of attention() given dout = dLoss/dout, recomputed from q, k, v, out and lse (the
     forward's outputs for the same arguments, score modifiers included). Returns (dq, dk, dv)
     shaped and typed like q, k, v, then dbias when bias_grad=True or dbias is given (the bias's own
     shape and dtype, summed over its broadcast dimensions), then dsinks when sinks_grad=True or
     dsinks is given (float32 [Hq]). Given dq, dk, dv, dbias, dsinks are written in place and
-    returned. ALiBi slopes get no gradient. cu_seqlens_q/k and max_seqlen_q/k: a varlen call, as
-    attention()'s."""
+    returned. ALiBi slopes get no gradient. cu_seqlens_q/k and max_seqlen_q/k: a varlen call, and
+    diagonal_offset, as attention()'s."""
     kind = _t.common_kind({"q": q, "k": k, "v": v, "out": out, "dout": dout, "lse": lse,
                            "mask": mask, "bias": bias, "dq": dq, "dk": dk, "dv": dv,
                            "dbias": dbias, "alibi_slopes": alibi_slopes, "sinks": sinks,
@@ -173,7 +178,8 @@ def attention_backward(q, k, v, out, dout, lse, *, causal=False, align="top_left
                            "cu_seqlens_k": _array_or_none(cu_seqlens_k)})
     options = _options(kind, causal, align, window, mask, bias, scale, algorithm, num_threads,
                        target, softcap, alibi_slopes, sinks,
-                       _varlen(kind, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
+                       _varlen(kind, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k),
+                       diagonal_offset)
     _check_rank4(q, k, v)
     want_dbias = bool(bias_grad) or dbias is not None
     if want_dbias and bias is None:
@@ -201,7 +207,7 @@ def attention_backward(q, k, v, out, dout, lse, *, causal=False, align="top_left
 def attention_with_kvcache(q, k_cache, v_cache, seqlens_k, block_table=None, *, causal=True,
                            align="bottom_right", window=None, scale=None, return_lse=False,
                            num_threads=0, out=None, target=None, softcap=0.0, sinks=None,
-                           alibi_slopes=None):
+                           alibi_slopes=None, diagonal_offset=0):
     """Attention of new queries q [B, Sq, Hq, d] against a key/value cache: sequence b's first
     seqlens_k[b] keys. With block_table (int32/int64 [B, max_pages]) k_cache and v_cache are
     pages [num_pages, page_size, Hkv, d|dv] and key t of sequence b is row t % page_size of page
@@ -209,13 +215,13 @@ def attention_with_kvcache(q, k_cache, v_cache, seqlens_k, block_table=None, *, 
     True with the new queries as the last Sq positions (align="bottom_right"). seqlens_k and
     block_table may be int32/int64 arrays or tensors (read in place) or lists. Returns out
     [B, Sq, Hq, dv], or (out, lse) with return_lse. The GIL is released while it runs. softcap,
-    sinks and alibi_slopes as attention()'s (ALiBi's distance from each sequence's own diagonal)."""
+    sinks, alibi_slopes and diagonal_offset as attention()'s (from each sequence's own diagonal)."""
     kind = _t.common_kind({"q": q, "k_cache": k_cache, "v_cache": v_cache, "out": out,
                            "seqlens_k": _array_or_none(seqlens_k),
                            "block_table": _array_or_none(block_table),
                            "alibi_slopes": alibi_slopes, "sinks": sinks})
     options = _options(kind, causal, align, window, None, None, scale, "auto", num_threads, target,
-                       softcap, alibi_slopes, sinks)
+                       softcap, alibi_slopes, sinks, diagonal_offset=diagonal_offset)
     seqlens_k = _offsets(kind, seqlens_k, "seqlens_k")
     block_table = _offsets(kind, block_table, "block_table")
     _check_rank4(q, k_cache, v_cache)
@@ -272,7 +278,7 @@ def merge(outs, lses, *, out=None, return_lse=False, num_threads=0):
 def workspace_bytes(q, k, v, *, causal=False, align="top_left", window=None, mask=None, bias=None,
                     scale=None, algorithm="auto", num_threads=0, target=None, softcap=0.0,
                     sinks=None, alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None,
-                    max_seqlen_q=None, max_seqlen_k=None):
+                    max_seqlen_q=None, max_seqlen_k=None, diagonal_offset=0):
     """Exact scratch bytes attention() allocates for these operands and options (validated as
     attention() would)."""
     kind = _t.common_kind({"q": q, "k": k, "v": v, "mask": mask, "bias": bias,
@@ -281,7 +287,8 @@ def workspace_bytes(q, k, v, *, causal=False, align="top_left", window=None, mas
                            "cu_seqlens_k": _array_or_none(cu_seqlens_k)})
     options = _options(kind, causal, align, window, mask, bias, scale, algorithm, num_threads,
                        target, softcap, alibi_slopes, sinks,
-                       _varlen(kind, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
+                       _varlen(kind, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k),
+                       diagonal_offset)
     return _memattn.workspace_bytes(_t.operand(q, "q"), _t.operand(k, "k"),
                                     _t.operand(v, "v"), options)
 
@@ -290,7 +297,7 @@ def backward_workspace_bytes(q, k, v, bias_grad=False, *, causal=False, align="t
                              window=None, mask=None, bias=None, scale=None, algorithm="auto",
                              num_threads=0, target=None, softcap=0.0, sinks=None,
                              alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None,
-                             max_seqlen_q=None, max_seqlen_k=None):
+                             max_seqlen_q=None, max_seqlen_k=None, diagonal_offset=0):
     """Exact scratch bytes attention_backward() allocates for these operands and options."""
     kind = _t.common_kind({"q": q, "k": k, "v": v, "mask": mask, "bias": bias,
                            "alibi_slopes": alibi_slopes, "sinks": sinks,
@@ -298,7 +305,8 @@ def backward_workspace_bytes(q, k, v, bias_grad=False, *, causal=False, align="t
                            "cu_seqlens_k": _array_or_none(cu_seqlens_k)})
     options = _options(kind, causal, align, window, mask, bias, scale, algorithm, num_threads,
                        target, softcap, alibi_slopes, sinks,
-                       _varlen(kind, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
+                       _varlen(kind, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k),
+                       diagonal_offset)
     return _memattn.backward_workspace_bytes(_t.operand(q, "q"), _t.operand(k, "k"),
                                              _t.operand(v, "v"), options, bool(bias_grad))
 

@@ -44,7 +44,7 @@ class CallOptions {
               const std::string& algorithm, int num_threads,
               const std::optional<std::string>& target, double softcap, py::object alibi_slopes,
               py::object sinks, py::object cu_seqlens_q, py::object cu_seqlens_k, int64_t max_seqlen_q,
-              int64_t max_seqlen_k)
+              int64_t max_seqlen_k, int64_t diagonal_offset)
       : mask_(optional_tensor(mask, "mask", Access::read, Rank::broadcast)),
         bias_(optional_tensor(bias, "bias", Access::read, Rank::broadcast)),
         alibi_slopes_(optional_tensor(alibi_slopes, "alibi_slopes", Access::read)),
@@ -58,6 +58,7 @@ class CallOptions {
                                                    std::pair{"bottom_right", Align::bottom_right}});
     options_.window_left = window_left;
     options_.window_right = window_right;
+    options_.diagonal_offset = diagonal_offset;
     options_.mask = mask_ ? &*mask_ : nullptr;
     options_.bias = bias_ ? &*bias_ : nullptr;
     options_.softcap = softcap;
@@ -194,14 +195,14 @@ PYBIND11_MODULE(_memattn, m) {
   py::class_<CallOptions>(m, "Options")
       .def(py::init<bool, const std::string&, int64_t, int64_t, py::object, py::object,
                     std::optional<double>, const std::string&, int, const std::optional<std::string>&,
-                    double, py::object, py::object, py::object, py::object, int64_t, int64_t>(),
+                    double, py::object, py::object, py::object, py::object, int64_t, int64_t, int64_t>(),
            py::kw_only(), py::arg("causal") = false, py::arg("align") = "top_left",
            py::arg("window_left") = -1, py::arg("window_right") = -1, py::arg("mask") = py::none(),
            py::arg("bias") = py::none(), py::arg("scale") = py::none(), py::arg("algorithm") = "auto",
            py::arg("num_threads") = 0, py::arg("target") = py::none(), py::arg("softcap") = 0.0,
            py::arg("alibi_slopes") = py::none(), py::arg("sinks") = py::none(),
            py::arg("cu_seqlens_q") = py::none(), py::arg("cu_seqlens_k") = py::none(),
-           py::arg("max_seqlen_q") = 0, py::arg("max_seqlen_k") = 0);
+           py::arg("max_seqlen_q") = 0, py::arg("max_seqlen_k") = 0, py::arg("diagonal_offset") = 0);
 
   m.def("forward", &forward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"),
         py::arg("options"), "memattn::forward; the GIL is released while it runs.");

@@ -50,11 +50,11 @@ def to64(x):
     return x.detach().to(torch.float64).numpy()
 
 
-def visible(sq, sk, causal=False, align="top_left", window=None, mask=None):
+def visible(sq, sk, causal=False, align="top_left", window=None, mask=None, diagonal_offset=0):
     """Which keys each query sees, [B|1, H|1, Sq, Sk] bool, as docs/api.md defines it."""
     i = np.arange(sq)[:, None]
     j = np.arange(sk)[None, :]
-    diag = i + (sk - sq if align == "bottom_right" else 0)
+    diag = i + (sk - sq if align == "bottom_right" else 0) + diagonal_offset
     vis = np.ones((sq, sk), dtype=bool)
     if causal:
         vis &= j <= diag

@@ -1,6 +1,7 @@
 """memattn.distributed.ring_attention over torch.distributed (gloo), in 2 spawned processes: the
-gathered forward and gradients against the float64 reference (the accuracy rule), a training step
-equal to the single-process one, determinism, and one rank's bad argument failing both ranks."""
+gathered forward and gradients against the float64 reference (the accuracy rule), with sliding
+windows, diagonal offsets and mask/bias slices too, a training step equal to the single-process
+one, determinism, and one rank's bad argument failing both ranks."""
 import os
 import tempfile
 
@@ -13,6 +14,7 @@ if not dist.is_available():
     pytest.skip("this torch has no torch.distributed", allow_module_level=True)
 import torch.multiprocessing as mp  # noqa: E402
 
+import memattn  # noqa: E402
 import memattn.distributed as md  # noqa: E402  (a broken build must fail, not skip)
 import memattn.torch as mtorch  # noqa: E402
 from torch_support import assert_accurate, naive_sdpa, reference_sdpa  # noqa: E402
@@ -66,6 +68,62 @@ def _check_accuracy(rank, dtype, causal, placement, seq, hq, hkv):
                       "dv": _bhsd(xs[2].grad)}
     for name, k_rule in (("out", 2.0), ("dq", 3.0), ("dk", 3.0), ("dv", 3.0)):
         assert_accurate(f"{name} {what}", got[name].to(dtype), refs["ref"][name],
+                        refs["base"][name], k_rule)
+
+
+def _band(seq, causal, window, offset):
+    """Which keys each query sees under causal and the window around diagonal i + offset."""
+    i, j = torch.arange(seq)[:, None], torch.arange(seq)[None, :]
+    keep = torch.ones(seq, seq, dtype=torch.bool)
+    left, right = window
+    if causal:
+        keep &= j <= i + offset
+    if left >= 0:
+        keep &= j >= i + offset - left
+    if right >= 0:
+        keep &= j <= i + offset + right
+    return keep
+
+
+def _check_masks(rank, causal, placement, window, offset):
+    """Window, diagonal offset, a mask and a bias slice per rank, forward and backward (dbias of
+    each rank's rows) against the float64 reference on the gathered problem, with the
+    single-process memattn call of the same options as the baseline (as dist_run_mpi does): its
+    flash backward already spends most of the rule's budget against torch's naive f32 here."""
+    seq, h = 13, 2
+    gen = torch.Generator().manual_seed(17)
+    q, k, v, dout = (torch.randn(1, seq, h, 16, generator=gen) for _ in range(4))
+    bias = torch.randn(1, h, seq, seq, generator=gen)
+    # Random keys hidden, but each row keeps its diagonal key so that no row is empty.
+    mask = (torch.rand(1, 1, seq, seq, generator=gen) < 0.8) | torch.eye(seq, dtype=torch.bool)
+    q_ranges, k_ranges = md.local_slices(seq, WORLD, rank, placement=placement, causal=causal,
+                                         diagonal_offset=offset)
+    lq, lk, lv = _local_leaves(q, k, v, q_ranges, k_ranges)
+    rows = torch.cat([torch.arange(s, s + n) for s, n in q_ranges])
+    lbias = bias[:, :, rows].clone().requires_grad_()
+    out = md.ring_attention(lq, lk, lv, causal=causal, placement=placement, window=window,
+                            mask=mask[:, :, rows], bias=lbias, diagonal_offset=offset)
+    out.backward(_rows(dout, q_ranges))
+    dbias = torch.zeros(1, h, seq, seq, dtype=torch.float64)
+    dbias[:, :, rows] = lbias.grad.double()
+    dist.all_reduce(dbias)
+    got = {"out": _gather(out.detach(), q_ranges, seq), "dq": _gather(lq.grad, q_ranges, seq),
+           "dk": _gather(lk.grad, k_ranges, seq), "dv": _gather(lv.grad, k_ranges, seq),
+           "dbias": dbias}
+    keep = mask & _band(seq, causal, window, offset)
+    what = f"causal={causal} {placement} window={window} offset={offset}"
+    xs = [_bhsd(t).detach().clone().requires_grad_() for t in (q, k, v)]
+    b = bias.double().requires_grad_()
+    o = reference_sdpa(*xs, attn_mask=b.masked_fill(~keep, float("-inf")))
+    o.backward(_bhsd(dout).double())
+    refs = {"ref": {"out": _bhsd(o.detach()), "dq": _bhsd(xs[0].grad), "dk": _bhsd(xs[1].grad),
+                    "dv": _bhsd(xs[2].grad), "dbias": b.grad}}
+    flags = dict(causal=causal, window=window, diagonal_offset=offset, mask=mask, bias=bias)
+    single, lse = memattn.attention(q, k, v, return_lse=True, **flags)
+    grads = memattn.attention_backward(q, k, v, single, dout, lse, bias_grad=True, **flags)
+    refs["base"] = dict(zip(("out", "dq", "dk", "dv", "dbias"), (single, *grads)))
+    for name, k_rule in (("out", 2.0), ("dq", 3.0), ("dk", 3.0), ("dv", 3.0), ("dbias", 3.0)):
+        assert_accurate(f"{name} {what}", got[name].float(), refs["ref"][name],
                         refs["base"][name], k_rule)
 
 
@@ -150,6 +208,12 @@ def _check_bad_argument(rank):
     v = torch.randn(1, 8 - (rank == 1), 2, 16)  # v's rows must match k's
     with pytest.raises(ValueError, match=r"^rank 1: local lengths q 8, k 8, v 7 do not match"):
         md.ring_attention(q, k, v)
+    # Rank 1 passes the mask of every query instead of its own rows.
+    mask = torch.ones(1, 1, 16 if rank == 1 else 8, 16, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"^rank 1: mask must be this rank's slice, a 4-D CPU "
+                                         r"tensor \[B=1\|1, H=2\|1, local seq_q=8\|1, global "
+                                         r"seq_k=16\|1\]"):
+        md.ring_attention(q, k, q, mask=mask)
 
 
 def _worker(rank, init_file, checks):
@@ -174,6 +238,16 @@ def test_ring_attention_matches_the_reference_in_two_processes():
         (torch.float32, True, "zigzag", 13, 4, 2),
         (torch.float32, True, "contiguous", 13, 2, 1),
         (torch.bfloat16, True, "zigzag", 13, 2, 2),
+    )])
+
+
+def test_windows_offsets_and_mask_bias_slices_in_two_processes():
+    _spawn([("_check_masks", args) for args in (
+        (False, "contiguous", (3, 2), 0),
+        (True, "zigzag", (4, -1), 0),
+        (True, "zigzag", (5, -1), 2),
+        (False, "contiguous", (2, 2), -2),
+        (False, "zigzag", (-1, 1), 3),
     )])
 
 

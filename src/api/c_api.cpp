@@ -145,6 +145,7 @@ struct CppOptions {
     options.align = checked_enum<memattn::Align>(o.align, "options.align", kAlignNames);
     options.window_left = o.window_left;
     options.window_right = o.window_right;
+    options.diagonal_offset = o.diagonal_offset;
     options.mask = pointer_to(mask);
     options.bias = pointer_to(bias);
     options.softcap = o.softcap;

@@ -53,7 +53,9 @@ struct Params {
   float scale = 1.0f;     // what the f32-accumulating kernels multiply by
   double scale64 = 1.0;   // the same for f64 inputs, unrounded; double(scale) otherwise
   bool causal = false;
-  int64_t diag = 0;  // key index of query 0's diagonal: 0 top-left, seq_k - seq_q bottom-right
+  // Key index of query 0's diagonal: 0 top-left, seq_k - seq_q bottom-right, plus
+  // Options::diagonal_offset.
+  int64_t diag = 0;
   int64_t window_left = -1, window_right = -1;
 
   // Resolved by the planner.

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <initializer_list>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -248,14 +249,29 @@ static void check_derived_sizes(const Params& p) {
 }
 
 void resolve_diagonal(Params& p, const Options& o) {
+  constexpr int64_t kMaxOffset = int64_t(1) << 62;
+  if (o.diagonal_offset < -kMaxOffset || o.diagonal_offset > kMaxOffset)
+    fail(ErrorCode::invalid_argument,
+         cat("diagonal_offset must be in [-2^62, 2^62], got ", o.diagonal_offset));
+  using Wide = __int128;
+  const Wide diag = Wide(o.align == Align::bottom_right ? p.seq_k - p.seq_q : 0) + o.diagonal_offset;
+  // Row i's diagonal key is i + diag. A left window of diag + seq_q reaches key 0 from every row,
+  // a right window of seq_k - diag the last key, so wider ones are clamped to these: then every
+  // key bound (i + diag - left, i + diag + right + 1, causal's i + diag + 1) and ALiBi distance
+  // (i + diag - j) lies in [lo, hi] below, which must fit in int64. Without an offset that holds
+  // for any sequences the shape checks accept (|bounds| <= 2 max(seq_q, seq_k) + 1).
+  const Wide lo = std::min<Wide>(diag - p.seq_k, -Wide(p.seq_q)) - 1;
+  const Wide hi = std::max<Wide>(diag + p.seq_q, Wide(p.seq_q) + p.seq_k) + 1;
+  if (lo < std::numeric_limits<int64_t>::min() || hi > std::numeric_limits<int64_t>::max())
+    fail(ErrorCode::size_overflow,
+         cat("diagonal_offset ", o.diagonal_offset, " moves the diagonal too far for key bounds in int64 (seq_q ",
+             p.seq_q, ", seq_k ", p.seq_k, ", align ", align_name(o.align), ")"));
   p.causal = o.causal;
-  p.diag = o.align == Align::bottom_right ? p.seq_k - p.seq_q : 0;
-  // A window of max(seq_q, seq_k) already reaches every key from every diagonal (|j - diag_i| <
-  // max(seq_q, seq_k) for all i, j under either alignment), so wider ones are clamped to it: then
-  // i + diag +- window +- 1 stays within +-2 max(seq_q, seq_k), which check_derived_sizes bounds.
-  const int64_t wide = std::max(p.seq_q, p.seq_k);
-  p.window_left = o.window_left < 0 ? -1 : std::min(o.window_left, wide);
-  p.window_right = o.window_right < 0 ? -1 : std::min(o.window_right, wide);
+  p.diag = int64_t(diag);
+  const int64_t left_reach = int64_t(std::max<Wide>(diag + p.seq_q, 0));
+  const int64_t right_reach = int64_t(std::max<Wide>(Wide(p.seq_k) - diag, 0));
+  p.window_left = o.window_left < 0 ? -1 : std::min(o.window_left, left_reach);
+  p.window_right = o.window_right < 0 ? -1 : std::min(o.window_right, right_reach);
 }
 
 Params make_forward_params(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* out,

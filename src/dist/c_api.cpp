@@ -110,17 +110,28 @@ memattn_status memattn_ring_backward(const memattn_tensor* q, const memattn_tens
                                      const memattn_tensor* dq, const memattn_tensor* dk,
                                      const memattn_tensor* dv, const memattn_ring_options* options,
                                      MPI_Comm comm) {
+  return memattn_ring_backward_ex(q, k, v, out, dout, lse, dq, dk, dv, nullptr, options, comm);
+}
+
+memattn_status memattn_ring_backward_ex(const memattn_tensor* q, const memattn_tensor* k,
+                                        const memattn_tensor* v, const memattn_tensor* out,
+                                        const memattn_tensor* dout, const memattn_tensor* lse,
+                                        const memattn_tensor* dq, const memattn_tensor* dk,
+                                        const memattn_tensor* dv, const memattn_tensor* dbias,
+                                        const memattn_ring_options* options, MPI_Comm comm) {
   return memattn::detail::c_guarded([&] {
-    Tensor cq, ck, cv, cout, cdout, clse, cdq, cdk, cdv;
+    Tensor cq, ck, cv, cout, cdout, clse, cdq, cdk, cdv, cdbias;
     collective_call(
         comm, options,
         [&] {
           cq = c_tensor(q, "q"), ck = c_tensor(k, "k"), cv = c_tensor(v, "v");
           cout = c_tensor(out, "out"), cdout = c_tensor(dout, "dout"), clse = c_tensor(lse, "lse");
           cdq = c_tensor(dq, "dq"), cdk = c_tensor(dk, "dk"), cdv = c_tensor(dv, "dv");
+          if (dbias) cdbias = c_tensor(dbias, "dbias");
         },
         [&](const memattn::dist::RingOptions& o) {
-          memattn::dist::ring_backward(cq, ck, cv, cout, cdout, clse, cdq, cdk, cdv, o, comm);
+          memattn::dist::ring_backward(cq, ck, cv, cout, cdout, clse, cdq, cdk, cdv, o, comm,
+                                       dbias ? &cdbias : nullptr);
         });
   });
 }

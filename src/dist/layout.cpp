@@ -2,6 +2,7 @@
 #include "dist/layout.hpp"
 
 #include <algorithm>
+#include <utility>
 
 #include "api/validate.hpp"
 
@@ -50,10 +51,31 @@ int64_t RingLayout::max_local_k() const {
   return m;
 }
 
+Coverage coverage(int64_t rows, int64_t keys, int64_t offset, bool causal, int64_t left,
+                  int64_t right) {
+  if (rows <= 0 || keys <= 0) return Coverage::hidden;
+  // Row r sees keys r + offset - left .. r + offset + reach; 128 bits hold every sum exactly.
+  using Wide = __int128;
+  const bool bounded_right = causal || right >= 0;
+  const Wide reach = causal ? 0 : right;  // used only when bounded_right
+  // The rows that see a key: r >= -(offset + reach) (else all its keys are left of key 0) and
+  // r <= keys - 1 - offset + left (else all are right of the last key).
+  Wide first = 0, last = rows - 1;
+  if (bounded_right) first = std::max<Wide>(first, -(Wide(offset) + reach));
+  if (left >= 0) last = std::min<Wide>(last, Wide(keys) - 1 - offset + left);
+  if (first > last) return Coverage::hidden;
+  // Every row sees every key when the last row still reaches key 0 and the first the last key.
+  const bool all_left = left < 0 || Wide(rows) - 1 + offset - left <= 0;
+  const bool all_right = !bounded_right || Wide(offset) + reach >= Wide(keys) - 1;
+  return all_left && all_right ? Coverage::full : Coverage::partial;
+}
+
 Visibility RingLayout::visibility(int qc, int kc) const {
-  if (q_chunk(qc).length == 0 || k_chunk(kc).length == 0) return Visibility::hidden;
-  if (!causal || kc < qc) return Visibility::full;
-  return kc == qc ? Visibility::diagonal : Visibility::hidden;
+  const Range q = q_chunk(qc), k = k_chunk(kc);
+  // Global query q.start + r meets its diagonal at key q.start + r + diag, local key
+  // r + (q.start - k.start + diag) of the pair (bounded by make_layout).
+  const int64_t offset = q.start - k.start + diag;
+  return {coverage(q.length, k.length, offset, causal, window_left, window_right), offset};
 }
 
 RingLayout make_layout(const RingOptions& o, int ranks) {
@@ -70,20 +92,36 @@ RingLayout make_layout(const RingOptions& o, int ranks) {
   if (a.align != Align::top_left && a.align != Align::bottom_right)
     fail(ErrorCode::invalid_argument,
          cat("options.attention.align must be top_left or bottom_right, got ", int(a.align)));
+  for (const auto& [value, name] : {std::pair{a.window_left, "window_left"},
+                                    std::pair{a.window_right, "window_right"}})
+    if (value < -1)
+      fail(ErrorCode::invalid_argument,
+           cat("options.attention.", name, " must be -1 (unbounded) or >= 0, got ", value));
+  const int64_t seq_k = o.seq_k < 0 ? o.seq_q : o.seq_k;
+  // Every pair's diagonal offset (a difference of chunk starts plus the global diagonal) and the
+  // key bounds memattn derives from it must stay far inside int64: seq_q + seq_k + |diagonal|
+  // <= 2^60 keeps 4 (max(rows, keys) + |offset|) below 2^63 for every pair.
+  constexpr __int128 kReach = __int128(1) << 60;
+  const __int128 diag = __int128(a.align == Align::bottom_right ? seq_k - o.seq_q : 0) + a.diagonal_offset;
+  if (__int128(o.seq_q) + seq_k + (diag < 0 ? -diag : diag) > kReach)
+    fail(ErrorCode::size_overflow,
+         cat("options.attention.diagonal_offset ", a.diagonal_offset, " with global seq_q ", o.seq_q,
+             " and seq_k ", seq_k, " puts the diagonal too far: seq_q + seq_k + |diagonal| must be <= 2^60"));
   RingLayout l;
   l.ranks = ranks;
   l.per_rank = o.placement == Placement::zigzag ? 2 : 1;
   l.causal = a.causal;
+  l.window_left = a.window_left, l.window_right = a.window_right;
   const int n = ranks * l.per_rank;
-  const int64_t seq_k = o.seq_k < 0 ? o.seq_q : o.seq_k;
+  l.diag = int64_t(diag);
   l.q_bounds = even_bounds(o.seq_q, n);
   l.k_bounds = even_bounds(seq_k, n);
   if (a.causal) {
     // Key chunk c starts at the diagonal of query chunk c's first row: then keys of earlier chunks
-    // are all visible to chunk c's queries, keys of later ones all hidden, and the pair (c, c)
-    // has the diagonal exactly where options.attention.align puts it.
-    const int64_t diag = a.align == Align::bottom_right ? seq_k - o.seq_q : 0;
-    for (int c = 1; c < n; ++c) l.k_bounds[c] = std::clamp<int64_t>(l.q_bounds[c] + diag, 0, seq_k);
+    // are all visible to chunk c's queries (up to the window), keys of later ones all hidden, and
+    // only the pair (c, c) is cut by the diagonal.
+    for (int c = 1; c < n; ++c)
+      l.k_bounds[c] = std::clamp<int64_t>(l.q_bounds[c] + l.diag, 0, seq_k);
   }
   return l;
 }

@@ -7,20 +7,38 @@
 
 namespace memattn::dist::detail {
 
-// What a (query chunk, key chunk) pair contributes under the ring's mask.
-enum class Visibility { hidden, full, diagonal };
+// How much of a (query chunk, key chunk) pair the ring's causal and window masks leave visible.
+enum class Coverage { hidden, full, partial };
+
+// What a pair contributes. Hidden pairs are skipped (their block still travels on); the others are
+// computed with top_left alignment and this diagonal offset, the global diagonal as the pair sees
+// it (q start - k start + global diagonal), which also keeps ALiBi's distances global; partial
+// pairs keep the causal and window masks, full ones drop them.
+struct Visibility {
+  Coverage coverage = Coverage::full;
+  int64_t diagonal_offset = 0;
+};
+
+// The coverage of `rows` queries against `keys` keys where row r's diagonal is key r + offset,
+// under causal (keys <= diagonal) and the window (diagonal - left .. diagonal + right, -1
+// unbounded); no rows or no keys: hidden.
+Coverage coverage(int64_t rows, int64_t keys, int64_t offset, bool causal, int64_t left, int64_t right);
 
 // A visible (query chunk, key chunk) pair: rows of the query rank's local q from q_offset, keys of
-// the owner's local k from k_offset.
+// the owner's local k from k_offset, which are global keys from k_start (the mask and bias
+// columns).
 struct BlockPair {
-  int64_t q_offset = 0, rows = 0, k_offset = 0, keys = 0;
-  Visibility visibility = Visibility::full;
+  int64_t q_offset = 0, rows = 0, k_offset = 0, keys = 0, k_start = 0;
+  Visibility visibility;
 };
 
 struct RingLayout {
   int ranks = 1;
   int per_rank = 1;  // chunks each rank holds
   bool causal = false;
+  int64_t window_left = -1, window_right = -1;
+  // Key index of global query 0's diagonal: the alignment's plus options.attention.diagonal_offset.
+  int64_t diag = 0;
   std::vector<int64_t> q_bounds, k_bounds;  // chunk c spans [bounds[c], bounds[c + 1])
 
   // The global chunk index of the i-th chunk rank r holds.
@@ -42,9 +60,9 @@ struct RingLayout {
       for (int j = 0; j < per_rank; ++j) {
         const int qc = chunk(rank, i), kc = chunk(owner, j);
         const Visibility vis = visibility(qc, kc);
-        if (vis != Visibility::hidden)
+        if (vis.coverage != Coverage::hidden)
           fn(BlockPair{local_q_offset(rank, i), q_chunk(qc).length, local_k_offset(owner, j),
-                       k_chunk(kc).length, vis});
+                       k_chunk(kc).length, k_chunk(kc).start, vis});
       }
   }
 };

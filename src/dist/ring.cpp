@@ -3,6 +3,7 @@
 
 #include <climits>
 #include <cstring>
+#include <utility>
 
 #include "api/validate.hpp"
 #include "dist/agree.hpp"
@@ -28,6 +29,41 @@ void fail_collectively(MPI_Comm comm, const Error& error) {
   throw error;  // not reached: agree() throws when any rank failed
 }
 
+namespace {
+
+// The shape of a mask or bias slice: this rank's query rows against every global key, [B|1, H|1,
+// local seq_q|1, global seq_k|1].
+void check_slice_shape(const Tensor& t, const char* name, const Dims& dims, int64_t local_seq_q,
+                 int64_t global_seq_k, int rank) {
+  memattn::detail::check_tensor(t, name, 4);
+  const int64_t want[4] = {dims.batch, dims.heads_q, local_seq_q, global_seq_k};
+  for (int d = 0; d < 4; ++d)
+    if (t.shape[d] != want[d] && t.shape[d] != 1)
+      fail(ErrorCode::invalid_argument,
+           cat(name, ": shape ", shape_str(t), " is not rank ", rank, "'s slice [B=", want[0], "|1, H=",
+               want[1], "|1, local seq_q=", want[2], "|1, global seq_k=", want[3],
+               "|1] (its query rows against every global key); dim ", d, " is ", t.shape[d]));
+}
+
+}  // namespace
+
+Tensor PairOptions::cut(const Tensor& whole, const BlockPair& pair) {
+  Tensor t = whole;
+  if (t.shape[2] != 1) t = slice(t, 2, pair.q_offset, pair.rows);
+  if (t.shape[3] != 1) t = slice(t, 3, pair.k_start, pair.keys);
+  return t;
+}
+
+PairOptions::PairOptions(const Options& base, const BlockPair& pair) : options_(base) {
+  const bool partial = pair.visibility.coverage == Coverage::partial;
+  options_.align = Align::top_left;
+  options_.diagonal_offset = pair.visibility.diagonal_offset;
+  options_.causal = partial && base.causal;
+  if (!partial) options_.window_left = options_.window_right = -1;
+  if (base.mask) mask_ = cut(*base.mask, pair), options_.mask = &mask_;
+  if (base.bias) bias_ = cut(*base.bias, pair), options_.bias = &bias_;
+}
+
 Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const RingOptions& options,
                   const RingLayout& layout, int rank) {
   memattn::detail::check_tensor(q, "q", 4);
@@ -37,23 +73,36 @@ Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const RingO
     fail(ErrorCode::wrong_dtype,
          cat("q: dtype must be f32, bf16 or f16 for ring attention, got ", dtype_name(q.dtype)));
   const Options& a = options.attention;
-  if (a.window_left != -1 || a.window_right != -1)
-    fail(ErrorCode::unsupported,
-         cat("options.attention.window_left/right must be -1 for ring attention (a window needs "
-             "diagonal offsets between blocks), got ",
-             a.window_left, "/", a.window_right));
   if (a.num_threads < 0)
     fail(ErrorCode::invalid_argument,
          cat("options.attention.num_threads must be 0 (all) or > 0, got ", a.num_threads));
-  if (a.mask || a.bias)
-    fail(ErrorCode::unsupported,
-         cat("options.attention.", a.mask ? "mask" : "bias", " must be null for ring attention"));
+  // A sink joins each row's softmax once; every block pair would add it again.
+  if (a.sinks)
+    fail(ErrorCode::unsupported, "options.attention.sinks: not supported by ring attention (each "
+                                 "block pair would count the sink once more)");
   // q, k, v as one attention problem (dtypes, batch, heads, head dims, strides, threads, target),
-  // even on a rank whose block pairs are all hidden: other ranks will compute with its K/V.
+  // even on a rank whose block pairs are all hidden: other ranks will compute with its K/V. The
+  // masks are the layout's, the mask and bias slices are checked below.
   Options whole = a;
   whole.causal = false;
+  whole.window_left = whole.window_right = -1;
+  whole.diagonal_offset = 0;
+  whole.mask = whole.bias = nullptr;
   workspace_bytes(q, k, v, whole);
   const LocalSlices mine = layout.slices(rank);
+  const Dims dims{q.shape[0], q.shape[2], k.shape[2], q.shape[3], v.shape[3], q.dtype};
+  const int64_t global_seq_k = layout.k_bounds.back();
+  if (a.mask) {
+    check_slice_shape(*a.mask, "mask", dims, mine.seq_q, global_seq_k, rank);
+    if (a.mask->dtype != DType::u8)
+      fail(ErrorCode::wrong_dtype, cat("mask: dtype must be u8 (nonzero = attend), got ", dtype_name(a.mask->dtype)));
+  }
+  if (a.bias) {
+    check_slice_shape(*a.bias, "bias", dims, mine.seq_q, global_seq_k, rank);
+    const DType bd = a.bias->dtype;
+    if (bd != DType::f32 && bd != DType::bf16 && bd != DType::f16)
+      fail(ErrorCode::wrong_dtype, cat("bias: dtype must be f32, bf16 or f16, got ", dtype_name(bd)));
+  }
   const auto expect_rows = [&](const Tensor& t, const char* name, int64_t want, const char* of) {
     if (t.shape[1] != want)
       fail(ErrorCode::invalid_argument,
@@ -64,7 +113,7 @@ Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const RingO
   expect_rows(q, "q", mine.seq_q, "seq_q");
   expect_rows(k, "k", mine.seq_k, "seq_k");
   expect_rows(v, "v", mine.seq_k, "seq_k");
-  return {q.shape[0], q.shape[2], k.shape[2], q.shape[3], v.shape[3], q.dtype};
+  return dims;
 }
 
 void check_shaped(const Tensor& t, const char* name, DType dtype,
@@ -81,6 +130,14 @@ void check_shaped(const Tensor& t, const char* name, DType dtype,
            cat(name, ": shape ", shape_str(t), " expected ", want, "] (", what, ")"));
     }
   if (output) memattn::detail::check_writable(t, name);
+}
+
+std::vector<std::pair<const Tensor*, const char*>> ring_inputs(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                               const Options& options) {
+  std::vector<std::pair<const Tensor*, const char*>> inputs{{&q, "q"}, {&k, "k"}, {&v, "v"}};
+  if (options.mask) inputs.emplace_back(options.mask, "mask");
+  if (options.bias) inputs.emplace_back(options.bias, "bias");
+  return inputs;
 }
 
 void check_disjoint(const std::vector<std::pair<const Tensor*, const char*>>& outputs,
@@ -109,6 +166,11 @@ void expect_same_problem(MPI_Comm comm, const RingOptions& options, const Dims& 
                                 {"options.placement", int64_t(options.placement)},
                                 {"options.attention.causal", a.causal},
                                 {"options.attention.align", int64_t(a.align)},
+                                {"options.attention.window_left", a.window_left},
+                                {"options.attention.window_right", a.window_right},
+                                {"options.attention.diagonal_offset", a.diagonal_offset},
+                                {"options.attention.mask (given)", a.mask != nullptr},
+                                {"options.attention.bias (given)", a.bias != nullptr},
                                 {"options.attention.scale (bits; -1 unset)", scale_bits},
                                 {"options.attention.algorithm", int64_t(a.algorithm)}});
 }

@@ -44,27 +44,41 @@ struct Dims {
   DType dtype = DType::f32;
 };
 
-// Local checks of q, k, v against this rank's slices and of the options the ring serves; returns
-// the dims. Throws memattn::Error naming the argument (run it inside agree()).
+// Local checks of q, k, v, and of the mask and bias slices, against this rank's slices and of the
+// options the ring serves; returns the dims. Throws memattn::Error naming the argument (run it
+// inside agree()).
 Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const RingOptions& options,
                   const RingLayout& layout, int rank);
 // An operand whose shape and dtype are dictated (`what` explains the shape); outputs must also
 // be writable (no element reached twice).
 void check_shaped(const Tensor& t, const char* name, DType dtype,
                   const std::array<int64_t, 4>& shape, int ndim, const char* what, bool output);
+// q, k, v and the options' mask and bias (when given), named, for check_disjoint.
+std::vector<std::pair<const Tensor*, const char*>> ring_inputs(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                               const Options& options);
 // Throws aliasing if an output may share an element with any of the other tensors.
 void check_disjoint(const std::vector<std::pair<const Tensor*, const char*>>& outputs,
                     const std::vector<std::pair<const Tensor*, const char*>>& inputs);
 // Collectively: every rank holds the same options and dims (else every rank throws the same
 // invalid_argument naming the first that differs).
 void expect_same_problem(MPI_Comm comm, const RingOptions& options, const Dims& dims);
-// The attention options of one visible block pair: a causal diagonal pair keeps the mask (its
-// diagonal sits where options.align says, by the layout's construction); others drop it.
-inline Options pair_options(const Options& base, Visibility vis) {
-  Options o = base;
-  o.causal = vis == Visibility::diagonal;
-  return o;
-}
+// The attention options of one visible block pair: top_left with the pair's diagonal offset;
+// causal and window kept on partial pairs, dropped on full ones; the mask and bias cut to the
+// pair's rows (of the rank's local queries) and columns (its global keys), broadcast dims kept.
+class PairOptions {
+ public:
+  PairOptions(const Options& base, const BlockPair& pair);
+  PairOptions(const PairOptions&) = delete;  // options points into this object
+  PairOptions& operator=(const PairOptions&) = delete;
+  const Options& get() const { return options_; }
+  // The view of `whole` (a [B|1, H|1, local seq_q|1, global seq_k|1] mask, bias or dbias) that
+  // belongs to the pair.
+  static Tensor cut(const Tensor& whole, const BlockPair& pair);
+
+ private:
+  Tensor mask_, bias_;
+  Options options_;
+};
 
 // Throws unsupported when a message of `bytes` does not fit MPI's int count.
 void check_message_bytes(size_t bytes, const char* what);

@@ -12,7 +12,6 @@ namespace memattn::dist {
 namespace {
 
 using detail::BlockBuffer;
-using detail::Visibility;
 using memattn::detail::Buffer;
 
 constexpr int kTagKV = 20, kTagGrads = 30;
@@ -22,6 +21,7 @@ struct BackwardState {
   std::unique_ptr<BlockBuffer> blocks[2], grads[2];  // K/V (input dtype) and dK/dV (f32)
   std::unique_ptr<BlockBuffer> part_kv;              // one pair's dk, dv (input dtype)
   std::unique_ptr<Buffer> part_dq, dq_acc, workspace;
+  std::unique_ptr<Buffer> part_dbias, dbias_acc;  // one pair's dbias (bias dtype), the sum (f32)
   size_t workspace_bytes = 0;
 };
 
@@ -29,7 +29,7 @@ struct BackwardState {
 
 void ring_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                    const Tensor& dout, const Tensor& lse, const Tensor& dq, const Tensor& dk,
-                   const Tensor& dv, const RingOptions& options, MPI_Comm comm) {
+                   const Tensor& dv, const RingOptions& options, MPI_Comm comm, const Tensor* dbias) {
   detail::PrivateComm ring(comm);
   const int rank = ring.rank();
   detail::RingLayout layout;
@@ -50,9 +50,17 @@ void ring_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
     detail::check_shaped(dq, "dq", dims.dtype, {B, mine.seq_q, Hq, dims.dim}, 4, "q's", true);
     detail::check_shaped(dk, "dk", dims.dtype, {B, mine.seq_k, Hkv, dims.dim}, 4, "k's", true);
     detail::check_shaped(dv, "dv", dims.dtype, {B, mine.seq_k, Hkv, dims.dim_v}, 4, "v's", true);
-    detail::check_disjoint(
-        {{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}},
-        {{&q, "q"}, {&k, "k"}, {&v, "v"}, {&out, "out"}, {&dout, "dout"}, {&lse, "lse"}});
+    const Tensor* bias = options.attention.bias;
+    if (dbias && !bias)
+      memattn::detail::fail(ErrorCode::invalid_argument,
+                            "dbias: given, but options.attention.bias is null (no bias to differentiate)");
+    if (dbias)
+      detail::check_shaped(*dbias, "dbias", bias->dtype, bias->shape, 4, "this rank's bias slice's", true);
+    std::vector<std::pair<const Tensor*, const char*>> outputs{{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}};
+    if (dbias) outputs.emplace_back(dbias, "dbias");
+    std::vector<std::pair<const Tensor*, const char*>> inputs = detail::ring_inputs(q, k, v, options.attention);
+    inputs.insert(inputs.end(), {{&out, "out"}, {&dout, "dout"}, {&lse, "lse"}});
+    detail::check_disjoint(outputs, inputs);
     const int64_t max_k = layout.max_local_k();
     int64_t max_q_chunk = 0, max_k_chunk = 0;
     for (int i = 0; i < mine.count; ++i) max_q_chunk = std::max(max_q_chunk, mine.q[i].length);
@@ -65,14 +73,25 @@ void ring_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
     st.part_kv = std::make_unique<BlockBuffer>(dims, dims.dtype, max_k_chunk);
     detail::check_message_bytes(st.grads[0]->k_bytes(max_k), "a dK block");
     detail::check_message_bytes(st.grads[0]->v_bytes(max_k), "a dV block");
+    size_t part_dbias_bytes = 0;
     for (int owner = 0; owner < layout.ranks; ++owner)
       layout.for_each_visible_pair(rank, owner, [&](const detail::BlockPair& p) {
+        const detail::PairOptions pair(options.attention, p);
         st.workspace_bytes = std::max(
             st.workspace_bytes,
-            backward_workspace_bytes(detail::slice(q, 1, p.q_offset, p.rows),
-                                     st.blocks[0]->k(p.keys), st.blocks[0]->v(p.keys),
-                                     detail::pair_options(options.attention, p.visibility)));
+            backward_workspace_bytes(detail::slice(q, 1, p.q_offset, p.rows), st.blocks[0]->k(p.keys),
+                                     st.blocks[0]->v(p.keys), pair.get(), BackwardRequest{dbias != nullptr}));
+        if (dbias)
+          part_dbias_bytes = std::max(part_dbias_bytes, memattn::detail::checked_mul(
+                                                            size_t(detail::PairOptions::cut(*bias, p).numel()),
+                                                            dtype_size(bias->dtype)));
       });
+    if (dbias) {
+      st.part_dbias = std::make_unique<Buffer>(part_dbias_bytes, "a ring dbias partial");
+      st.dbias_acc = std::make_unique<Buffer>(detail::f32_bytes({bias->shape[0], bias->shape[1], bias->shape[2],
+                                                                 bias->shape[3]}),
+                                              "ring dbias");
+    }
     // One pair's dq in the input dtype (f32 bytes: enough for any of them).
     st.part_dq = std::make_unique<Buffer>(detail::f32_bytes({B, max_q_chunk, Hq, dims.dim}),
                                           "a ring dq partial");
@@ -85,6 +104,11 @@ void ring_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
   const Tensor dq_acc = detail::dense(st.dq_acc->data(), DType::f32,
                                       {dims.batch, mine.seq_q, dims.heads_q, dims.dim});
   std::fill_n(static_cast<float*>(dq_acc.data), dq_acc.numel(), 0.0f);
+  Tensor dbias_acc;  // dbias summed over the pairs in ring order (hidden pairs add nothing)
+  if (dbias) {
+    dbias_acc = detail::dense(st.dbias_acc->data(), DType::f32, dbias->shape);
+    std::fill_n(static_cast<float*>(dbias_acc.data), dbias_acc.numel(), 0.0f);
+  }
   detail::copy(k, st.blocks[0]->k(mine.seq_k));
   detail::copy(v, st.blocks[0]->v(mine.seq_k));
   const Tensor own_dk = st.grads[0]->k(mine.seq_k), own_dv = st.grads[0]->v(mine.seq_k);
@@ -111,10 +135,16 @@ void ring_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
         return detail::slice(t, dim, p.q_offset, p.rows);
       };
       const auto keys = [&](const Tensor& t) { return detail::slice(t, 1, p.k_offset, p.keys); };
+      Tensor part_dbias;
+      if (dbias) {
+        const Tensor cut = detail::PairOptions::cut(*dbias, p);
+        part_dbias = detail::dense(st.part_dbias->data(), dbias->dtype, cut.shape);
+      }
       backward(rows(q, 1), keys(held.k(held_rows)), keys(held.v(held_rows)), rows(out, 1),
                rows(dout, 1), rows(lse, 2), part_dq, st.part_kv->k(p.keys), st.part_kv->v(p.keys),
-               detail::pair_options(options.attention, p.visibility), nullptr,
+               detail::PairOptions(options.attention, p).get(), dbias ? &part_dbias : nullptr,
                {st.workspace->data(), st.workspace_bytes});
+      if (dbias) detail::accumulate(part_dbias, detail::PairOptions::cut(dbias_acc, p));
       detail::accumulate(part_dq, rows(dq_acc, 1));
       detail::accumulate(st.part_kv->k(p.keys), keys(grads.k(held_rows)));
       detail::accumulate(st.part_kv->v(p.keys), keys(grads.v(held_rows)));
@@ -126,6 +156,7 @@ void ring_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
   detail::copy(dq_acc, dq);
   detail::copy(home.k(mine.seq_k), dk);
   detail::copy(home.v(mine.seq_k), dv);
+  if (dbias) detail::copy(dbias_acc, *dbias);
 }
 
 }  // namespace memattn::dist

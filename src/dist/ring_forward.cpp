@@ -14,7 +14,6 @@ namespace memattn::dist {
 namespace {
 
 using detail::BlockBuffer;
-using detail::Visibility;
 using memattn::detail::Buffer;
 using memattn::detail::checked_mul;
 
@@ -48,7 +47,7 @@ void ring_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
                            "[batch, heads_q, local seq_q]", true);
     std::vector<std::pair<const Tensor*, const char*>> outputs{{&out, "out"}};
     if (lse) outputs.emplace_back(lse, "lse");
-    detail::check_disjoint(outputs, {{&q, "q"}, {&k, "k"}, {&v, "v"}});
+    detail::check_disjoint(outputs, detail::ring_inputs(q, k, v, options.attention));
     const int64_t max_k = layout.max_local_k();
     int64_t max_q_chunk = 0;
     for (int i = 0; i < mine.count; ++i) max_q_chunk = std::max(max_q_chunk, mine.q[i].length);
@@ -58,11 +57,10 @@ void ring_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
     // Every pair this rank will compute, validated (and its workspace sized) by memattn itself.
     for (int owner = 0; owner < layout.ranks; ++owner)
       layout.for_each_visible_pair(rank, owner, [&](const detail::BlockPair& p) {
-        st.workspace_bytes =
-            std::max(st.workspace_bytes,
-                     workspace_bytes(detail::slice(q, 1, p.q_offset, p.rows),
-                                     st.blocks[0]->k(p.keys), st.blocks[0]->v(p.keys),
-                                     detail::pair_options(options.attention, p.visibility)));
+        const detail::PairOptions pair(options.attention, p);
+        st.workspace_bytes = std::max(
+            st.workspace_bytes, workspace_bytes(detail::slice(q, 1, p.q_offset, p.rows),
+                                                st.blocks[0]->k(p.keys), st.blocks[0]->v(p.keys), pair.get()));
       });
     const size_t part_elems =
         checked_mul(size_t(dims.batch * max_q_chunk), size_t(dims.heads_q * dims.dim_v));
@@ -109,8 +107,7 @@ void ring_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
       forward(detail::slice(q, 1, p.q_offset, nq),
               detail::slice(held.k(held_rows), 1, p.k_offset, p.keys),
               detail::slice(held.v(held_rows), 1, p.k_offset, p.keys), part, &part_lse,
-              detail::pair_options(options.attention, p.visibility),
-              {st.workspace->data(), st.workspace_bytes});
+              detail::PairOptions(options.attention, p).get(), {st.workspace->data(), st.workspace_bytes});
       // merge() takes parts of one dtype: a bf16/f16 partial is widened to f32 first.
       Tensor part32 = part;
       if (dims.dtype != DType::f32) {

@@ -1,6 +1,6 @@
-/* Tests of the score modifiers through the C API, compiled as C: options.softcap, alibi_slopes and
- * sinks in memattn_forward against a double-precision definition written here, dsinks from
- * memattn_backward_ex against finite differences of that definition, and their errors. */
+/* Tests of the score modifiers through the C API, compiled as C: options.softcap, alibi_slopes,
+ * sinks and diagonal_offset in memattn_forward against a double-precision definition written here,
+ * dsinks from memattn_backward_ex against finite differences of that definition, and their errors. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -11,11 +11,13 @@
 static const double kCap = 1.5;
 static float slopes[HQ] = {0.5f, 0.125f};
 static float sinks[HQ] = {0.75f, -0.5f};
+/* options.diagonal_offset of the definition: the causal and ALiBi diagonal moves by it. */
+static long diagonal_offset = 0;
 
 /* out and lse of the fixture's problem (mask, bias, causal bottom-right, GQA) with the softcap,
  * ALiBi and sinks, in double, from sink logits `s`; returns sum(out * dout). */
 static double definition(const double* s, double* out_ref, double* lse_ref) {
-  const long diag = SK - SQ;
+  const long diag = SK - SQ + diagonal_offset;
   double loss = 0;
   for (int h = 0; h < HQ; ++h)
     for (int i = 0; i < SQ; ++i) {
@@ -88,6 +90,28 @@ static void test_forward_and_dsinks(void) {
   }
 }
 
+static void test_diagonal_offset(void) {
+  memattn_tensor tslopes, tsinks;
+  const long offsets[] = {-2, 3};
+  CHECK(memattn_options_default().diagonal_offset == 0);
+  for (int t = 0; t < 2; ++t) {
+    diagonal_offset = offsets[t];
+    memattn_options o = modified_options(&tslopes, &tsinks);
+    o.diagonal_offset = diagonal_offset;
+    const double s[HQ] = {sinks[0], sinks[1]};
+    double out_ref[SQ * HQ * DV], lse_ref[HQ * SQ];
+    definition(s, out_ref, lse_ref);
+    CHECK(memattn_forward(&tq, &tk, &tv, &tout, &tlse, &o, kNoWorkspace) == MEMATTN_OK);
+    CHECK(close_to(out, out_ref, SQ * HQ * DV, "out with a diagonal offset"));
+    CHECK(close_to(lse, lse_ref, HQ * SQ, "lse with a diagonal offset"));
+  }
+  diagonal_offset = 0;
+  memattn_options o = problem_options();
+  o.diagonal_offset = ((int64_t)1 << 62) + 1;
+  CHECK(memattn_forward(&tq, &tk, &tv, &tout, &tlse, &o, kNoWorkspace) == MEMATTN_INVALID_ARGUMENT);
+  CHECK(strstr(memattn_last_error(), "diagonal_offset must be in [-2^62, 2^62], got 4611686018427387905") != NULL);
+}
+
 static void test_errors(void) {
   memattn_tensor tslopes, tsinks;
   memattn_options o = modified_options(&tslopes, &tsinks);
@@ -121,6 +145,7 @@ static void test_errors(void) {
 int main(void) {
   make_problem();
   test_forward_and_dsinks();
+  test_diagonal_offset();
   test_errors();
   printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed != 0;

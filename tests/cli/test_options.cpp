@@ -32,7 +32,7 @@ TEST(CliOptions, RunHelpIsComplete) {
   const ToolResult r = run_tool({"run", "--help"});
   EXPECT_EQ(r.exit_code, 0);
   expect_contains(r.out, {"Usage: memattn run", "--q", "--k", "--v", "--mask", "--bias", "--alibi-slopes", "--sinks", "--causal",
-                          "--align top_left|bottom_right", "--window L,R", "--scale", "--softcap X", "--algorithm auto|naive|sequential|chunked|flash",
+                          "--align top_left|bottom_right", "--window L,R", "--diagonal-offset N", "--scale", "--softcap X", "--algorithm auto|naive|sequential|chunked|flash",
                           "--threads", "-o,--out", "--lse", "--backward", "--dout", "--dq", "--dk", "--dv", "Exit codes"});
   EXPECT_EQ(run_tool({"help", "run"}).out, r.out);
 }

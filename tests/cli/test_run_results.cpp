@@ -25,6 +25,7 @@ struct Case {
   bool causal = false;
   Align align = Align::top_left;
   int64_t window_left = -1, window_right = -1;
+  int64_t diagonal_offset = 0;
   std::optional<double> scale;
   double softcap = 0;
   std::optional<std::vector<int64_t>> alibi;  // ALiBi slopes' shape: {heads_q} or {batch, heads_q}
@@ -79,6 +80,7 @@ TEST_P(CliRunResults, BitwiseEqualToDirectCalls) {
   args.insert(args.end(), {"--align", align_name(c.align)});
   if (c.window_left != -1 || c.window_right != -1)
     args.insert(args.end(), {"--window", std::to_string(c.window_left) + "," + std::to_string(c.window_right)});
+  if (c.diagonal_offset != 0) args.insert(args.end(), {"--diagonal-offset", std::to_string(c.diagonal_offset)});
   if (c.scale) {
     char text[32];
     std::snprintf(text, sizeof text, "%.17g", *c.scale);
@@ -111,6 +113,7 @@ TEST_P(CliRunResults, BitwiseEqualToDirectCalls) {
   // The same computation in this process, one direct call each, on views of the same bytes.
   Options o;
   o.causal = c.causal, o.align = c.align, o.window_left = c.window_left, o.window_right = c.window_right;
+  o.diagonal_offset = c.diagonal_offset;
   o.scale = c.scale, o.softcap = c.softcap, o.algorithm = c.algorithm;
   Tensor mask_view, bias_view;
   if (mask) mask_view = mask->tensor(), o.mask = &mask_view;
@@ -159,6 +162,10 @@ std::vector<Case> cases() {
         c.name = "window_causal_bottom_right", c.window_left = 3, c.window_right = 0, c.causal = true,
         c.align = Align::bottom_right;
       }),
+      with(base, [](Case& c) {
+        c.name = "window_alibi_diagonal_offset", c.window_left = 1, c.window_right = 2, c.diagonal_offset = -3,
+        c.alibi = std::vector<int64_t>{4};
+      }),
       with(base, [](Case& c) { c.name = "scale", c.scale = -0.3; }),
       with(base, [](Case& c) { c.name = "softcap", c.softcap = 0.75, c.causal = true; }),
       with(base, [](Case& c) {
@@ -196,6 +203,7 @@ std::vector<Case> cases() {
       with(base, [](Case& c) { c.name = "backward_f64_naive", c.dtype = DType::f64, c.algorithm = Algorithm::naive; }),
       with(base, [](Case& c) { c.name = "backward_f32_naive", c.algorithm = Algorithm::naive, c.causal = true; }),
       with(base, [](Case& c) { c.name = "backward_softcap", c.softcap = 0.75, c.causal = true; }),
+      with(base, [](Case& c) { c.name = "backward_causal_diagonal_offset", c.causal = true, c.diagonal_offset = 4; }),
       with(base, [](Case& c) {
         c.name = "backward_modifiers", c.alibi = std::vector<int64_t>{2, 4}, c.sinks = true, c.softcap = 1.5;
       }),

@@ -83,10 +83,12 @@ std::vector<double> gather_rows(const Buf& local, const std::vector<int64_t>& gl
 }
 
 RingCase::RingCase(Shape s, DType dt, bool causal, memattn::dist::Placement placement,
-                   memattn::Align align, uint64_t seed, MPI_Comm comm_)
+                   memattn::Align align, uint64_t seed, MPI_Comm comm_,
+                   const std::function<void(BackwardCase&)>& setup)
     : whole(s, dt, seed), comm(comm_) {
   whole.options.causal = causal;
   whole.options.align = align;
+  if (setup) setup(whole);
   options.attention = whole.options;
   options.placement = placement;
   options.seq_q = s.Sq;
@@ -106,6 +108,22 @@ RingCase::RingCase(Shape s, DType dt, bool causal, memattn::dist::Placement plac
   dk = Buf(dt, {s.B, mine.seq_k, s.Hkv, s.D});
   dv = Buf(dt, {s.B, mine.seq_k, s.Hkv, s.Dv});
   for (Buf* b : {&out, &lse, &dq, &dk, &dv}) b->fill(nan);
+  // A mask or bias slice: this rank's query rows (dim 2 unless broadcast), every key.
+  const auto rows_of = [&](const Buf& global) {
+    return global.shape[2] == 1 ? global : take_rows(global, 2, mine, false);
+  };
+  if (whole.mask) {
+    mask = rows_of(*whole.mask);
+    mask_view = mask->view();
+    options.attention.mask = &mask_view;
+  }
+  if (whole.bias) {
+    bias = rows_of(*whole.bias);
+    bias_view = bias->view();
+    options.attention.bias = &bias_view;
+    dbias = Buf(bias->dtype, bias->shape);
+    dbias->fill(nan);
+  }
 }
 
 void RingCase::forward() {
@@ -114,8 +132,10 @@ void RingCase::forward() {
 }
 
 void RingCase::backward() {
+  const Tensor dbias_view = dbias ? dbias->view() : Tensor{};
   memattn::dist::ring_backward(q.view(), k.view(), v.view(), out.view(), dout.view(), lse.view(),
-                               dq.view(), dk.view(), dv.view(), options, comm);
+                               dq.view(), dk.view(), dv.view(), options, comm,
+                               dbias ? &dbias_view : nullptr);
 }
 
 std::string RingCase::describe() const {
@@ -138,7 +158,8 @@ void expect_ring_accurate(RingCase& c, bool with_backward) {
   if (!with_backward) return;
   const std::vector<double> dout = c.whole.dout.values();
   const RefGrads gref = reference_backward64(p, dout);
-  const RefGrads gbase = baseline_backward(p, dout, c.whole.dtype, c.whole.dtype);
+  const DType bias_dtype = c.bias ? c.bias->dtype : c.whole.dtype;
+  const RefGrads gbase = baseline_backward(p, dout, c.whole.dtype, bias_dtype);
   const std::vector<double> dq =
       gather_rows(c.dq, {s.B, s.Sq, s.Hq, s.D}, 1, c.mine, false, c.comm);
   const std::vector<double> dk =
@@ -151,6 +172,15 @@ void expect_ring_accurate(RingCase& c, bool with_backward) {
       << "dk: " << c.describe();
   EXPECT_EQ(accuracy_failure(dv, gref.dv, gbase.dv, c.whole.dtype, 3.0), "")
       << "dv: " << c.describe();
+  if (!c.dbias) return;
+  // Rows broadcast: each rank holds its rows' partial sum, the gradient is the sum over ranks.
+  std::vector<double> dbias = c.dbias->values();
+  if (c.dbias->shape[2] == 1)
+    MPI_Allreduce(MPI_IN_PLACE, dbias.data(), int(dbias.size()), MPI_DOUBLE, MPI_SUM, c.comm);
+  else
+    dbias = gather_rows(*c.dbias, c.whole.bias->shape, 2, c.mine, false, c.comm);
+  EXPECT_EQ(accuracy_failure(dbias, gref.dbias, gbase.dbias, bias_dtype, 3.0), "")
+      << "dbias: " << c.describe();
 }
 
 }  // namespace mt

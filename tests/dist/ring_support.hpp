@@ -4,6 +4,8 @@
 
 #include <mpi.h>
 
+#include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,17 +33,23 @@ struct RingCase {
   memattn::dist::LocalSlices mine;
   MPI_Comm comm;                            // the ranks that share the problem
   Buf q, k, v, dout, out, lse, dq, dk, dv;  // this rank's slices (outputs NaN-filled)
+  // With a mask or bias on `whole`: this rank's rows of them (all global keys), viewed by
+  // options.attention, and the bias slice's gradient (NaN-filled).
+  std::optional<Buf> mask, bias, dbias;
+  Tensor mask_view, bias_view;
 
+  // `setup` may add options (window, diagonal offset, ALiBi) and a mask or bias to `whole` before
+  // it is cut into this rank's slices.
   RingCase(Shape s, DType dt, bool causal, memattn::dist::Placement placement,
            memattn::Align align = memattn::Align::top_left, uint64_t seed = 1,
-           MPI_Comm comm = MPI_COMM_WORLD);
+           MPI_Comm comm = MPI_COMM_WORLD, const std::function<void(BackwardCase&)>& setup = {});
   void forward();
   void backward();  // from this rank's out and lse
   std::string describe() const;
 };
 
-// Gathers the ring's out and lse (then dq, dk, dv when `with_backward`) and checks them on every
-// rank against Ref64 and Base_dt of the whole problem with TESTPLAN's primary rule.
+// Gathers the ring's out and lse (then dq, dk, dv and dbias when `with_backward`) and checks them
+// on every rank against Ref64 and Base_dt of the whole problem with TESTPLAN's primary rule.
 void expect_ring_accurate(RingCase& c, bool with_backward);
 
 }  // namespace mt

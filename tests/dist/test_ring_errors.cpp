@@ -70,11 +70,86 @@ TEST(RingErrors, RanksThatDisagreeOnTheOptionsFailAlike) {
   EXPECT_TRUE(all_nan(c.out));
 }
 
-TEST(RingErrors, SlidingWindowIsUnsupported) {
+// A bias over every global key, with its rows cut for this rank.
+void add_bias(BackwardCase& w) {
+  w.set_bias({1, w.s.Hq, w.s.Sq, w.s.Sk}, DType::f32, randn_values(size_t(w.s.Hq * w.s.Sq * w.s.Sk), 5));
+}
+
+TEST(RingErrors, MaskSliceOfTheGlobalQueriesFailsEveryRank) {
+  // The last rank passes the global rows instead of its own: shape [1,1,13,13], not [..,local,13].
   RingCase c(kShape, DType::f32, true, Placement::zigzag);
-  c.options.attention.window_left = 4;
+  const int last = world_size() - 1;
+  if (world_size() == 1) GTEST_SKIP() << "one rank holds every query";
+  Buf global(DType::u8, {1, 1, kShape.Sq, kShape.Sk});
+  global.fill(1);
+  const Tensor view = global.view();
+  if (world_rank() == last) c.options.attention.mask = &view;
+  const int64_t last_seq_q = memattn::dist::local_slices(c.options, world_size(), last).seq_q;
+  expect_same_error_everywhere([&] { c.forward(); }, ErrorCode::invalid_argument,
+                               "rank " + std::to_string(last) + ": mask: shape [1,1,13,13] is not rank " +
+                                   std::to_string(last) + "'s slice [B=1|1, H=2|1, local seq_q=" +
+                                   std::to_string(last_seq_q) + "|1, global seq_k=13|1]");
+  EXPECT_TRUE(all_nan(c.out) && all_nan(c.lse)) << "an output was written";
+}
+
+TEST(RingErrors, BiasSliceOverLocalKeysFailsEveryRank) {
+  // Rank 0's bias covers its local keys only; a slice must reach every global key.
+  RingCase c(kShape, DType::f32, false, Placement::contiguous, memattn::Align::top_left, 1,
+             MPI_COMM_WORLD, add_bias);
+  if (world_size() == 1) GTEST_SKIP() << "one rank holds every key";
+  Buf local(DType::f32, {1, kShape.Hq, c.mine.seq_q, c.mine.seq_k});
+  local.fill(0);
+  const Tensor view = local.view();
+  if (world_rank() == 0) c.options.attention.bias = &view;
+  const memattn::dist::LocalSlices first = memattn::dist::local_slices(c.options, world_size(), 0);
+  expect_same_error_everywhere([&] { c.forward(); }, ErrorCode::invalid_argument,
+                               "rank 0: bias: shape [1,2," + std::to_string(first.seq_q) + "," +
+                                   std::to_string(first.seq_k) + "] is not rank 0's slice");
+  EXPECT_TRUE(all_nan(c.out)) << "out was written";
+}
+
+TEST(RingErrors, MisshapedDbiasFailsEveryRankBeforeWriting) {
+  RingCase c(kShape, DType::f32, true, Placement::zigzag, memattn::Align::top_left, 1, MPI_COMM_WORLD,
+             add_bias);
+  c.forward();
+  if (world_rank() == 0) c.dbias = Buf(DType::f32, {1, kShape.Hq, c.mine.seq_q, kShape.Sk + 1});
+  expect_same_error_everywhere([&] { c.backward(); }, ErrorCode::invalid_argument, "rank 0: dbias: shape [1,2,");
+  EXPECT_TRUE(all_nan(c.dq)) << "dq was written";
+}
+
+TEST(RingErrors, DbiasWithoutBiasAndSinksAreRefused) {
+  RingCase c(kShape, DType::f32, true, Placement::zigzag);
+  c.forward();
+  Buf dbias(DType::f32, {1, 1, c.mine.seq_q, kShape.Sk});
+  const Tensor view = dbias.view();
+  expect_same_error_everywhere(
+      [&] {
+        memattn::dist::ring_backward(c.q.view(), c.k.view(), c.v.view(), c.out.view(), c.dout.view(), c.lse.view(),
+                                     c.dq.view(), c.dk.view(), c.dv.view(), c.options, MPI_COMM_WORLD, &view);
+      },
+      ErrorCode::invalid_argument, "rank 0: dbias: given, but options.attention.bias is null");
+  Buf sinks(DType::f32, {kShape.Hq});
+  sinks.fill(0);
+  const Tensor sinks_view = sinks.view();
+  c.options.attention.sinks = &sinks_view;
   expect_same_error_everywhere([&] { c.forward(); }, ErrorCode::unsupported,
-                               "rank 0: options.attention.window_left/right must be -1");
+                               "rank 0: options.attention.sinks: not supported by ring attention");
+}
+
+TEST(RingErrors, RanksThatDisagreeOnTheWindowFailAlike) {
+  if (world_size() < 2) GTEST_SKIP() << "needs two ranks";
+  RingCase c(kShape, DType::f32, true, Placement::zigzag);
+  c.options.attention.window_left = world_rank() == 1 ? 3 : 4;
+  expect_same_error_everywhere([&] { c.forward(); }, ErrorCode::invalid_argument,
+                               "ranks disagree on options.attention.window_left: values range from 3 to 4");
+  EXPECT_TRUE(all_nan(c.out));
+}
+
+TEST(RingErrors, DiagonalTooFarIsRefused) {
+  RingCase c(kShape, DType::f32, true, Placement::zigzag);
+  c.options.attention.diagonal_offset = int64_t(1) << 61;
+  expect_same_error_everywhere([&] { c.forward(); }, ErrorCode::size_overflow,
+                               "rank 0: options.attention.diagonal_offset 2305843009213693952 with global seq_q 13");
 }
 
 TEST(RingErrors, LocalSlicesRejectsBadArguments) {

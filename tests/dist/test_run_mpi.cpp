@@ -41,12 +41,15 @@ struct MpiCase {
   int64_t seq_q, seq_k, heads_q, heads_kv;
   bool fortran_v;  // v in Fortran order: the element-wise slice reader
   bool backward;   // also dq, dk, dv
+  const char* window = nullptr;  // --window L,R
+  bool mask = false;             // --mask of a row per query (cut per rank)
 };
 
 void PrintTo(const MpiCase& c, std::ostream* os) {
   *os << "np" << c.ranks << " " << c.placement << (c.causal ? " causal " : " ") << c.align << " seq " << c.seq_q
       << "/" << c.seq_k << " heads " << c.heads_q << "/" << c.heads_kv
-      << (c.fortran_v ? " fortran v" : "") << (c.backward ? " backward" : "");
+      << (c.fortran_v ? " fortran v" : "") << (c.backward ? " backward" : "")
+      << (c.window ? std::string(" window ") + c.window : "") << (c.mask ? " mask" : "");
 }
 
 class RunMpi : public testing::TestWithParam<MpiCase> {};
@@ -64,11 +67,14 @@ TEST_P(RunMpi, MatchesSingleProcessRun) {
     cli_test::write_npy(dir.path("v" + suffix + ".npy"), Array::random(dt, ks, 3, p.fortran_v));
     cli_test::write_npy(dir.path("dout" + suffix + ".npy"), Array::random(dt, qs, 4));
   }
+  if (p.mask) cli_test::write_npy(dir.path("mask.npy"), Array::random(DType::u8, {2, 1, p.seq_q, p.seq_k}, 5));
   const auto args = [&](const std::string& suffix, const std::string& out) {
     std::vector<std::string> a{"run", "--q", "q" + suffix + ".npy", "--k", "k" + suffix + ".npy",
                                "--v", "v" + suffix + ".npy", "-o", out + ".npy", "--lse", out + "_lse.npy",
                                "--align", p.align};
     if (p.causal) a.push_back("--causal");
+    if (p.window) a.insert(a.end(), {"--window", p.window});
+    if (p.mask) a.insert(a.end(), {"--mask", "mask.npy"});
     if (p.backward)
       a.insert(a.end(), {"--backward", "--dout", "dout" + suffix + ".npy", "--dq", out + "_dq.npy", "--dk",
                          out + "_dk.npy", "--dv", out + "_dv.npy"});
@@ -104,16 +110,20 @@ INSTANTIATE_TEST_SUITE_P(
                     MpiCase{2, "zigzag", true, "top_left", 13, 13, 2, 1, false, true},
                     MpiCase{3, "contiguous", true, "top_left", 17, 17, 4, 2, false, false},
                     MpiCase{3, "zigzag", true, "bottom_right", 11, 20, 2, 2, false, true},
-                    MpiCase{3, "zigzag", false, "top_left", 10, 7, 3, 1, true, false}));
+                    MpiCase{3, "zigzag", false, "top_left", 10, 7, 3, 1, true, false},
+                    MpiCase{3, "zigzag", true, "bottom_right", 13, 16, 2, 2, false, true, "5,-1", true},
+                    MpiCase{2, "contiguous", false, "top_left", 11, 11, 2, 1, false, false, "2,3", true}));
 
-// An option ring attention refuses, and a missing input: every rank exits 1, one message, no output.
+// An option ring attention refuses (a diagonal beyond its bounds), and a missing input: every rank exits 1, one message, no output.
 TEST(RunMpiErrors, EveryRankFailsWithOneMessage) {
   cli_test::ScratchDir dir;
   cli_test::write_npy(dir.path("q.npy"), Array::random(DType::f32, {1, 8, 2, 8}, 1));
   const struct {
     std::vector<std::string> extra;
     std::string message;
-  } cases[] = {{{"--window", "4,0"}, "window_left/right must be -1 for ring attention"},
+  } cases[] = {{{"--diagonal-offset", "4611686018427387905"},
+                "options.attention.diagonal_offset 4611686018427387905 with global seq_q 8 and seq_k 8 puts the "
+                "diagonal too far"},
                {{}, "missing.npy"}};
   for (const auto& c : cases) {
     std::vector<std::string> a = mpirun(3);
