@@ -36,15 +36,22 @@ struct CppFrontDoor : FrontDoor {
     o.num_threads = num_threads;
     const Tensor no_lse{};  // backward requires an lse: an empty default view must be refused
     const Tensor& lse = p.lse.present ? p.lse.view : no_lse;
+    const Tensor* block_table = p.block_table.present ? &p.block_table.view : nullptr;
     try {
-      if (pass == Pass::forward && bytes) *bytes = memattn::workspace_bytes(p.q.view, p.k.view, p.v.view, o);
-      if (pass == Pass::forward && !bytes)
+      if (pass == Pass::forward && p.mode == Mode::kvcache && bytes)
+        *bytes = memattn::kvcache_workspace_bytes(p.q.view, p.k.view, p.v.view, p.seqlens_k.view, block_table, o);
+      else if (pass == Pass::forward && p.mode == Mode::kvcache)
+        memattn::attention_with_kvcache(p.q.view, p.k.view, p.v.view, p.seqlens_k.view, block_table, p.out.view,
+                                        p.lse.present ? &p.lse.view : nullptr, o, ws);
+      else if (pass == Pass::forward && bytes)
+        *bytes = memattn::workspace_bytes(p.q.view, p.k.view, p.v.view, o);
+      else if (pass == Pass::forward)
         memattn::forward(p.q.view, p.k.view, p.v.view, p.out.view, p.lse.present ? &p.lse.view : nullptr, o, ws);
-      if (pass == Pass::backward && bytes)
+      else if (bytes)
         *bytes = memattn::backward_workspace_bytes(p.q.view, p.k.view, p.v.view, o, {p.dbias.present});
-      if (pass == Pass::backward && !bytes)
+      else
         memattn::backward(p.q.view, p.k.view, p.v.view, p.out.view, p.dout.view, lse, p.dq.view, p.dk.view, p.dv.view,
-                          o, p.dbias.present ? &p.dbias.view : nullptr, ws);
+                          o, p.dbias.present ? &p.dbias.view : nullptr, ws, p.dsinks.present ? &p.dsinks.view : nullptr);
       return 0;
     } catch (const memattn::Error& e) {
       check(int(e.code()) > 0 && e.what()[0] != '\0', "memattn::Error without a code or a message");
@@ -59,7 +66,7 @@ struct CppFrontDoor : FrontDoor {
 using Snapshot = std::map<const Bytes*, Bytes>;
 inline Snapshot snapshot(const Problem& p) {
   Snapshot s;
-  for (const Operand* op : {&p.q, &p.k, &p.v, &p.out, &p.lse, &p.mask, &p.bias, &p.dout, &p.dq, &p.dk, &p.dv, &p.dbias})
+  for (const Operand* op : p.all())
     if (op->store) s[op->store.get()] = *op->store;
   return s;
 }
@@ -142,6 +149,9 @@ inline bool exercise_pass(FrontDoor& door, const Problem& p, Pass pass, std::vec
     return false;
   }
   check(!p.options.scale || std::isfinite(*p.options.scale), std::string(name) + " accepted a non-finite scale");
+  // A call the decoder made invalid on purpose must have been refused.
+  const std::string& refusal = forward || !p.refusal.empty() ? p.refusal : p.backward_refusal;
+  check(refusal.empty(), std::string(name) + " accepted " + refusal);
   check_written_only_outputs(before, outputs, inputs, name);
   // Known bug, being fixed (issue 10, "scale overflow"): a finite double scale beyond float range is
   // accepted with f32/bf16/f16 inputs and gives NaN (fuzz/README.md has the reproducer). Until
@@ -161,7 +171,8 @@ inline bool exercise_pass(FrontDoor& door, const Problem& p, Pass pass, std::vec
   return true;
 }
 
-// The whole problem: sizing only when huge, else forward and, when asked, backward on its results.
+// The whole problem: sizing only when huge, else forward and, when asked, backward on its results
+// (attention_with_kvcache has no backward: the decoder asks for none).
 inline void exercise(FrontDoor& door, const Problem& p) {
   if (p.huge) {
     size_t bytes = 0;

@@ -33,11 +33,10 @@ inline void check(bool ok, const std::string& what) {
 
 // ---- Element encodings, written here so that the reference does not trust the library's ----
 
-inline bool valid_dtype(DType dt) { return uint8_t(dt) <= uint8_t(DType::u8); }
 inline size_t element_bytes(DType dt) {
   switch (dt) {
     case DType::bf16: case DType::f16: return 2;
-    case DType::f64: return 8;
+    case DType::f64: case DType::i64: return 8;
     case DType::u8: return 1;
     default: return 4;  // f32, and the storage of an invalid dtype the library must refuse
   }
@@ -75,6 +74,8 @@ inline double load(DType dt, const unsigned char* p) {
     }
     case DType::f16: { uint16_t h; std::memcpy(&h, p, 2); return f16_to_double(h); }
     case DType::u8: return *p;
+    case DType::i32: { int32_t i; std::memcpy(&i, p, 4); return i; }
+    case DType::i64: { int64_t i; std::memcpy(&i, p, 8); return double(i); }
     default: { float f; std::memcpy(&f, p, 4); return f; }
   }
 }
@@ -90,6 +91,8 @@ inline void store(DType dt, unsigned char* p, double x) {
     }
     case DType::f16: { const uint16_t h = f16_from_double(x); std::memcpy(p, &h, 2); return; }
     case DType::u8: *p = x != 0; return;
+    case DType::i32: { const int32_t i = int32_t(x); std::memcpy(p, &i, 4); return; }
+    case DType::i64: { const int64_t i = int64_t(x); std::memcpy(p, &i, 8); return; }
     default: { const float f = float(x); std::memcpy(p, &f, 4); return; }
   }
 }
@@ -215,12 +218,32 @@ inline void fill(const Operand& op, ValueSource& values) {
 }
 
 
+// How the batch reaches the library: dense [B, S, H, D] operands through forward/backward, packed
+// sequences with cu_seqlens (varlen), or new queries against a key/value cache
+// (attention_with_kvcache, forward only).
+enum class Mode { dense, varlen, kvcache };
+
+// One sequence of the batch as the reference reads it: where its query rows lie in q (and out,
+// lse, dq), and where each of its keys lies in k and v (and dk, dv): a batch and row (dense and
+// varlen) or a page and row (paged cache). Its lengths give its causal and window diagonal.
+struct Sequence {
+  int64_t q_batch = 0, q_row = 0, len_q = 0;
+  std::vector<std::array<int64_t, 2>> keys;
+  int64_t len_k() const { return int64_t(keys.size()); }
+};
+
 // One decoded call: operands, options and what to run. Not copyable: options point into it.
 struct Problem {
-  DType dtype = DType::f32;
-  int64_t B = 1, Sq = 1, Sk = 1, Hq = 1, Hkv = 1, D = 1, Dv = 1;
+  DType dtype = DType::f32;    // of q and out (and of k and v unless a KV cache dtype is decoded)
+  int64_t B = 1, Sq = 1, Sk = 1, Hq = 1, Hkv = 1, D = 1, Dv = 1;  // the dense shapes; sequences hold the rest
   Operand q, k, v, out, lse, mask, bias, dout, dq, dk, dv, dbias;
+  Operand alibi, sinks, dsinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, block_table;
   memattn::Options options;
+  Mode mode = Mode::dense;
+  std::vector<Sequence> sequences;
+  // Set when the decoder made the call invalid on purpose (what the contract refuses): a call that
+  // succeeds anyway is a finding. backward_refusal covers what only the backward refuses.
+  std::string refusal, backward_refusal;
   int threads_other = 1;       // the second run's thread count, for the bitwise comparison
   int workspace_mode = 0;      // 0: the library allocates; 1: exact caller workspace; 2: one byte short
   size_t workspace_misalign = 0;
@@ -232,14 +255,22 @@ struct Problem {
   Problem(const Problem&) = delete;
   Problem& operator=(const Problem&) = delete;
 
-  std::vector<const Operand*> inputs() const { return {&q, &k, &v, &mask, &bias, &dout}; }
+  std::vector<const Operand*> inputs() const {
+    return {&q, &k, &v, &mask, &bias, &dout, &alibi, &sinks, &cu_seqlens_q, &cu_seqlens_k, &seqlens_k, &block_table};
+  }
   std::vector<const Operand*> forward_outputs() const { return {&out, &lse}; }
-  std::vector<const Operand*> backward_outputs() const { return {&dq, &dk, &dv, &dbias}; }
+  std::vector<const Operand*> backward_outputs() const { return {&dq, &dk, &dv, &dbias, &dsinks}; }
+  std::vector<const Operand*> all() const {
+    std::vector<const Operand*> ops = inputs();
+    for (const Operand* op : {&out, &lse, &dq, &dk, &dv, &dbias, &dsinks}) ops.push_back(op);
+    return ops;
+  }
 };
 
-// Decodes the whole problem. Empty input gives a small valid f32 call, so every field's minimum is
-// the plain choice and the fuzzer reaches errors by moving away from it.
-inline void decode(FuzzedDataProvider& in, Problem& p, const std::vector<std::string>& targets) {
+// Decodes the dense problem (the layout every seed was written for; fuzz_modes.hpp decodes what
+// follows it). Empty input gives a small valid f32 call, so every field's minimum is the plain
+// choice and the fuzzer reaches errors by moving away from it.
+inline void decode_dense(FuzzedDataProvider& in, Problem& p, const std::vector<std::string>& targets) {
   static constexpr DType kDtypes[] = {DType::f32, DType::bf16, DType::f16, DType::f64, DType::f32,
                                       DType::u8, DType(9)};
   p.dtype = kDtypes[in.ConsumeIntegralInRange<size_t>(0, std::size(kDtypes) - 1)];

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "fuzz_input.hpp"
+#include "fuzz_modes.hpp"
 
 namespace fuzz {
 
@@ -19,9 +19,15 @@ inline Index broadcast_index(const Operand& op, int64_t b, int64_t h, int64_t i,
   return {s[0] == 1 ? 0 : b, s[1] == 1 ? 0 : h, s[2] == 1 ? 0 : i, s[3] == 1 ? 0 : j};
 }
 
-inline bool visible(const Problem& p, int64_t b, int64_t h, int64_t i, int64_t j) {
+// The diagonal of row i of a sequence: causal, window and ALiBi distances are taken from it, with
+// the sequence's own lengths.
+inline int64_t diagonal(const Problem& p, const Sequence& s, int64_t i) {
+  return p.options.align == memattn::Align::bottom_right ? i + s.len_k() - s.len_q : i;
+}
+
+inline bool visible(const Problem& p, const Sequence& s, int64_t b, int64_t h, int64_t i, int64_t j) {
   const memattn::Options& o = p.options;
-  const int64_t diag = o.align == memattn::Align::bottom_right ? i + p.Sk - p.Sq : i;
+  const int64_t diag = diagonal(p, s, i);
   if (o.causal && j > diag) return false;
   if (o.window_left >= 0 && diag - j > o.window_left) return false;
   if (o.window_right >= 0 && j - diag > o.window_right) return false;
@@ -32,6 +38,14 @@ inline bool visible(const Problem& p, int64_t b, int64_t h, int64_t i, int64_t j
 inline double resolved_scale(const Problem& p) {
   const double s = p.options.scale ? *p.options.scale : 1.0 / std::sqrt(double(p.D));
   return p.dtype == DType::f64 ? s : double(float(s));
+}
+inline double resolved_softcap(const Problem& p) {
+  return p.dtype == DType::f64 ? p.options.softcap : double(float(p.options.softcap));
+}
+// ALiBi's slope of (sequence b, head h): one per head, or one per batch entry and head.
+inline double slope(const Problem& p, int64_t b, int64_t h) {
+  const Operand& a = p.alibi;
+  return a.view.ndim == 1 ? a.get({h, 0, 0, 0}) : a.get({a.view.shape[0] == 1 ? 0 : b, h, 0, 0});
 }
 inline double accumulation_roundoff(const Problem& p) { return p.dtype == DType::f64 ? 0x1p-53 : 0x1p-24; }
 // Unit roundoff of products the kernels may take in the input dtype (P and dS rounded to bf16/f16).
@@ -50,6 +64,10 @@ struct RowReference {
   bool empty = true;      // no visible key, or every visible score -inf: out = +0, lse = -inf exactly
   bool no_visible = true; // nothing is read at all, so this holds even with NaN in q
   std::vector<double> p, score_error;  // per key; 0 where not visible
+  // Per key under a softcap: 1 - tanh^2 of the scaled score (the backward's chain rule) and its error.
+  std::vector<double> cap_slope, cap_slope_error;
+  double p_sink = 0, sink_error = 0;   // the sink's share of the softmax and its weight's error
+  double empty_lse = -INFINITY;        // the lse of an empty row: -inf, or the head's sink
   double lse = -INFINITY, lse_tol = 0;
   std::vector<double> o, o_tol;
 };
@@ -60,81 +78,121 @@ inline double abs_dot(const Operand& a, const Index& ia, const Operand& b, const
   return s;
 }
 
-inline RowReference reference_row(const Problem& p, int64_t b, int64_t h, int64_t i) {
+// Row i of query head h of sequence `seq` (the b-th): its keys are seq.keys, in k's and v's rows.
+inline RowReference reference_row(const Problem& p, const Sequence& seq, int64_t b, int64_t h, int64_t i) {
   RowReference r;
-  const int64_t g = h / (p.Hq / p.Hkv);
-  const double scale = resolved_scale(p), u = accumulation_roundoff(p);
+  const int64_t g = h / (p.Hq / p.Hkv), Sk = seq.len_k();
+  const Index qi{seq.q_batch, seq.q_row + i, h, 0};
+  const auto key = [&](int64_t j) { return Index{seq.keys[size_t(j)][0], seq.keys[size_t(j)][1], g, 0}; };
+  const double scale = resolved_scale(p), cap = resolved_softcap(p), u = accumulation_roundoff(p);
   const bool f64 = p.dtype == DType::f64;
-  r.p.assign(size_t(p.Sk), 0.0), r.score_error.assign(size_t(p.Sk), 0.0);
+  r.p.assign(size_t(Sk), 0.0), r.score_error.assign(size_t(Sk), 0.0);
+  r.cap_slope.assign(size_t(Sk), 1.0), r.cap_slope_error.assign(size_t(Sk), 0.0);
   r.o.assign(size_t(p.Dv), 0.0), r.o_tol.assign(size_t(p.Dv), 0.0);
+  if (p.sinks.present) r.empty_lse = p.sinks.get({h, 0, 0, 0});
   bool finite = true;
   double q_max = 0;
   for (int64_t d = 0; d < p.D; ++d) {
-    finite &= std::isfinite(p.q.get({b, i, h, d}));
-    q_max = std::max(q_max, std::fabs(p.q.get({b, i, h, d})));
+    finite &= std::isfinite(p.q.get({qi[0], qi[1], h, d}));
+    q_max = std::max(q_max, std::fabs(p.q.get({qi[0], qi[1], h, d})));
   }
-  std::vector<double> s(size_t(p.Sk), -INFINITY), conditioning(size_t(p.Sk), 0.0);
+  std::vector<double> s(size_t(Sk), -INFINITY), modifier_error(size_t(Sk), 0.0);
   double m = -INFINITY, v_max = 0;
   // The library keeps q * scale (flash) or q . k (naive) in f32 (f64 for f64 inputs), so scores
   // beyond that range are not compared (issue 10 names it: scale 1e20 with q ~ 1e20 overflows the
   // pre-scaled query; likewise scale 0 with q . k ~ 1e76 gives 0 * inf = NaN, not the mean of v).
   const double limit = f64 ? 1e300 : 1e37;
   bool in_range = q_max * std::fabs(scale) < limit;
-  for (int64_t j = 0; j < p.Sk; ++j) {
-    if (!visible(p, b, h, i, j)) continue;
+  for (int64_t j = 0; j < Sk; ++j) {
+    if (!visible(p, seq, b, h, i, j)) continue;
     r.no_visible = false;
+    const Index kj = key(j);
     double dot = 0;
-    for (int64_t d = 0; d < p.D; ++d) dot += p.q.get({b, i, h, d}) * p.k.get({b, j, g, d});
-    conditioning[size_t(j)] = std::fabs(scale) * abs_dot(p.q, {b, i, h}, p.k, {b, j, g}, p.D);
+    for (int64_t d = 0; d < p.D; ++d) dot += p.q.get({qi[0], qi[1], h, d}) * p.k.get({kj[0], kj[1], g, d});
+    const double conditioning = std::fabs(scale) * abs_dot(p.q, qi, p.k, kj, p.D);
+    // q.k rounds like a D-term sum of |q||k| (and the scale folded in).
+    double error = u * (double(p.D) + 2) * conditioning, sj = scale * dot;
+    if (cap > 0) {
+      // cap tanh(x / cap) is 1-Lipschitz in x and within +-cap: the score's error passes through at
+      // most whole (with the division's rounding), then tanh (2 ulp) and the product round.
+      const double t = std::tanh(sj / cap), passed = error + 2 * u * std::fabs(sj);
+      const double t_error = passed / cap + 4 * u * std::fabs(t);
+      r.cap_slope[size_t(j)] = 1 - t * t;
+      r.cap_slope_error[size_t(j)] = std::min(1.0, t_error * (2 * std::fabs(t) + t_error) + 2 * u);
+      sj = cap * t;
+      error = std::min(passed, 2 * cap) + 5 * u * std::fabs(sj);
+    }
+    if (p.alibi.present) {
+      // slope * distance rounds once (the distance is an exact small integer), its sum once more.
+      const double term = -slope(p, b, h) * double(std::llabs(diagonal(p, seq, i) - j));
+      sj += term;
+      error += u * (std::fabs(term) + std::fabs(sj));
+      in_range &= std::fabs(term) < limit;
+    }
+    modifier_error[size_t(j)] = error;
     const double bias = p.bias.present ? p.bias.get(broadcast_index(p.bias, b, h, i, j)) : 0.0;
-    s[size_t(j)] = scale * dot + bias;
-    for (int64_t d = 0; d < p.D; ++d) finite &= std::isfinite(p.k.get({b, j, g, d}));
+    s[size_t(j)] = sj + bias;
+    for (int64_t d = 0; d < p.D; ++d) finite &= std::isfinite(p.k.get({kj[0], kj[1], g, d}));
     for (int64_t d = 0; d < p.Dv; ++d) {
-      finite &= std::isfinite(p.v.get({b, j, g, d}));
-      v_max = std::max(v_max, std::fabs(p.v.get({b, j, g, d})));
+      finite &= std::isfinite(p.v.get({kj[0], kj[1], g, d}));
+      v_max = std::max(v_max, std::fabs(p.v.get({kj[0], kj[1], g, d})));
     }
     finite &= std::isfinite(bias) || bias == -INFINITY;
-    const double unscaled = abs_dot(p.q, {b, i, h}, p.k, {b, j, g}, p.D);
-    in_range &= std::max(conditioning[size_t(j)], unscaled) * double(p.D + 2) < limit && std::fabs(bias) < limit;
+    const double unscaled = abs_dot(p.q, qi, p.k, kj, p.D);
+    in_range &= std::max(conditioning, unscaled) * double(p.D + 2) < limit && std::fabs(bias) < limit;
     if (s[size_t(j)] != -INFINITY) r.empty = false;  // NaN scores too
     m = std::max(m, s[size_t(j)]);
   }
   // Known limitation (fuzz/README.md, "value sums beyond f32"): every algorithm sums unnormalised
   // weights (up to 1 each) times v in f32, so out overflows once Sk max|v| passes FLT_MAX although
   // the exact result (a mean of v) is finite. Such rows are not compared until that is fixed.
-  const bool value_sum_in_range = kValueSumsBeyondF32 || f64 || double(p.Sk) * v_max < 3.4e38;
+  const bool value_sum_in_range = kValueSumsBeyondF32 || f64 || double(Sk) * v_max < 3.4e38;
   r.checked = finite && in_range && value_sum_in_range;
   if (r.empty || !r.checked) return r;
-  double sum = 0;
-  for (int64_t j = 0; j < p.Sk; ++j) sum += r.p[size_t(j)] = std::exp(s[size_t(j)] - m);
-  double weighted_error = 0;  // sum_k p_k E_k
-  for (int64_t j = 0; j < p.Sk; ++j) {
+  // A sink joins the denominator as a key without a value; the reference normalises by the larger
+  // of it and the scores' maximum m (the library by m, or through logaddexp past exp's range).
+  const double sink = r.empty_lse, top = std::max(m, sink);
+  double sum = p.sinks.present ? std::exp(sink - top) : 0.0;
+  for (int64_t j = 0; j < Sk; ++j) sum += r.p[size_t(j)] = std::exp(s[size_t(j)] - top);
+  double weighted_error = 0, key_mass = 0;  // sum_k p_k E_k, sum_k p_k
+  for (int64_t j = 0; j < Sk; ++j) {
     r.p[size_t(j)] /= sum;
     if (r.p[size_t(j)] == 0) continue;
-    // q.k rounds like a D-term sum of |q||k|; |s| and |m| bound the rounding of the bias addition and
-    // of s - m in the exponent.
+    // |s| and |m| bound the rounding of the bias addition and of s - m in the exponent.
     // A score error e moves its weight by a factor up to e^(2e): expm1 keeps the bound honest where
     // e is not small (scores ~1e9 in f32 carry errors ~100; the softmax is then ill-conditioned).
-    const double e = u * ((double(p.D) + 2) * conditioning[size_t(j)] + std::fabs(s[size_t(j)]) + std::fabs(m));
+    const double e = modifier_error[size_t(j)] + u * (std::fabs(s[size_t(j)]) + std::fabs(m));
     r.score_error[size_t(j)] = 0.5 * std::expm1(2 * e);
     weighted_error += r.p[size_t(j)] * r.score_error[size_t(j)];
+    key_mass += r.p[size_t(j)];
   }
-  r.lse = m + std::log(sum);
-  const double log_sk = 1 + std::log2(double(p.Sk));
-  r.lse_tol = 2 * weighted_error + 16 * 0x1p-24 * (log_sk + std::fabs(r.lse)) + flushed_weight(p) * double(p.Sk);
+  // The sink's weight exp(sink - m) rounds in its argument like a score's; the normalisation of
+  // out is off by the keys' own weighted error (the whole of it past exp's range, where the library
+  // rescales the keys' sum by exp(row lse - lse)) plus the sink's.
+  double normalisation_error = weighted_error;
+  if (p.sinks.present) {
+    r.p_sink = std::exp(sink - top) / sum;
+    r.sink_error = 0.5 * std::expm1(2 * u * (std::fabs(sink) + std::fabs(m)));
+    normalisation_error = (key_mass > 0 ? weighted_error / key_mass : 0.0) + r.p_sink * r.sink_error;
+    weighted_error += r.p_sink * r.sink_error;
+  }
+  r.lse = top + std::log(sum);
+  const double log_sk = 1 + std::log2(double(Sk));
+  r.lse_tol = 2 * weighted_error + 16 * 0x1p-24 * (log_sk + std::fabs(r.lse)) + flushed_weight(p) * double(Sk);
   const double u_out = unit_roundoff(p.dtype), per_term = product_roundoff(p) + 16 * u * log_sk;
   for (int64_t d = 0; d < p.Dv; ++d) {
     double o = 0, abs_pv = 0, error_pv = 0;
-    for (int64_t j = 0; j < p.Sk; ++j) {
+    for (int64_t j = 0; j < Sk; ++j) {
       if (r.p[size_t(j)] == 0) continue;
-      const double vj = p.v.get({b, j, g, d});
+      const Index kj = key(j);
+      const double vj = p.v.get({kj[0], kj[1], g, d});
       o += r.p[size_t(j)] * vj;
       abs_pv += r.p[size_t(j)] * std::fabs(vj);
       error_pv += r.p[size_t(j)] * r.score_error[size_t(j)] * std::fabs(vj);
     }
     r.o[size_t(d)] = o;
-    r.o_tol[size_t(d)] = u_out * std::fabs(o) + per_term * abs_pv + 2 * (error_pv + weighted_error * abs_pv) +
-                         flushed_weight(p) * double(p.Sk) * v_max + absolute_floor(p);
+    r.o_tol[size_t(d)] = u_out * std::fabs(o) + per_term * abs_pv + 2 * (error_pv + normalisation_error * abs_pv) +
+                         flushed_weight(p) * double(Sk) * v_max + absolute_floor(p);
   }
   return r;
 }
@@ -156,29 +214,34 @@ inline bool judgeable(const Problem& p, double bound) {
 // Every row of the forward against the reference; returns the rows for the backward check.
 inline std::vector<RowReference> check_forward_against_reference(const Problem& p) {
   check(p.Hkv > 0 && p.Hq % p.Hkv == 0, "forward accepted heads_q not a multiple of heads_kv");
-  check(p.v.view.shape == Index{p.B, p.Sk, p.Hkv, p.Dv}, "forward accepted a v whose shape does not match k");
+  const Index& ks = p.k.view.shape;
+  check(p.v.view.shape == Index{ks[0], ks[1], p.Hkv, p.Dv}, "forward accepted a v whose shape does not match k");
   std::vector<RowReference> rows;
-  for (int64_t b = 0; b < p.B; ++b)
+  for (size_t b = 0; b < p.sequences.size(); ++b) {
+    const Sequence& seq = p.sequences[b];
     for (int64_t h = 0; h < p.Hq; ++h)
-      for (int64_t i = 0; i < p.Sq; ++i) {
-        RowReference r = reference_row(p, b, h, i);
-        const double lse = p.lse.present ? p.lse.get({b, h, i}) : 0.0;
+      for (int64_t i = 0; i < seq.len_q; ++i) {
+        RowReference r = reference_row(p, seq, int64_t(b), h, i);
+        const int64_t row = seq.q_row + i;
+        const double lse = p.lse.present ? p.lse.get({seq.q_batch, h, row}) : 0.0;
         for (int64_t d = 0; d < p.Dv; ++d) {
-          const double o = p.out.get({b, i, h, d});
+          const double o = p.out.get({seq.q_batch, row, h, d});
           if (r.no_visible || (r.empty && r.checked))
-            check(o == 0 && !std::signbit(o), where("fully masked out", b, h, i, d, o, 0, 0));
+            check(o == 0 && !std::signbit(o), where("fully masked out", int64_t(b), h, i, d, o, 0, 0));
           else if (r.checked && judgeable(p, r.o_tol[size_t(d)]))
             check(std::fabs(o - r.o[size_t(d)]) <= r.o_tol[size_t(d)],
-                  where("out", b, h, i, d, o, r.o[size_t(d)], r.o_tol[size_t(d)]));
+                  where("out", int64_t(b), h, i, d, o, r.o[size_t(d)], r.o_tol[size_t(d)]));
         }
+        // An empty row's lse is exactly -inf, or its head's sink (an f32 value, stored as is).
         if (p.lse.present && (r.no_visible || (r.empty && r.checked)))
-          check(lse == -INFINITY, where("fully masked lse", b, h, i, 0, lse, -INFINITY, 0));
+          check(lse == r.empty_lse, where("fully masked lse", int64_t(b), h, i, 0, lse, r.empty_lse, 0));
         else if (p.lse.present && r.checked && std::isinf(float(r.lse)))  // lse is f32, even for f64 inputs
-          check(lse == double(float(r.lse)), where("lse beyond f32 range", b, h, i, 0, lse, r.lse, 0));
+          check(lse == double(float(r.lse)), where("lse beyond f32 range", int64_t(b), h, i, 0, lse, r.lse, 0));
         else if (p.lse.present && r.checked && judgeable(p, r.lse_tol))
-          check(std::fabs(lse - r.lse) <= r.lse_tol, where("lse", b, h, i, 0, lse, r.lse, r.lse_tol));
+          check(std::fabs(lse - r.lse) <= r.lse_tol, where("lse", int64_t(b), h, i, 0, lse, r.lse, r.lse_tol));
         rows.push_back(std::move(r));
       }
+  }
   return rows;
 }
 
@@ -198,54 +261,71 @@ inline void check_backward_against_reference(const Problem& p, const std::vector
   std::vector<double> db(size_t(bs[0] * bs[1] * bs[2] * bs[3])), db_tol(db.size());
   const double scale = resolved_scale(p), u = accumulation_roundoff(p);
   const double u_mix = std::max(u, product_roundoff(p)), u_out = unit_roundoff(p.dtype);
-  const double terms = 1 + std::log2(double(std::max({p.Sq * p.Hq, p.Sk, p.Dv, p.D, int64_t(1)}) * 4));
+  // The longest sequence's rows and keys: how many terms any gradient element sums.
+  int64_t Sq = 0, Sk = 0;
+  for (const Sequence& seq : p.sequences) Sq = std::max(Sq, seq.len_q), Sk = std::max(Sk, seq.len_k());
+  const double terms = 1 + std::log2(double(std::max({Sq * p.Hq, Sk, p.Dv, p.D, int64_t(1)}) * 4));
   double magnitude = 1;
   for (const Operand* op : {&p.q, &p.k, &p.v, &p.dout})
     for_each_index(op->view, [&](const Index& i) { magnitude = std::max(magnitude, std::fabs(op->get(i))); });
-  const double floor = absolute_floor(p) + (p.dtype == DType::f64 ? 0.0 : flushed_weight(p) * double(p.Sq * p.Hq * p.Sk) *
+  const double floor = absolute_floor(p) + (p.dtype == DType::f64 ? 0.0 : flushed_weight(p) * double(Sq * p.Hq * Sk) *
                                                                             std::pow(magnitude, 3) * (1 + std::fabs(scale)));
+  std::vector<double> ds(size_t(p.Hq)), ds_tol(ds.size());  // dsinks
   size_t row = 0;
-  for (int64_t b = 0; b < p.B; ++b)
+  for (size_t b = 0; b < p.sequences.size(); ++b) {
+    const Sequence& seq = p.sequences[b];
     for (int64_t h = 0; h < p.Hq; ++h)
-      for (int64_t i = 0; i < p.Sq; ++i) {
+      for (int64_t i = 0; i < seq.len_q; ++i) {
         const RowReference& r = rows[row++];
         if (r.empty) continue;
-        const int64_t g = h / (p.Hq / p.Hkv);
-        double D = 0, abs_D = 0, weighted_error = 0;
+        const int64_t g = h / (p.Hq / p.Hkv), qb = seq.q_batch, qr = seq.q_row + i;
+        double D = 0, abs_D = 0, weighted_error = r.p_sink * r.sink_error;
         for (int64_t d = 0; d < p.Dv; ++d) {
-          D += p.dout.get({b, i, h, d}) * r.o[size_t(d)];
-          abs_D += std::fabs(p.dout.get({b, i, h, d})) * ((u_mix * terms + u_out) * std::fabs(r.o[size_t(d)]) + r.o_tol[size_t(d)]);
+          D += p.dout.get({qb, qr, h, d}) * r.o[size_t(d)];
+          abs_D += std::fabs(p.dout.get({qb, qr, h, d})) * ((u_mix * terms + u_out) * std::fabs(r.o[size_t(d)]) + r.o_tol[size_t(d)]);
         }
-        for (int64_t j = 0; j < p.Sk; ++j) weighted_error += r.p[size_t(j)] * r.score_error[size_t(j)];
-        for (int64_t j = 0; j < p.Sk; ++j) {
+        for (int64_t j = 0; j < seq.len_k(); ++j) weighted_error += r.p[size_t(j)] * r.score_error[size_t(j)];
+        // P is rebuilt from the f32 lse: relative error about u_f32 |lse| beside the score errors.
+        const auto rebuilt_error = [&](double P, double score_error) {
+          return P * std::expm1(2 * score_error + 2 * weighted_error + 16 * 0x1p-24 * (1 + std::fabs(r.lse)));
+        };
+        // dsinks[h] = -sum_rows P_sink D, summed in f64: the errors of P_sink and D, then f32's rounding.
+        ds[size_t(h)] -= r.p_sink * D;
+        ds_tol[size_t(h)] += rebuilt_error(r.p_sink, r.sink_error) * std::fabs(D) + r.p_sink * abs_D;
+        for (int64_t j = 0; j < seq.len_k(); ++j) {
           const double P = r.p[size_t(j)];
           if (P == 0) continue;
-          // P is rebuilt from the f32 lse: relative error about u_f32 |lse| beside the score errors.
-          const double eP = P * std::expm1(2 * r.score_error[size_t(j)] + 2 * weighted_error + 16 * 0x1p-24 * (1 + std::fabs(r.lse)));
+          const int64_t kb = seq.keys[size_t(j)][0], kr = seq.keys[size_t(j)][1];
+          const double eP = rebuilt_error(P, r.score_error[size_t(j)]);
           double dP = 0;
           for (int64_t d = 0; d < p.Dv; ++d) {
-            const double dO = p.dout.get({b, i, h, d});
-            dP += dO * p.v.get({b, j, g, d});
-            dv[flat(vs, b, j, g, d)] += P * dO;
-            dv_tol[flat(vs, b, j, g, d)] += (eP + u_mix * terms * P) * std::fabs(dO);
+            const double dO = p.dout.get({qb, qr, h, d});
+            dP += dO * p.v.get({kb, kr, g, d});
+            dv[flat(vs, kb, kr, g, d)] += P * dO;
+            dv_tol[flat(vs, kb, kr, g, d)] += (eP + u_mix * terms * P) * std::fabs(dO);
           }
           const double dS = P * (dP - D);
-          const double edS = eP * std::fabs(dP - D) + P * (u_mix * terms * 16 * abs_dot(p.dout, {b, i, h}, p.v, {b, j, g}, p.Dv) + abs_D);
+          const double edS = eP * std::fabs(dP - D) + P * (u_mix * terms * 16 * abs_dot(p.dout, {qb, qr, h}, p.v, {kb, kr, g}, p.Dv) + abs_D);
           const double dS_tol = edS + u_mix * terms * 16 * std::fabs(dS);
+          // Through a softcap dq and dk take dS (1 - tanh^2), with that factor's own error; dbias takes
+          // dS, as the bias is added after the cap.
+          const double slope = r.cap_slope[size_t(j)], dS_raw = dS * slope;
+          const double dS_raw_tol = dS_tol * slope + std::fabs(dS) * r.cap_slope_error[size_t(j)] + u * std::fabs(dS_raw);
           for (int64_t d = 0; d < p.D; ++d) {
-            const double kd = p.k.get({b, j, g, d}), qd = p.q.get({b, i, h, d});
-            dq[flat(qs, b, i, h, d)] += scale * dS * kd;
-            dq_tol[flat(qs, b, i, h, d)] += std::fabs(scale) * dS_tol * std::fabs(kd);
-            dk[flat(ks, b, j, g, d)] += scale * dS * qd;
-            dk_tol[flat(ks, b, j, g, d)] += std::fabs(scale) * dS_tol * std::fabs(qd);
+            const double kd = p.k.get({kb, kr, g, d}), qd = p.q.get({qb, qr, h, d});
+            dq[flat(qs, qb, qr, h, d)] += scale * dS_raw * kd;
+            dq_tol[flat(qs, qb, qr, h, d)] += std::fabs(scale) * dS_raw_tol * std::fabs(kd);
+            dk[flat(ks, kb, kr, g, d)] += scale * dS_raw * qd;
+            dk_tol[flat(ks, kb, kr, g, d)] += std::fabs(scale) * dS_raw_tol * std::fabs(qd);
           }
           if (p.dbias.present) {
-            const Index bi = broadcast_index(p.bias, b, h, i, j);
+            const Index bi = broadcast_index(p.bias, int64_t(b), h, i, j);
             db[flat(bs, bi[0], bi[1], bi[2], bi[3])] += dS;
             db_tol[flat(bs, bi[0], bi[1], bi[2], bi[3])] += dS_tol;
           }
         }
       }
+  }
   const auto compare = [&](const char* name, const Operand& got, const std::vector<double>& want,
                            const std::vector<double>& tol) {
     const Index s = got.view.shape;
@@ -272,6 +352,11 @@ inline void check_backward_against_reference(const Problem& p, const std::vector
   };
   compare("dq", p.dq, dq, dq_tol), compare("dk", p.dk, dk, dk_tol), compare("dv", p.dv, dv, dv_tol);
   if (p.dbias.present) compare("dbias", p.dbias, db, db_tol);
+  if (p.dsinks.present)  // [heads_q]: flat index h
+    for (int64_t h = 0; h < p.Hq; ++h) {
+      const double bound = ds_tol[size_t(h)] + (0x1p-24 + u) * std::fabs(ds[size_t(h)]) + floor + 0x1p-150, x = p.dsinks.get({h, 0, 0, 0});
+      if (judgeable(p, bound)) check(std::fabs(x - ds[size_t(h)]) <= bound, where("dsinks", 0, h, 0, 0, x, ds[size_t(h)], bound));
+    }
 }
 
 }  // namespace fuzz

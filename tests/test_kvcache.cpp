@@ -271,3 +271,67 @@ TEST(KvCache, score_modifiers_equal_dense_forward) {
       }
     }
 }
+
+// Found by fuzz_forward: a block table without entries ([batch, 0]: every sequence empty) may have
+// null data, and a nonzero batch stride must not be applied to it (UB that the sanitizer build of
+// this suite reports). Every row sees no key: out = 0, lse = -inf.
+TEST(KvCache, null_block_table_without_entries) {
+  Buf q(DType::f32, {2, 1, 1, 4}), cache(DType::f32, {1, 4, 1, 4}), out(DType::f32, {2, 1, 1, 4}), lse(DType::f32, {2, 1, 1});
+  fill_randn(q, 3), fill_randn(cache, 4), out.fill(kNaN), lse.fill(kNaN);
+  std::vector<int32_t> seqlens{0, 0};
+  const Tensor table = Tensor::strided(nullptr, DType::i32, {2, 0}, {3, 1});
+  const Tensor lse_view = lse.view();
+  memattn::attention_with_kvcache(q.view(), cache.view(), cache.view(),
+                                  Tensor::contiguous(seqlens.data(), DType::i32, {2}), &table, out.view(), &lse_view, {});
+  for (int64_t e = 0; e < out.numel(); ++e) EXPECT_EQ(out.get(e), 0.0) << e;
+  for (int64_t e = 0; e < lse.numel(); ++e) EXPECT_EQ(lse.get(e), -std::numeric_limits<double>::infinity()) << e;
+}
+
+// Found by fuzz_c_api: enum values outside their enums are invalid_argument on every entry point
+// (docs/api.md, "Errors"), and the C API checks them first; attention_with_kvcache reported a mask
+// or a reference algorithm as unsupported before them, so the C and C++ calls disagreed.
+TEST(KvCache, enum_values_before_unsupported_options) {
+  KvCase c({5, 9}, 4, 2, DType::f32);
+  const Tensor sl = c.seqlens_view(), bt = c.table_view(), out = c.out.view();
+  Buf mask(DType::u8, {1, 1, 1, 1});
+  const Tensor mv = mask.view();
+  memattn::Options o = c.options;
+  o.algorithm = memattn::Algorithm(42);
+  c.out.fill(7.0);
+  expect_error([&] { memattn::attention_with_kvcache(c.q.view(), c.k_cache.view(), c.v_cache.view(), sl, &bt, out, nullptr, o); },
+               ErrorCode::invalid_argument, {"options.algorithm: expected one of", "got 42"}, {&c.out});
+  o = c.options;
+  o.mask = &mv;
+  Tensor bad_q = c.q.view();
+  bad_q.dtype = DType(42);
+  expect_error([&] { memattn::attention_with_kvcache(bad_q, c.k_cache.view(), c.v_cache.view(), sl, &bt, out, nullptr, o); },
+               ErrorCode::invalid_argument, {"q.dtype: expected one of", "got 42"}, {&c.out});
+  o.algorithm = memattn::Algorithm::naive;
+  expect_error([&] { memattn::attention_with_kvcache(c.q.view(), c.k_cache.view(), c.v_cache.view(), sl, &bt, out, nullptr, o); },
+               ErrorCode::unsupported, {"mask: not supported by attention_with_kvcache"}, {&c.out});
+}
+
+// Found by fuzz_c_api: ALiBi slopes of shape [batch, heads_q] gave every sequence batch 0's slopes
+// (each sequence runs as its own batch-1 problem). Each sequence must equal its dense forward with
+// its own row of slopes.
+TEST(KvCache, per_batch_alibi_slopes_per_sequence) {
+  const std::vector<std::vector<double>> rows = {{0.5, 0.25, 0.125, 0.0625}, {1.0, 2.0, 0.75, 0.375}};
+  Buf alibi(DType::f32, {2, 4});
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t h = 0; h < 4; ++h) alibi.set(b * 4 + h, rows[size_t(b)][size_t(h)]);
+  const Tensor alibi_view = alibi.view();
+  for (int64_t ps : {0, 16}) {
+    KvCase c({7, 20}, ps, 2, DType::f32, 5);
+    c.options.alibi_slopes = &alibi_view, c.options.key_chunk = 16;
+    c.run();
+    for (size_t b = 0; b < c.lens.size(); ++b) {
+      BackwardCase d = c.dense(b);
+      d.set_alibi({4}, rows[b]);
+      d.out.fill(kNaN);
+      d.run();
+      Buf got(c.dtype, {1, c.sq, c.hq, c.dv});
+      for (int64_t e = 0; e < got.numel(); ++e) got.set(e, c.out.get(int64_t(b) * got.numel() + e));
+      EXPECT_EQ(bitwise_difference(got, d.out), "") << "page " << ps << ", sequence " << b;
+    }
+  }
+}

@@ -32,16 +32,19 @@ void check_cache_pair(const Tensor& k, const Tensor& v) {
 std::vector<Params> kvcache_parts(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                                   const Tensor& seqlens_k, const Tensor* block_table, const Tensor* out,
                                   const Tensor* lse, const Options& o) {
-  for (const auto& [t, name] : {std::pair{o.mask, "mask"}, std::pair{o.bias, "bias"}})
-    if (t) fail(ErrorCode::unsupported, cat(name, ": not supported by attention_with_kvcache"));
   if (is_varlen(o))
     fail(ErrorCode::invalid_argument,
          "cu_seqlens_q/cu_seqlens_k: attention_with_kvcache takes per-sequence key lengths in seqlens_k");
-  if (o.algorithm != Algorithm::automatic && o.algorithm != Algorithm::flash)
-    fail(ErrorCode::unsupported, cat("algorithm: attention_with_kvcache runs the flash algorithm (automatic or "
-                                     "flash), got ", algorithm_name(o.algorithm)));
+  // Malformed operands and enum values (invalid_argument on every entry point, docs/api.md
+  // "Errors") are reported before what this call does not take (unsupported), as the C API, which
+  // checks its enum fields first, reports them.
+  const std::pair<const Tensor*, const char*> refused[] = {{o.mask, "mask"}, {o.bias, "bias"}};
+  for (const auto& [t, name] : refused)
+    if (t) check_tensor(*t, name, 4);
   check_tensor(k_cache, "k_cache", 4);
   check_tensor(v_cache, "v_cache", 4);
+  check_tensor(seqlens_k, "seqlens_k", 1);
+  if (block_table) check_tensor(*block_table, "block_table", 2);
   check_cache_pair(k_cache, v_cache);
   const int64_t batch = q.ndim == 4 ? q.shape[0] : 0;
   // The forward's checks of q, out, lse, dtypes, heads, dims and options, against caches without
@@ -51,7 +54,14 @@ std::vector<Params> kvcache_parts(const Tensor& q, const Tensor& k_cache, const 
     t.shape = {batch, 0, cache.shape[2], cache.shape[3]};
     return t;
   };
-  Params whole = make_forward_params(q, keyless(k_cache), keyless(v_cache), out, lse, o);
+  Options taken = o;
+  taken.mask = taken.bias = nullptr;
+  Params whole = make_forward_params(q, keyless(k_cache), keyless(v_cache), out, lse, taken);
+  for (const auto& [t, name] : refused)
+    if (t) fail(ErrorCode::unsupported, cat(name, ": not supported by attention_with_kvcache"));
+  if (o.algorithm != Algorithm::automatic && o.algorithm != Algorithm::flash)
+    fail(ErrorCode::unsupported, cat("algorithm: attention_with_kvcache runs the flash algorithm (automatic or "
+                                     "flash), got ", algorithm_name(o.algorithm)));
 
   check_indices(seqlens_k, "seqlens_k", 1, batch, "[batch]");
   const bool paged = block_table != nullptr;
@@ -99,7 +109,10 @@ std::vector<Params> kvcache_parts(const Tensor& q, const Tensor& k_cache, const 
                cat("block_table[", b, "][", page, "]=", index, " is not a page of k_cache (num_pages ",
                    k_cache.shape[0], "); sequence ", b, " has ", len, " keys"));
       }
-      p.pages = static_cast<const char*>(block_table->data) + row * int64_t(dtype_size(block_table->dtype));
+      // A table without entries (max_pages 0, every sequence empty) may be null: nothing to offset.
+      p.pages = block_table->numel() == 0
+                    ? block_table->data
+                    : static_cast<const char*>(block_table->data) + row * int64_t(dtype_size(block_table->dtype));
       p.page_dtype = block_table->dtype;
       p.page_size = page_size;
       p.page_stride[1] = block_table->strides[1];
