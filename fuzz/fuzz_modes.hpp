@@ -301,11 +301,10 @@ inline void decode(FuzzedDataProvider& in, Problem& p, const std::vector<std::st
   decode_modifiers(in, p);
   std::string planner_refusal;
   const auto [k_dtype, v_dtype] = decode_kv_dtypes(in, p, planner_refusal);
-  // Varlen and KV cache calls plan each sequence on its own, so what only the planner refuses (f64
-  // on flash, a KV cache mix on a reference algorithm) is refused where there is a sequence: a call
-  // without any plans nothing and passes (fuzz/README.md).
+  // What only the planner refuses (f64 on flash, a KV cache mix on a reference algorithm) is
+  // refused by every call, one without sequences too (fuzz/README.md).
   const auto planned = [&] {
-    if (p.refusal.empty() && (p.mode == Mode::dense || !p.sequences.empty())) p.refusal = planner_refusal;
+    if (p.refusal.empty()) p.refusal = planner_refusal;
   };
   switch (in.ConsumeIntegralInRange(0, 2)) {
     case 1: to_varlen(in, p, k_dtype, v_dtype); return planned();

@@ -173,3 +173,26 @@ TEST(Varlen, tile_family_ignores_offsets) {
   c.options.max_seqlen_q = 3;
   EXPECT_STREQ(memattn::tile_family(DType::f32, c.options), memattn::tile_family(DType::f32));
 }
+
+// A call without sequences (cu_seqlens [0]; attention_with_kvcache with batch 0) computes nothing
+// but is refused where a call with sequences would be: f64 on flash, forward and backward.
+TEST(Varlen, EmptyCallsRefusedLikeCallsWithSequences) {
+  for (const std::vector<int64_t>& lengths : {std::vector<int64_t>{}, std::vector<int64_t>{2}}) {
+    VarlenCase c(lengths, lengths, 2, 1, 4, 4, DType::f64);
+    c.options.algorithm = memattn::Algorithm::flash;
+    SCOPED_TRACE(lengths.empty() ? "no sequence" : "one sequence");
+    expect_error([&] { c.forward(); }, ErrorCode::unsupported, {"algorithm: flash takes f32, bf16 or f16"});
+    c.options.algorithm = memattn::Algorithm::naive;
+    c.forward();
+    c.options.algorithm = memattn::Algorithm::flash;
+    expect_error([&] { c.backward(); }, ErrorCode::unsupported, {"flash"});
+  }
+  Buf q(DType::f64, {0, 1, 2, 4}), cache(DType::f64, {0, 3, 1, 4}), out(DType::f64, {0, 1, 2, 4});
+  Buf lens(DType::i32, {0});
+  expect_error(
+      [&] {
+        memattn::attention_with_kvcache(q.view(), cache.view(), cache.view(), lens.view(), nullptr, out.view(), nullptr,
+                                        memattn::Options{}, {});
+      },
+      ErrorCode::unsupported, {"algorithm: flash takes f32, bf16 or f16"});
+}

@@ -14,10 +14,15 @@ namespace memattn {
 namespace detail {
 namespace {
 
-// The call's parts (the dense problem, or one per varlen sequence), each planned as a dense call.
+// The call's parts (the dense problem, or one per varlen sequence), each planned as a dense call;
+// a call without sequences is planned whole, so that it is refused as one with sequences would be.
 BackwardParts plan(const BackwardParams& whole, const Options& o) {
   BackwardParts parts = split_sequences(whole, o);
   for (BackwardParams& p : parts) plan_backward(p, o);
+  if (parts.empty()) {
+    BackwardParams probe = whole;
+    plan_backward(probe, o);
+  }
   return parts;
 }
 

@@ -21,10 +21,15 @@ namespace detail {
 namespace {
 
 // The call's parts (the dense problem, or one per varlen sequence), each planned as a dense call.
+// A call without sequences (cu_seqlens [0]) computes nothing, but what the planner refuses (f64 on
+// flash, a bf16/f16 cache on a reference algorithm) it refuses as a call with sequences would: the
+// whole call is planned instead.
 Parts plan(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* out, const Tensor* lse,
            const Options& o) {
-  Parts parts = split_sequences(make_forward_params(q, k, v, out, lse, o), o);
+  Params whole = make_forward_params(q, k, v, out, lse, o);
+  Parts parts = split_sequences(whole, o);
   for (Params& p : parts) plan_forward(p, o);
+  if (parts.empty()) plan_forward(whole, o);
   return parts;
 }
 
@@ -57,12 +62,15 @@ void run(const Parts& parts, void* ws) {
 }
 
 // attention_with_kvcache's parts, planned on the flash algorithm (the one that reads paged keys).
+// A batch of 0 sequences is planned whole, as plan() does.
 Parts plan_kvcache(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& seqlens_k,
                    const Tensor* block_table, const Tensor* out, const Tensor* lse, const Options& o) {
-  Parts parts = kvcache_parts(q, k_cache, v_cache, seqlens_k, block_table, out, lse, o);
+  Params whole;
+  Parts parts = kvcache_parts(q, k_cache, v_cache, seqlens_k, block_table, out, lse, o, &whole);
   Options flash = o;
   flash.algorithm = Algorithm::flash;
   for (Params& p : parts) plan_forward(p, flash);
+  if (parts.empty()) plan_forward(whole, flash);
   return parts;
 }
 

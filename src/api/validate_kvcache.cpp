@@ -31,7 +31,7 @@ void check_cache_pair(const Tensor& k, const Tensor& v) {
 
 std::vector<Params> kvcache_parts(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                                   const Tensor& seqlens_k, const Tensor* block_table, const Tensor* out,
-                                  const Tensor* lse, const Options& o) {
+                                  const Tensor* lse, const Options& o, Params* whole_call) {
   if (is_varlen(o))
     fail(ErrorCode::invalid_argument,
          "cu_seqlens_q/cu_seqlens_k: attention_with_kvcache takes per-sequence key lengths in seqlens_k");
@@ -57,6 +57,7 @@ std::vector<Params> kvcache_parts(const Tensor& q, const Tensor& k_cache, const 
   Options taken = o;
   taken.mask = taken.bias = nullptr;
   Params whole = make_forward_params(q, keyless(k_cache), keyless(v_cache), out, lse, taken);
+  if (whole_call) *whole_call = whole;
   for (const auto& [t, name] : refused)
     if (t) fail(ErrorCode::unsupported, cat(name, ": not supported by attention_with_kvcache"));
   if (o.algorithm != Algorithm::automatic && o.algorithm != Algorithm::flash)
