@@ -79,4 +79,20 @@ int start_tool(const std::vector<std::string>& args, const std::string& cwd);
 // /usr/bin/python3 with numpy importable, else "".
 std::string python_with_numpy();
 
+// The parameter list of a `memattn run` suite: every forward case, then every backward case with
+// `backward` set, each once as it is and once through the progress split (name + "_progress",
+// MEMATTN_FORCE_PROGRESS=1). Case has `name`, `backward` and `force_progress`.
+template <typename Case>
+std::vector<Case> with_progress_variants(const std::vector<Case>& forward, const std::vector<Case>& backward) {
+  std::vector<Case> all;
+  for (const std::vector<Case>* cases : {&forward, &backward})
+    for (Case c : *cases) {
+      c.backward = cases == &backward;
+      all.push_back(c);
+      c.name += "_progress", c.force_progress = true;
+      all.push_back(c);
+    }
+  return all;
+}
+
 }  // namespace memattn::cli_test

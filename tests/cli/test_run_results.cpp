@@ -191,11 +191,6 @@ std::vector<Case> cases() {
         c.name = "long_causal", c.seq_q = c.seq_k = 300, c.dim = c.dim_v = 16, c.batch = 1, c.causal = true;
       }),
   };
-  std::vector<Case> all;
-  for (const Case& f : forward_cases) {
-    all.push_back(f);
-    all.push_back(with(f, [](Case& c) { c.name += "_progress", c.force_progress = true; }));
-  }
   const std::vector<Case> backward_cases = {
       with(base, [&](Case& c) { c.name = "backward_f32", c.mask = per_head_mask, c.bias = per_batch_bias, c.causal = true; }),
       with(base, [](Case& c) { c.name = "backward_f32_no_lse_file", c.lse = false; }),
@@ -212,11 +207,7 @@ std::vector<Case> cases() {
         c.name = "backward_long", c.seq_q = c.seq_k = 300, c.dim = c.dim_v = 16, c.batch = 1, c.causal = true;
       }),
   };
-  for (const Case& b : backward_cases) {
-    all.push_back(with(b, [](Case& c) { c.backward = true; }));
-    all.push_back(with(b, [](Case& c) { c.backward = true, c.name += "_progress", c.force_progress = true; }));
-  }
-  return all;
+  return with_progress_variants(forward_cases, backward_cases);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, CliRunResults, testing::ValuesIn(cases()),

@@ -212,11 +212,6 @@ std::vector<Case> cases() {
       }),
       with(paged, [](Case& c) { c.name = "paged_f32_q_f16_kv", c.kv_dtype = DType::f16, c.causal = true; }),
   };
-  std::vector<Case> all;
-  for (const Case& f : forward_cases) {
-    all.push_back(f);
-    all.push_back(with(f, [](Case& c) { c.name += "_progress", c.force_progress = true; }));
-  }
   const std::vector<Case> backward_cases = {
       with(varlen, [](Case& c) { c.name = "backward_varlen", c.causal = true; }),
       with(varlen, [](Case& c) {
@@ -224,11 +219,7 @@ std::vector<Case> cases() {
         c.softcap = 1.25, c.lse = false;
       }),
   };
-  for (const Case& b : backward_cases) {
-    all.push_back(with(b, [](Case& c) { c.backward = true; }));
-    all.push_back(with(b, [](Case& c) { c.backward = true, c.name += "_progress", c.force_progress = true; }));
-  }
-  return all;
+  return with_progress_variants(forward_cases, backward_cases);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, CliRunSequences, testing::ValuesIn(cases()),
