@@ -59,8 +59,13 @@ uint64_t read_fastest(const uint64_t* p, size_t n) { return read_words(p, n); }
 
 }  // namespace
 
-double measure_read_gbps(int threads) {
-  const size_t words = kBytes / sizeof(uint64_t);
+namespace {
+
+// Best of kRuns GB/s of `threads` threads each running read(slice, words) over its own slice of a
+// buffer of `bytes`.
+template <typename Read>
+double best_gbps(int threads, size_t bytes, Read read) {
+  const size_t words = bytes / sizeof(uint64_t);
   std::vector<uint64_t> buf(words);
   // Touched by the threads that will read it (first-touch places the pages near them).
   const size_t per = words / size_t(threads) / 8 * 8;
@@ -74,7 +79,7 @@ double measure_read_gbps(int threads) {
     pool.clear();
     const auto t0 = std::chrono::steady_clock::now();
     for (int t = 0; t < threads; ++t)
-      pool.emplace_back([&, t] { sink[size_t(t)] = read_fastest(buf.data() + size_t(t) * per, per); });
+      pool.emplace_back([&, t] { sink[size_t(t)] = read(buf.data() + size_t(t) * per, per); });
     for (auto& th : pool) th.join();
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     best = std::max(best, double(per * size_t(threads) * sizeof(uint64_t)) / s / 1e9);
@@ -83,6 +88,27 @@ double measure_read_gbps(int threads) {
   volatile uint64_t keep = 0;
   for (uint64_t s : sink) keep = keep + s;
   return best;
+}
+
+}  // namespace
+
+double measure_read_gbps(int threads) { return best_gbps(threads, kBytes, read_fastest); }
+
+double measure_head_walk_gbps(int threads, int64_t kv_heads, size_t row_bytes, int64_t chunk) {
+  const size_t row = std::max<size_t>(row_bytes / sizeof(uint64_t), 1), key = row * size_t(kv_heads);
+  // Rows shorter than 4 lines are summed inline: a call per row made the small shapes of the tests
+  // take seconds. A quarter of the plain read's buffer, still 8x the largest L3.
+  return best_gbps(threads, kBytes / 4, [&](const uint64_t* p, size_t words) {
+    const size_t keys = words / key, c = size_t(chunk);
+    uint64_t s = 0;
+    for (size_t j0 = 0; j0 < keys; j0 += c)
+      for (size_t h = 0; h < size_t(kv_heads); ++h)
+        for (size_t j = j0; j < std::min(keys, j0 + c); ++j) {
+          const uint64_t* r = p + j * key + h * row;
+          s += row >= 32 ? read_fastest(r, row) : read_words(r, row);
+        }
+    return s;
+  });
 }
 
 }  // namespace memattn::tool

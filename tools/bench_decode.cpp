@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bandwidth.hpp"
@@ -16,6 +17,10 @@
 
 namespace memattn::tool {
 namespace {
+
+// The key chunk of the head-walk read: the order, not the chunk length, is what it measures (Zen
+// 4, f32 rows of 8 heads: 10-16 GB/s head by head for chunks of 8 to 256 keys, 20-25 key by key).
+constexpr int64_t kWalkChunk = 128;
 
 struct DecodeRow {
   int64_t seq_q, seq_k, page_size;
@@ -80,6 +85,11 @@ int bench_decode_main(const DecodeConfig& c) {
   const PeakIsa isa = detect_peak_isa();
   std::map<int, double> peak;
   for (int64_t t : c.threads) peak[int(t)] = measure_read_gbps(int(t));
+  // What the decode items' order of reading a BSHD cache allows, per cache dtype and thread count.
+  std::map<std::pair<DType, int>, double> walk;
+  for (DType dt : c.cache_dtypes)
+    for (int64_t t : c.threads)
+      walk[{dt, int(t)}] = measure_head_walk_gbps(int(t), c.kv_heads, size_t(c.d) * dtype_size(dt), kWalkChunk);
   std::vector<DecodeRow> rows;
   for (DType dt : c.cache_dtypes)
     for (int64_t sk : c.seq_k)
@@ -99,10 +109,11 @@ int bench_decode_main(const DecodeConfig& c) {
       std::printf("  {\"direction\": \"decode\", \"seq_q\": %lld, \"seq_k\": %lld, \"cache_dtype\": \"%s\", "
                   "\"q_dtype\": \"%s\", \"page_size\": %lld, \"d\": %lld, \"heads\": %lld, \"kv_heads\": %lld, \"threads\": %d, "
                   "\"reps\": %lld, \"ms\": %.4f, \"gbps\": %.3f, \"peak_gbps\": %.3f, \"ratio\": %.4f, "
-                  "\"cpu\": \"%s\"}%s\n",
+                  "\"head_walk_gbps\": %.3f, \"cpu\": \"%s\"}%s\n",
                   (long long)r.seq_q, (long long)r.seq_k, dtype_name(r.cache), dtype_name(r.query), (long long)r.page_size, (long long)c.d,
                   (long long)c.heads, (long long)c.kv_heads, r.threads, (long long)r.reps, r.ms, r.gbps,
-                  peak.at(r.threads), r.gbps / peak.at(r.threads), isa.cpu.c_str(), i + 1 < rows.size() ? "," : "");
+                  peak.at(r.threads), r.gbps / peak.at(r.threads), walk.at({r.cache, r.threads}), isa.cpu.c_str(),
+                  i + 1 < rows.size() ? "," : "");
     }
     std::printf("]\n");
     return 0;
@@ -110,6 +121,9 @@ int bench_decode_main(const DecodeConfig& c) {
   std::fprintf(stderr, "\n");
   std::printf("CPU: %s\nmemory read bandwidth measured now (1 GiB read, best of 5):", isa.cpu.c_str());
   for (const auto& [t, g] : peak) std::printf("  %d thread%s %.1f GB/s", t, t > 1 ? "s" : "", g);
+  std::printf("\nthe same read one kv head's rows at a time (%lld-key chunks, the decode walk of a BSHD cache):", (long long)kWalkChunk);
+  for (const auto& [key, g] : walk)
+    std::printf("  %s %d thread%s %.1f GB/s", dtype_name(key.first), key.second, key.second > 1 ? "s" : "", g);
   std::printf("\n\ndecode: causal bottom-right, queries in the cache's dtype or f32 (q), %lld query heads : %lld kv heads, d = %lld, "
               "one sequence, contiguous cache (page 0) or pages behind a block table\nGB/s = K and V bytes / median call time; ratio to the "
               "bandwidth above for the thread count\n\n",

@@ -1,7 +1,8 @@
 /* Tests of memattn_attention_with_kvcache, compiled as C: a paged cache (pages of 3 keys, handed
  * out out of order, unused rows NaN) and a dense one, each sequence bitwise equal to
  * memattn_forward on its own keys, the cache in bf16 read by f32 queries (the same bits as the f32
- * cache of the widened values), and a bad page index refused with out left untouched. */
+ * cache of the widened values), ALiBi slopes per sequence, and a bad page index refused with out
+ * left untouched. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -110,8 +111,34 @@ static void test_bf16_cache_with_f32_queries(void) {
   CHECK(memcmp(mixed, wide, sizeof mixed) == 0);
 }
 
+/* ALiBi slopes per sequence ([batch, heads_q], FlashAttention's convention): sequence b takes row
+ * b, bitwise as memattn_forward on its own keys with that row as its [heads_q] slopes. */
+static void test_per_sequence_alibi_slopes(void) {
+  float slopes[B * H] = {0.5f, 0.25f, 0.125f, 1.5f};
+  memattn_tensor tq_ = TENSOR(cq, MEMATTN_F32, B, SQ_, H, E), to_ = TENSOR(cout_, MEMATTN_F32, B, SQ_, H, E),
+                 tlens = TENSOR(lens, MEMATTN_I32, B), ttable = TENSOR(table, MEMATTN_I32, B, MAX_PAGES),
+                 tk_ = TENSOR(kpages, MEMATTN_F32, PAGES, PAGE, HK, E), tv_ = TENSOR(vpages, MEMATTN_F32, PAGES, PAGE, HK, E),
+                 tslopes = TENSOR(slopes, MEMATTN_F32, B, H);
+  memattn_options o = kv_options();
+  o.alibi_slopes = &tslopes;
+  memset(cout_, 0xFF, sizeof cout_);
+  CHECK(memattn_attention_with_kvcache(&tq_, &tk_, &tv_, &tlens, &ttable, &to_, NULL, &o, kNoWorkspace) == MEMATTN_OK);
+  for (int b = 0; b < B; ++b) {
+    float want[SQ_ * H * E];
+    memattn_tensor dq_ = TENSOR(cq + b * SQ_ * H * E, MEMATTN_F32, 1, SQ_, H, E),
+                   dk_ = TENSOR(keys[b], MEMATTN_F32, 1, lens[b], HK, E),
+                   dv_ = TENSOR(values[b], MEMATTN_F32, 1, lens[b], HK, E),
+                   dout_ = TENSOR(want, MEMATTN_F32, 1, SQ_, H, E), row = TENSOR(slopes + b * H, MEMATTN_F32, H);
+    memattn_options ob = kv_options();
+    ob.alibi_slopes = &row;
+    CHECK(memattn_forward(&dq_, &dk_, &dv_, &dout_, NULL, &ob, kNoWorkspace) == MEMATTN_OK);
+    CHECK(memcmp(want, cout_ + b * SQ_ * H * E, sizeof want) == 0);
+  }
+}
+
 int main(void) {
   make_cache();
+  test_per_sequence_alibi_slopes();
   test_bf16_cache_with_f32_queries();
   test_matches_dense_forward(1);
   test_matches_dense_forward(0);

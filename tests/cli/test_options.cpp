@@ -165,7 +165,8 @@ TEST(CliOptions, BenchDecodeJson) {
   for (const char* page : {"\"page_size\": 0,", "\"page_size\": 16,", "\"page_size\": 256,"})
     EXPECT_EQ(count(page), 4u) << page;
   EXPECT_EQ(count("\"kv_heads\": 2,"), 12u);
-  for (const char* key : {"\"threads\": 1,", "\"gbps\": ", "\"peak_gbps\": "}) EXPECT_EQ(count(key), 12u) << key;
+  for (const char* key : {"\"threads\": 1,", "\"gbps\": ", "\"peak_gbps\": ", "\"head_walk_gbps\": "})
+    EXPECT_EQ(count(key), 12u) << key;
 }
 
 // f32 queries on an f32 cache are the cache's own dtype: one row, not two; --q-dtype picks.
