@@ -31,6 +31,8 @@ template <typename Ops>
 class AmxFamily {
  public:
   using Kv = bf16;  // keys and values in q's dtype
+  static constexpr bool kKeyBlocks = false;
+  bool key_blocks(const Chunk&) const { return false; }
   using Slices = AmxSlices;
 
   AmxFamily(const Params& p, const FlashSlices& w, const Slices& s);

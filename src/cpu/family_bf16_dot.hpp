@@ -15,6 +15,8 @@ namespace memattn::detail {
 class Bf16DotFamily {
  public:
   using Kv = bf16;  // keys and values in q's dtype
+  static constexpr bool kKeyBlocks = false;
+  bool key_blocks(const Chunk&) const { return false; }
   struct Slices {
     uint16_t* qt;       // the query rows as pairs [dim2/2][pad(query_chunk)][2], dim2 = dim rounded up to even
     uint16_t* k;        // key_chunk x dim2: the key chunk, packed

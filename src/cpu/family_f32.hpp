@@ -18,6 +18,7 @@ template <typename T, typename KvT = T>
 class F32Family {
  public:
   using Kv = KvT;
+  static constexpr bool kKeyBlocks = true;
   struct Slices {
     float* qt;     // dim x pad(query_chunk): the query rows, transposed (lanes = queries)
     float* q_row;  // dim: one query row converted to f32 on its way into qt
@@ -54,13 +55,14 @@ class F32Family {
   }
 
   void scores(const Chunk& c) {
-    GemmArgs s{s_.k, d_, 1, s_.qt, cqp_, w_.st, cqp_, size_t(c.keys), cqp_, d_, false};
+    const size_t t0 = size_t(c.t0);
+    GemmArgs s{s_.k + t0 * d_, d_, 1, s_.qt, cqp_, w_.st + t0 * cqp_, cqp_, size_t(c.t1 - c.t0), cqp_, d_, false};
     // In place only with forward rows: the GEMM steps rows by an unsigned pitch.
     if (std::is_same_v<Kv, float> && c.all_read && c.one_pitch && p_.k.stride[3] == 1 && p_.k.stride[1] >= 0) {
-      s.a = reinterpret_cast<const float*>(p_.key_row<Kv>(c.b, c.j0, c.g));
+      s.a = reinterpret_cast<const float*>(p_.key_row<Kv>(c.b, c.j0 + c.t0, c.g));
       s.a_row = size_t(p_.k.stride[1]);
     } else {
-      for (int64_t t = 0; t < c.keys; ++t) {
+      for (int64_t t = c.t0; t < c.t1; ++t) {
         float* kt = s_.k + size_t(t) * d_;
         if (c.key_read(t)) load_row(kern_, p_.key_row<Kv>(c.b, c.j0 + t, c.g), p_.k.stride[3], d_, kt);
         else std::fill_n(kt, d_, 0.0f);
@@ -69,6 +71,10 @@ class F32Family {
     kern_.gemm(s);
   }
 
+  // Key blocks of P V add into acc in key order as the whole chunk does, which the transposed
+  // product (a chunk's sum added at once) does not.
+  bool key_blocks(const Chunk& c) const { return !values_transposed(size_t(c.rows), dv_, 0.0); }
+
   bool accumulate_values(const Chunk& c) {
     const bool transposed = values_transposed(size_t(c.rows), dv_, 0.0);
     // V is copied into the slice even where its f32 rows could be read in place: at a row pitch
@@ -76,7 +82,7 @@ class F32Family {
     // on a Sapphire Rapids class Xeon (1 thread, n = 4096, d = 128) the P V loop then waited on
     // L3: the copy took the forward from 45-52% to 56-60% of the FMA peak (d = 64: +3%).
     // Copying K as well gained nothing more there (its product runs over the head dim, in rows).
-    const float* v = s_.v;
+    const float* v = s_.v + size_t(c.t0) * dvp_;
     size_t ldv = dvp_;
     bool finite = true;
     // Grouped (decode) items read each value row once, so there is no reuse for the copy to
@@ -85,10 +91,10 @@ class F32Family {
     // chunk's rows are at one pitch (one page of a paged cache).
     if (std::is_same_v<Kv, float> && p_.grouped && c.full && c.one_pitch && p_.v.stride[3] == 1 &&
         p_.v.stride[1] >= 0 && (transposed || dv_ == dvp_)) {
-      v = reinterpret_cast<const float*>(p_.value_row<Kv>(c.b, c.j0, c.g));
+      v = reinterpret_cast<const float*>(p_.value_row<Kv>(c.b, c.j0 + c.t0, c.g));
       ldv = size_t(p_.v.stride[1]);
     } else {
-      for (int64_t t = 0; t < c.keys; ++t) {
+      for (int64_t t = c.t0; t < c.t1; ++t) {
         float* vt = s_.v + size_t(t) * dvp_;
         std::fill(vt + dv_, vt + dvp_, 0.0f);
         if (c.key_read(t)) finite &= load_row(kern_, p_.value_row<Kv>(c.b, c.j0 + t, c.g), p_.v.stride[3], dv_, vt);
@@ -96,13 +102,13 @@ class F32Family {
       }
     }
     if (!c.full && !finite) return false;
-    const size_t rows = size_t(c.rows), keys = size_t(c.keys);
+    const size_t rows = size_t(c.rows), keys = size_t(c.t1 - c.t0);
     if (transposed) {
       accumulate_transposed(kern_, dv_, rows, s_.pvt, cqp_, w_.acc, dvp_, [&](size_t c0, size_t m) {
         kern_.gemm({v + c0, 1, ldv, w_.st, cqp_, s_.pvt, cqp_, m, pad_floats(rows), keys, false});
       });
     } else {
-      kern_.gemm({w_.st, 1, cqp_, v, ldv, w_.acc, dvp_, rows, dvp_, keys, true});
+      kern_.gemm({w_.st + size_t(c.t0) * cqp_, 1, cqp_, v, ldv, w_.acc, dvp_, rows, dvp_, keys, true});
     }
     return true;
   }
