@@ -36,7 +36,7 @@ class F32Family {
   F32Family(const Params& p, const FlashSlices& w, const Slices& s)
       : p_(p), w_(w), s_(s), kern_(*p.kernels), d_(size_t(p.dim)), dv_(size_t(p.dim_v)),
         cqp_(pad_floats(size_t(p.query_chunk))), dvp_(pad_floats(dv_)),
-        scale_after_dot_(std::fabs(p.scale) > 1.0f) {}
+        scale_after_dot_(std::fabs(p.scale) > 1.0f), value_copy_pays_(value_copy_pays()) {}
 
   // Pre-scaled f32 queries overflow where |scale| > 1 meets |q| > FLT_MAX / |scale| although the
   // scores are finite (scale 1e20, q ~ 1e20, k ~ 1e-38); such a scale multiplies the dot products
@@ -86,10 +86,11 @@ class F32Family {
     size_t ldv = dvp_;
     bool finite = true;
     // Grouped (decode) items read each value row once, so there is no reuse for the copy to
-    // protect, and the copy's stores alias the loads of rows at a 4 KiB pitch: read in place
-    // where every row sees every key (NaN and Inf then reach every row, as they should) and the
-    // chunk's rows are at one pitch (one page of a paged cache).
-    if (std::is_same_v<Kv, float> && p_.grouped && c.full && c.one_pitch && p_.v.stride[3] == 1 &&
+    // protect, and the copy's stores alias the loads of rows at a 4 KiB pitch; nor does the copy
+    // pay on every CPU (value_copy_pays). Read in place there, where every row sees every key
+    // (NaN and Inf then reach every row, as they should) and the chunk's rows are at one pitch
+    // (one page of a paged cache).
+    if (std::is_same_v<Kv, float> && (p_.grouped || !value_copy_pays_) && c.full && c.one_pitch && p_.v.stride[3] == 1 &&
         p_.v.stride[1] >= 0 && (transposed || dv_ == dvp_)) {
       v = reinterpret_cast<const float*>(p_.value_row<Kv>(c.b, c.j0 + c.t0, c.g));
       ldv = size_t(p_.v.stride[1]);
@@ -119,7 +120,7 @@ class F32Family {
   const Slices s_;
   const Kernels& kern_;
   const size_t d_, dv_, cqp_, dvp_;
-  const bool scale_after_dot_;
+  const bool scale_after_dot_, value_copy_pays_;
 };
 
 }  // namespace memattn::detail

@@ -82,6 +82,16 @@ void accumulate_transposed(const Kernels& kern, size_t dv, size_t rows, float* p
   }
 }
 
+// Does copying a chunk's f32 value rows into the worker's slice, once per query tile, beat the
+// P V product reading them in place at their BSHD row pitch? Decided from CPUID, so every run on a
+// CPU takes the same path (the bits are the same either way). Yes on a Sapphire Rapids class Xeon
+// (45-52% -> 56-60% of the FMA peak, f32 d = 128, 1 thread) and on Zen 5 (a wash at d = 128, the
+// copy 8% ahead at d = 64, sampled); no on Zen 4 (AMD family 19h with AVX-512), which splits each
+// 512-bit store in two: sampled kernel time per unit of softmax work, n = 4096, 1 thread, two
+// alternating runs each, 9.96 / 8.79 copied against 8.50 / 8.17 in place at d = 64 and 15.96 /
+// 16.52 against 14.62 / 14.65 at d = 128 (the copy was 20% of the kernel's samples).
+bool value_copy_pays();
+
 // Targets compiled into this build that this CPU runs, best first.
 const std::vector<const Kernels*>& available_kernels();
 // The kernels for `name` (or, when null, MEMATTN_TARGET or else the best available); throws

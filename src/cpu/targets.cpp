@@ -1,5 +1,8 @@
 // Run-time choice of the SIMD target: the fastest this CPU runs, unless an option or MEMATTN_TARGET
 // forces one (so tests can run every target on one machine).
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#endif
 #include <cstdlib>
 #include <string>
 
@@ -11,6 +14,21 @@
 namespace memattn::detail {
 
 const std::vector<const Kernels*>& compiled_kernels();  // kernels_hwy.cpp
+
+bool value_copy_pays() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool zen4 = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!__builtin_cpu_is("amd") || !__builtin_cpu_supports("avx512f") || !__get_cpuid(1, &eax, &ebx, &ecx, &edx))
+      return false;
+    const unsigned base = (eax >> 8) & 0xfu, family = base == 0xfu ? base + ((eax >> 20) & 0xffu) : base;
+    return family == 0x19u;
+  }();
+  return !zen4;
+#else
+  return true;
+#endif
+}
 
 const std::vector<const Kernels*>& available_kernels() {
   static const std::vector<const Kernels*> list = [] {
