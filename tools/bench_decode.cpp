@@ -18,9 +18,9 @@
 namespace memattn::tool {
 namespace {
 
-// The key chunk of the head-walk read: the order, not the chunk length, is what it measures (Zen
-// 4, f32 rows of 8 heads: 10-16 GB/s head by head for chunks of 8 to 256 keys, 20-25 key by key).
-constexpr int64_t kWalkChunk = 128;
+// The keys per block of the head-walk read: the blocks in which a decode item's kv heads take
+// turns (kKeyBlock in flash_forward.cpp), so the walk reads the cache in the kernels' order.
+constexpr int64_t kWalkChunk = 16;
 
 struct DecodeRow {
   int64_t seq_q, seq_k, page_size;
@@ -121,7 +121,7 @@ int bench_decode_main(const DecodeConfig& c) {
   std::fprintf(stderr, "\n");
   std::printf("CPU: %s\nmemory read bandwidth measured now (1 GiB read, best of 5):", isa.cpu.c_str());
   for (const auto& [t, g] : peak) std::printf("  %d thread%s %.1f GB/s", t, t > 1 ? "s" : "", g);
-  std::printf("\nthe same read one kv head's rows at a time (%lld-key chunks, the decode walk of a BSHD cache):", (long long)kWalkChunk);
+  std::printf("\nthe same read in the decode items' order (blocks of %lld keys, one kv head's rows after the other):", (long long)kWalkChunk);
   for (const auto& [key, g] : walk)
     std::printf("  %s %d thread%s %.1f GB/s", dtype_name(key.first), key.second, key.second > 1 ? "s" : "", g);
   std::printf("\n\ndecode: causal bottom-right, queries in the cache's dtype or f32 (q), %lld query heads : %lld kv heads, d = %lld, "
