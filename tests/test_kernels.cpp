@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -65,6 +67,41 @@ TEST(Kernels, GemmTileEdgesMatchPlainLoop) {
               for (size_t p = 0; p < kk; ++p) ref[i * n + j] += a[i * kk + p] * b[p * n + j];
           k->gemm({a.data(), kk, 1, b.data(), n, c.data(), n, m, n, kk, true});
           EXPECT_EQ(c, ref) << "m " << m << " n " << n << " k " << kk;  // small integers: exact
+        }
+  }
+}
+
+// gemm_bf16 reads one operand as bf16 and widens it as it goes: the same bits as gemm on the
+// widened copy, with either operand, strided A (the transposed use) included.
+TEST(Kernels, GemmBf16OperandMatchesWidenedCopy) {
+  for (const Kernels* k : available_kernels()) {
+    SCOPED_TRACE(k->name);
+    for (size_t m : {1, 4, 7})
+      for (size_t n : {16, 48})
+        for (size_t kk : {1, 5, 33}) {
+          std::vector<uint16_t> a16(m * kk), b16(kk * n);
+          std::vector<float> a(m * kk), b(kk * n), af(m * kk), bf(kk * n);
+          const auto widen = [](uint16_t bits) {
+            const uint32_t u = uint32_t(bits) << 16;
+            float f;
+            std::memcpy(&f, &u, 4);
+            return f;
+          };
+          for (size_t i = 0; i < a.size(); ++i) a16[i] = uint16_t(0x3f00u + (i * 37) % 211), af[i] = widen(a16[i]);
+          for (size_t i = 0; i < b.size(); ++i) b16[i] = uint16_t(0xbe80u + (i * 53) % 197), bf[i] = widen(b16[i]);
+          for (size_t i = 0; i < a.size(); ++i) a[i] = std::sin(float(i));
+          for (size_t i = 0; i < b.size(); ++i) b[i] = std::cos(float(i));
+          for (bool transposed_a : {false, true}) {
+            // A (m x kk) read at a[i * a_row + p * a_col]: rows, or columns of a kk x m matrix.
+            const size_t a_row = transposed_a ? 1 : kk, a_col = transposed_a ? m : 1;
+            std::vector<float> want(m * n, 0.5f), got(m * n, 0.5f);
+            k->gemm({af.data(), a_row, a_col, b.data(), n, want.data(), n, m, n, kk, true});
+            k->gemm_bf16({a16.data(), a_row, a_col, b.data(), n, got.data(), n, m, n, kk, true}, Bf16Operand::a);
+            EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * 4)) << "A bf16, m " << m << " n " << n << " k " << kk;
+            k->gemm({a.data(), a_row, a_col, bf.data(), n, want.data(), n, m, n, kk, false});
+            k->gemm_bf16({a.data(), a_row, a_col, b16.data(), n, got.data(), n, m, n, kk, false}, Bf16Operand::b);
+            EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * 4)) << "B bf16, m " << m << " n " << n << " k " << kk;
+          }
         }
   }
 }

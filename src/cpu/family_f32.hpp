@@ -58,8 +58,9 @@ class F32Family {
     const size_t t0 = size_t(c.t0);
     GemmArgs s{s_.k + t0 * d_, d_, 1, s_.qt, cqp_, w_.st + t0 * cqp_, cqp_, size_t(c.t1 - c.t0), cqp_, d_, false};
     // In place only with forward rows: the GEMM steps rows by an unsigned pitch.
-    if (std::is_same_v<Kv, float> && c.all_read && c.one_pitch && p_.k.stride[3] == 1 && p_.k.stride[1] >= 0) {
-      s.a = reinterpret_cast<const float*>(p_.key_row<Kv>(c.b, c.j0 + c.t0, c.g));
+    const bool in_place = kInPlace && c.all_read && c.one_pitch && p_.k.stride[3] == 1 && p_.k.stride[1] >= 0;
+    if (in_place) {
+      s.a = p_.key_row<Kv>(c.b, c.j0 + c.t0, c.g);
       s.a_row = size_t(p_.k.stride[1]);
     } else {
       for (int64_t t = c.t0; t < c.t1; ++t) {
@@ -68,7 +69,7 @@ class F32Family {
         else std::fill_n(kt, d_, 0.0f);
       }
     }
-    kern_.gemm(s);
+    product(s, in_place ? Operand::a : Operand::none);
   }
 
   // Key blocks of P V add into acc in key order as the whole chunk does, which the transposed
@@ -82,39 +83,53 @@ class F32Family {
     // on a Sapphire Rapids class Xeon (1 thread, n = 4096, d = 128) the P V loop then waited on
     // L3: the copy took the forward from 45-52% to 56-60% of the FMA peak (d = 64: +3%).
     // Copying K as well gained nothing more there (its product runs over the head dim, in rows).
-    const float* v = s_.v + size_t(c.t0) * dvp_;
-    size_t ldv = dvp_;
-    bool finite = true;
     // Grouped (decode) items read each value row once, so there is no reuse for the copy to
     // protect, and the copy's stores alias the loads of rows at a 4 KiB pitch; nor does the copy
     // pay on every CPU (value_copy_pays). Read in place there, where every row sees every key
     // (NaN and Inf then reach every row, as they should) and the chunk's rows are at one pitch
     // (one page of a paged cache).
-    if (std::is_same_v<Kv, float> && (p_.grouped || !value_copy_pays_) && c.full && c.one_pitch && p_.v.stride[3] == 1 &&
-        p_.v.stride[1] >= 0 && (transposed || dv_ == dvp_)) {
-      v = reinterpret_cast<const float*>(p_.value_row<Kv>(c.b, c.j0 + c.t0, c.g));
-      ldv = size_t(p_.v.stride[1]);
-    } else {
+    const bool in_place = kInPlace && (p_.grouped || !value_copy_pays_) && c.full && c.one_pitch &&
+                          p_.v.stride[3] == 1 && p_.v.stride[1] >= 0 && (transposed || dv_ == dvp_);
+    const Kv* v_row = in_place ? p_.value_row<Kv>(c.b, c.j0 + c.t0, c.g) : nullptr;
+    const float* v_copy = s_.v + size_t(c.t0) * dvp_;
+    const size_t ldv = in_place ? size_t(p_.v.stride[1]) : dvp_;
+    const auto v_col = [&](size_t col) -> const void* { return in_place ? static_cast<const void*>(v_row + col) : v_copy + col; };
+    bool finite = true;
+    if (!in_place)
       for (int64_t t = c.t0; t < c.t1; ++t) {
         float* vt = s_.v + size_t(t) * dvp_;
         std::fill(vt + dv_, vt + dvp_, 0.0f);
         if (c.key_read(t)) finite &= load_row(kern_, p_.value_row<Kv>(c.b, c.j0 + t, c.g), p_.v.stride[3], dv_, vt);
         else std::fill_n(vt, dv_, 0.0f);
       }
-    }
     if (!c.full && !finite) return false;
     const size_t rows = size_t(c.rows), keys = size_t(c.t1 - c.t0);
     if (transposed) {
       accumulate_transposed(kern_, dv_, rows, s_.pvt, cqp_, w_.acc, dvp_, [&](size_t c0, size_t m) {
-        kern_.gemm({v + c0, 1, ldv, w_.st, cqp_, s_.pvt, cqp_, m, pad_floats(rows), keys, false});
+        product({v_col(c0), 1, ldv, w_.st, cqp_, s_.pvt, cqp_, m, pad_floats(rows), keys, false},
+                in_place ? Operand::a : Operand::none);
       });
     } else {
-      kern_.gemm({w_.st + size_t(c.t0) * cqp_, 1, cqp_, v, ldv, w_.acc, dvp_, rows, dvp_, keys, true});
+      product({w_.st + size_t(c.t0) * cqp_, 1, cqp_, v_col(0), ldv, w_.acc, dvp_, rows, dvp_, keys, true},
+              in_place ? Operand::b : Operand::none);
     }
     return true;
   }
 
  private:
+  // K and V rows read in place where they allow it: f32 rows as they are, bf16 rows widened as the
+  // products read them (Kernels::gemm_bf16, the same bits as converted copies); f16 rows are
+  // always converted into the slice.
+  static constexpr bool kInPlace = std::is_same_v<Kv, float> || std::is_same_v<Kv, bf16>;
+  enum class Operand { none, a, b };  // the product's operand read in place from the cache
+
+  void product(const GemmArgs& g, Operand in_place) const {
+    if constexpr (std::is_same_v<Kv, bf16>)
+      if (in_place != Operand::none)
+        return kern_.gemm_bf16(g, in_place == Operand::a ? Bf16Operand::a : Bf16Operand::b);
+    kern_.gemm(g);
+  }
+
   const Params& p_;
   const FlashSlices& w_;
   const Slices s_;

@@ -19,9 +19,9 @@ inline size_t pad_floats(size_t n) { return (n + kPadFloats - 1) / kPadFloats * 
 // (broadcast) at a[i * a_row + kk * a_col], so it may be any strided view, e.g. a transposed tile;
 // B and C are row-major with leading dimensions ldb, ldc (multiples of kPadFloats).
 struct GemmArgs {
-  const float* a;
+  const void* a;  // float, or bf16 for Kernels::gemm_bf16
   size_t a_row, a_col;
-  const float* b;
+  const void* b;
   size_t ldb;
   float* c;
   size_t ldc;
@@ -31,12 +31,18 @@ struct GemmArgs {
 
 struct Bf16DotKernels;
 
+// Which operand of Kernels::gemm_bf16 holds bf16 elements.
+enum class Bf16Operand { a, b };
+
 struct Kernels {
   const char* name;  // "avx512_bf16", "avx512", "avx2", "sse4", "scalar", "neon", ...
   int64_t hwy_target;
   const Bf16DotKernels* bf16;  // vdpbf16ps kernels for bf16 inputs ("avx512_bf16" only), or null
 
   void (*gemm)(const GemmArgs& g);
+  // gemm with one operand in bf16, widened exactly to f32 as it is read (the f32 products and
+  // sums of gemm on widened copies, the same bits): a bf16 cache read in place by f32 queries.
+  void (*gemm_bf16)(const GemmArgs& g, Bf16Operand bf16_operand);
   // The online-softmax step for one key chunk of a transposed score tile st[keys][ld] (ld lanes =
   // query rows, a multiple of kPadFloats), scores first multiplied by `scale`: per lane, the new max over the chunk (NaN scores
   // ignored for the max), alpha = exp(old max - new max) (1 when equal), st <- exp(st - new max)

@@ -28,7 +28,14 @@ using VF = hn::Vec<DF>;
 constexpr size_t kMR = HWY_TARGET <= HWY_AVX3 ? 6 : 4;
 constexpr size_t kNV = HWY_TARGET <= HWY_AVX3 ? 4 : 2;
 
-template <size_t MR, size_t NV>
+template <typename S>
+HWY_INLINE VF LoadAsF32(DF d, const S* p) {
+  if constexpr (std::is_same_v<S, float>) return hn::LoadU(d, p);
+  else return hn::PromoteTo(d, hn::LoadU(hn::Rebind<S, DF>(), p));
+}
+
+// TA, TB: the element types of A and B (float, or hwy::bfloat16_t widened exactly as read).
+template <size_t MR, size_t NV, typename TA, typename TB>
 HWY_INLINE void GemmTile(const GemmArgs& g, size_t i0, size_t j0) {
   const DF d;
   const size_t L = hn::Lanes(d);
@@ -38,13 +45,17 @@ HWY_INLINE void GemmTile(const GemmArgs& g, size_t i0, size_t j0) {
   for (size_t i = 0; i < MR; ++i)
     for (size_t j = 0; j < NV; ++j)
       acc[i][j] = g.accumulate ? hn::LoadU(d, c + i * g.ldc + j * L) : hn::Zero(d);
-  const float* a = g.a + i0 * g.a_row;
-  const float* b = g.b + j0;
+  const TA* a = static_cast<const TA*>(g.a) + i0 * g.a_row;
+  const TB* b = static_cast<const TB*>(g.b) + j0;
   for (size_t kk = 0; kk < g.k; ++kk) {
     VF bv[NV];
-    for (size_t j = 0; j < NV; ++j) bv[j] = hn::LoadU(d, b + kk * g.ldb + j * L);
+    for (size_t j = 0; j < NV; ++j) bv[j] = LoadAsF32(d, b + kk * g.ldb + j * L);
     for (size_t i = 0; i < MR; ++i) {
-      const VF ai = hn::Set(d, a[i * g.a_row + kk * g.a_col]);
+      const TA e = a[i * g.a_row + kk * g.a_col];
+      float ae;
+      if constexpr (std::is_same_v<TA, float>) ae = e;
+      else ae = hwy::F32FromBF16(e);
+      const VF ai = hn::Set(d, ae);
       for (size_t j = 0; j < NV; ++j) acc[i][j] = hn::MulAdd(ai, bv[j], acc[i][j]);
     }
   }
@@ -53,22 +64,23 @@ HWY_INLINE void GemmTile(const GemmArgs& g, size_t i0, size_t j0) {
 }
 
 // Tiles for every (rows, vectors) remainder, so edges run the same code as the steady state.
-template <size_t MR, size_t NV>
+template <size_t MR, size_t NV, typename TA, typename TB>
 void GemmTileFn(const GemmArgs& g, size_t i0, size_t j0) {
-  GemmTile<MR, NV>(g, i0, j0);
+  GemmTile<MR, NV, TA, TB>(g, i0, j0);
 }
 using TileFn = void (*)(const GemmArgs&, size_t, size_t);
-template <size_t MR, size_t... J>
+template <typename TA, typename TB, size_t MR, size_t... J>
 constexpr std::array<TileFn, kNV> TileCol(std::index_sequence<J...>) {
-  return {&GemmTileFn<MR, J + 1>...};
+  return {&GemmTileFn<MR, J + 1, TA, TB>...};
 }
-template <size_t... I>
+template <typename TA, typename TB, size_t... I>
 constexpr std::array<std::array<TileFn, kNV>, kMR> TileTable(std::index_sequence<I...>) {
-  return {TileCol<I + 1>(std::make_index_sequence<kNV>())...};
+  return {TileCol<TA, TB, I + 1>(std::make_index_sequence<kNV>())...};
 }
 
-void Gemm(const GemmArgs& g) {
-  static constexpr auto table = TileTable(std::make_index_sequence<kMR>());
+template <typename TA, typename TB>
+void GemmOf(const GemmArgs& g) {
+  static constexpr auto table = TileTable<TA, TB>(std::make_index_sequence<kMR>());
   const size_t L = hn::Lanes(DF());
   const size_t nvec = g.n / L;
   // Column panels outermost: a K x (kNV vectors) panel of B stays in L1 across all row tiles.
@@ -78,6 +90,13 @@ void Gemm(const GemmArgs& g) {
     for (; i + kMR <= g.m; i += kMR) table[kMR - 1][nv - 1](g, i, jv * L);
     if (i < g.m) table[g.m - i - 1][nv - 1](g, i, jv * L);
   }
+}
+
+void Gemm(const GemmArgs& g) { GemmOf<float, float>(g); }
+
+void GemmBf16(const GemmArgs& g, Bf16Operand which) {
+  if (which == Bf16Operand::a) GemmOf<hwy::bfloat16_t, float>(g);
+  else GemmOf<float, hwy::bfloat16_t>(g);
 }
 
 // exp(x) for x <= 0 (the softmax only exponentiates score - running max), NaN kept, -inf -> 0.
@@ -172,11 +191,6 @@ void ScaleRows(float* x, size_t ld, size_t rows, size_t cols, const float* alpha
 // targets convert f16 with the exact scalar routine instead.
 constexpr bool kVectorF16 = HWY_TARGET <= HWY_AVX2 || HWY_ARCH_ARM;
 
-template <typename S>
-HWY_INLINE VF LoadAsF32(DF d, const S* p) {
-  if constexpr (std::is_same_v<S, float>) return hn::LoadU(d, p);
-  else return hn::PromoteTo(d, hn::LoadU(hn::Rebind<S, DF>(), p));
-}
 
 // S: float, hwy::bfloat16_t or hwy::float16_t; E: the matching scalar storage type.
 template <typename S, typename E>
@@ -232,8 +246,8 @@ const char* TargetLabel() {
 }
 
 extern const Kernels kKernels;
-const Kernels kKernels = {TargetLabel(), HWY_TARGET, nullptr, &Gemm, &SoftmaxStep, &ScaleRows, &ToF32,
-                          &AddTransposed};
+const Kernels kKernels = {TargetLabel(), HWY_TARGET, nullptr, &Gemm, &GemmBf16, &SoftmaxStep, &ScaleRows,
+                          &ToF32, &AddTransposed};
 
 }  // namespace HWY_NAMESPACE
 }  // namespace memattn::detail
