@@ -226,8 +226,8 @@ class FlashItem {
 // cache lie a whole key's row apart (4 KiB for 8 heads of f32 at d = 128), and the hardware
 // prefetchers follow such a walk poorly: Zen 4, 1 thread, a standalone read of 8 heads' rows read
 // 9-13 GB/s head by head over a chunk, 15-18 in blocks of 4-8 keys of all heads, 20-24 key by key
-// (23-28 sequential), and `bench --decode` measures the head-by-head order in every run
-// (head_walk_gbps). Blocks of 16 keys, alternating runs (f32, seq_q 1, 32768 keys, 1 / 2 threads):
+// (23-28 sequential); `bench --decode` measures the blocks' order in every run (head_walk_gbps,
+// docs/performance.md). Blocks of 16 keys, alternating runs (f32, seq_q 1, 32768 keys, 1 / 2 threads):
 // 25-31 / 15.5-18 ms per call against 37-42 / 19.7-20.7 whole chunks per head; blocks of 12 and
 // 24 measured between the two. Each score and each output element is summed as for the whole
 // chunk, so the bits do not change.
@@ -251,7 +251,7 @@ void run_item(const Params& p, const FlashWorkItem& it, char* slice, size_t head
   bool live[kMaxKvHeadsPerItem];
   for (int64_t j0 = heads[0]->first_chunk(); j0 < heads[0]->last(); j0 += p.key_chunk) {
     for (int64_t k = 0; k < n; ++k) live[k] = heads[k]->prepare(j0);
-    // Every row of every head sees the whole chunk (so every head has it): the heads take turns
+    // Every row sees the whole chunk (which does not depend on the head): the heads take turns
     // by blocks of kKeyBlock keys, scores first, then P V, so the cache is read a few keys' rows of
     // all heads at a time rather than one head's rows of the whole chunk (see kKeyBlock).
     if (n > 1 && heads[0]->key_blocks()) {

@@ -1,5 +1,5 @@
 // The flash path's SIMD kernels, compiled once per Highway target (foreach_target) and listed at
-// the end for run-time selection: a register-blocked f32 GEMM tile, the online-softmax step with a
+// the end for run-time selection: a register-blocked f32 GEMM tile (one operand may be bf16), the online-softmax step with a
 // vectorised exp, row rescaling and dtype conversion.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "cpu/kernels_hwy.cpp"
@@ -190,7 +190,6 @@ void ScaleRows(float* x, size_t ld, size_t rows, size_t cols, const float* alpha
 // Highway 1.0.3 emulates f16 promotion on SSE4 and below without Inf/NaN handling: those
 // targets convert f16 with the exact scalar routine instead.
 constexpr bool kVectorF16 = HWY_TARGET <= HWY_AVX2 || HWY_ARCH_ARM;
-
 
 // S: float, hwy::bfloat16_t or hwy::float16_t; E: the matching scalar storage type.
 template <typename S, typename E>
