@@ -121,7 +121,8 @@ int bench_decode_main(const DecodeConfig& c) {
   std::fprintf(stderr, "\n");
   std::printf("CPU: %s\nmemory read bandwidth measured now (1 GiB read, best of 5):", isa.cpu.c_str());
   for (const auto& [t, g] : peak) std::printf("  %d thread%s %.1f GB/s", t, t > 1 ? "s" : "", g);
-  std::printf("\nthe same read in the decode items' order (blocks of %lld keys, one kv head's rows after the other):", (long long)kWalkChunk);
+  std::printf("\nthe same read in the decode items' order (blocks of %lld keys, one kv head's rows after the other):",
+              (long long)kWalkChunk);
   for (const auto& [key, g] : walk)
     std::printf("  %s %d thread%s %.1f GB/s", dtype_name(key.first), key.second, key.second > 1 ? "s" : "", g);
   std::printf("\n\ndecode: causal bottom-right, queries in the cache's dtype or f32 (q), %lld query heads : %lld kv heads, d = %lld, "

@@ -31,8 +31,7 @@ template <typename Ops>
 class AmxFamily {
  public:
   using Kv = bf16;  // keys and values in q's dtype
-  static constexpr bool kKeyBlocks = false;
-  bool key_blocks(const Chunk&) const { return false; }
+  bool key_blocks(const Chunk&) const { return false; }  // its tiles take whole chunks
   using Slices = AmxSlices;
 
   AmxFamily(const Params& p, const FlashSlices& w, const Slices& s);

@@ -15,7 +15,6 @@ namespace memattn::detail {
 class Bf16DotFamily {
  public:
   using Kv = bf16;  // keys and values in q's dtype
-  static constexpr bool kKeyBlocks = true;
   // Key blocks of P V add into acc pair by pair in key order as the whole chunk does (blocks start
   // at even keys); the transposed product adds a chunk's sum at once. bf16 decode, seq_q 1, 32768
   // keys, Zen 4, alternating runs: 28.5-33.3 ms per call against 33.0-35.0 without key blocks (1

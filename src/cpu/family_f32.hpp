@@ -18,7 +18,6 @@ template <typename T, typename KvT = T>
 class F32Family {
  public:
   using Kv = KvT;
-  static constexpr bool kKeyBlocks = true;
   struct Slices {
     float* qt;     // dim x pad(query_chunk): the query rows, transposed (lanes = queries)
     float* q_row;  // dim: one query row converted to f32 on its way into qt
@@ -78,10 +77,10 @@ class F32Family {
 
   bool accumulate_values(const Chunk& c) {
     const bool transposed = values_transposed(size_t(c.rows), dv_, 0.0);
-    // V is copied into the slice even where its f32 rows could be read in place: at a row pitch
-    // of a multiple of 2 KiB (BSHD, all heads in a row) a head's rows share a few cache sets, and
-    // on a Sapphire Rapids class Xeon (1 thread, n = 4096, d = 128) the P V loop then waited on
-    // L3: the copy took the forward from 45-52% to 56-60% of the FMA peak (d = 64: +3%).
+    // V is copied into the slice, where that pays, even where its rows could be read in place: at
+    // a row pitch of a multiple of 2 KiB (BSHD, all heads in a row) a head's rows share a few
+    // cache sets, and on a Sapphire Rapids class Xeon (1 thread, n = 4096, d = 128) the P V loop
+    // then waited on L3: the copy took the forward from 45-52% to 56-60% of the FMA peak.
     // Copying K as well gained nothing more there (its product runs over the head dim, in rows).
     // Grouped (decode) items read each value row once, so there is no reuse for the copy to
     // protect, and the copy's stores alias the loads of rows at a 4 KiB pitch; nor does the copy
@@ -93,7 +92,9 @@ class F32Family {
     const Kv* v_row = in_place ? p_.value_row<Kv>(c.b, c.j0 + c.t0, c.g) : nullptr;
     const float* v_copy = s_.v + size_t(c.t0) * dvp_;
     const size_t ldv = in_place ? size_t(p_.v.stride[1]) : dvp_;
-    const auto v_col = [&](size_t col) -> const void* { return in_place ? static_cast<const void*>(v_row + col) : v_copy + col; };
+    const auto v_col = [&](size_t col) -> const void* {
+      return in_place ? static_cast<const void*>(v_row + col) : v_copy + col;
+    };
     bool finite = true;
     if (!in_place)
       for (int64_t t = c.t0; t < c.t1; ++t) {

@@ -76,7 +76,7 @@ class FlashItem {
     return c.all_read || mark_live_keys(c);
   }
   // Can the prepared chunk be computed in key blocks (scores(), softmax(), values() below)?
-  bool key_blocks() const { return Family::kKeyBlocks && c_.full && fam_.key_blocks(c_); }
+  bool key_blocks() const { return c_.full && fam_.key_blocks(c_); }
   int64_t keys() const { return c_.keys; }
 
   // The prepared chunk whole: scores, the online softmax step, P V.

@@ -25,7 +25,7 @@ struct Chunk {
                          // boundary inside), so an all_read chunk's K can be read in place
   bool key_read(int64_t t) const { return all_read || live[t] != 0; }
   // The keys [t0, t1) of the chunk that scores() and accumulate_values() compute: all of them,
-  // unless the family takes key blocks (kKeyBlocks) and the driver walks the item's heads block by
+  // unless the family takes key blocks (key_blocks) and the driver walks the item's heads block by
   // block (see run_item in flash_forward.cpp).
   int64_t t0 = 0, t1 = 0;
 };
@@ -50,10 +50,10 @@ struct FlashSlices {
 // multiplied; the driver owns the chunk walk, masks, bias, the online softmax and the stores.
 //   struct F::Slices { static Slices carve(const Params&, Carver&); };  its own scratch
 //   F(const Params&, const FlashSlices&, const F::Slices&);            one per work item
-//   static constexpr bool kKeyBlocks;   true: scores() and accumulate_values() take a chunk's keys
-//                                        [c.t0, c.t1) at a time (blocks in order, each score and
-//                                        each output element summed as for the whole chunk) where
-//                                        bool key_blocks(const Chunk&) const says so
+//   bool key_blocks(const Chunk& c) const;  true: for this full chunk, scores() and
+//                                        accumulate_values() take its keys [c.t0, c.t1) at a time
+//                                        (blocks in order, each score and each output element
+//                                        summed as for the whole chunk)
 //   bool scale_after_dot() const;  true: scores come unscaled and the driver multiplies them by
 //                                  p.scale; false: the family pre-scaled the queries
 //   void load_queries(const Chunk& c);   rows c.i0 .. c.i0 + c.rows of (c.b, c.h), once per item
