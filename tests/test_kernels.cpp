@@ -105,3 +105,50 @@ TEST(Kernels, GemmBf16OperandMatchesWidenedCopy) {
         }
   }
 }
+
+// Kernels::dot_scores: every score the same bits whatever tile it is computed in (alone, or among
+// other keys and rows: the backward recomputes the forward's scores in other tiles), within the
+// dot product's error bound of the exact value, bf16 keys the bits of their widened copies, and
+// no lane past `rows` written.
+TEST(Kernels, DotScoresSameBitsInAnyTile) {
+  for (const Kernels* k : available_kernels()) {
+    SCOPED_TRACE(k->name);
+    for (size_t d : {16, 128, 256}) {
+      const size_t keys = 11, rows = 7, k_row = d + 24, q_row = d + 8, ldst = 16;
+      std::vector<float> key(keys * k_row, NAN), q(rows * q_row, NAN);
+      std::vector<uint16_t> key16(keys * k_row);
+      std::vector<float> widened(keys * k_row, NAN);
+      for (size_t t = 0; t < keys; ++t)
+        for (size_t c = 0; c < d; ++c) {
+          key[t * k_row + c] = std::sin(float(t * 131 + c)) * 3.0f;
+          key16[t * k_row + c] = uint16_t(0x3e00u + (t * 977 + c * 31) % 0x0200u) | ((c % 3 == 0) ? 0x8000u : 0u);
+          const uint32_t u = uint32_t(key16[t * k_row + c]) << 16;
+          std::memcpy(&widened[t * k_row + c], &u, 4);
+        }
+      for (size_t r = 0; r < rows; ++r)
+        for (size_t c = 0; c < d; ++c) q[r * q_row + c] = std::cos(float(r * 71 + c)) * 2.0f;
+      std::vector<float> all(keys * ldst, -7.0f);
+      k->dot_scores({key.data(), k_row, false, keys, q.data(), q_row, rows, d, all.data(), ldst});
+      for (size_t t = 0; t < keys; ++t)
+        for (size_t r = 0; r < ldst; ++r) {
+          if (r >= rows) {
+            EXPECT_EQ(all[t * ldst + r], -7.0f) << "lane " << r << " past the rows written";
+            continue;
+          }
+          float one = 0.0f;
+          k->dot_scores({key.data() + t * k_row, k_row, false, 1, q.data() + r * q_row, q_row, 1, d, &one, 1});
+          EXPECT_EQ(0, std::memcmp(&one, &all[t * ldst + r], 4)) << "key " << t << " row " << r << " d " << d;
+          double exact = 0, magnitude = 0;
+          for (size_t c = 0; c < d; ++c) {
+            exact += double(key[t * k_row + c]) * double(q[r * q_row + c]);
+            magnitude += std::fabs(double(key[t * k_row + c]) * double(q[r * q_row + c]));
+          }
+          EXPECT_LE(std::fabs(double(one) - exact), double(d) * 0x1p-24 * magnitude) << "key " << t << " row " << r;
+        }
+      std::vector<float> from16(keys * ldst), from32(keys * ldst);
+      k->dot_scores({key16.data(), k_row, true, keys, q.data(), q_row, rows, d, from16.data(), ldst});
+      k->dot_scores({widened.data(), k_row, false, keys, q.data(), q_row, rows, d, from32.data(), ldst});
+      EXPECT_EQ(0, std::memcmp(from16.data(), from32.data(), from16.size() * 4)) << "bf16 keys, d " << d;
+    }
+  }
+}

@@ -20,6 +20,7 @@ class F32Family {
   using Kv = KvT;
   struct Slices {
     float* qt;     // dim x pad(query_chunk): the query rows, transposed (lanes = queries)
+    float* qs;     // query_chunk x dim: the query rows as f32, when the scores are dot products
     float* q_row;  // dim: one query row converted to f32 on its way into qt
     float* k;      // key_chunk x dim: the key chunk as f32, when it cannot be read in place
     float* v;      // key_chunk x pad(dim_v): the value chunk as f32, zero-padded
@@ -27,7 +28,8 @@ class F32Family {
     static Slices carve(const Params& p, Carver& c) {
       const size_t cqp = pad_floats(size_t(p.query_chunk)), ck = size_t(p.key_chunk);
       const size_t d = size_t(p.dim), dv = size_t(p.dim_v), dvp = pad_floats(dv);
-      return {c.take<float>(checked_mul(d, cqp)), c.take<float>(d), c.take<float>(checked_mul(ck, d)),
+      return {c.take<float>(checked_mul(d, cqp)), c.take<float>(checked_mul(d, size_t(p.query_chunk))),
+              c.take<float>(d), c.take<float>(checked_mul(ck, d)),
               c.take<float>(checked_mul(ck, dvp)), c.take<float>(checked_mul(std::min(dv, kValueBlock), cqp))};
     }
   };
@@ -35,7 +37,8 @@ class F32Family {
   F32Family(const Params& p, const FlashSlices& w, const Slices& s)
       : p_(p), w_(w), s_(s), kern_(*p.kernels), d_(size_t(p.dim)), dv_(size_t(p.dim_v)),
         cqp_(pad_floats(size_t(p.query_chunk))), dvp_(pad_floats(dv_)),
-        scale_after_dot_(std::fabs(p.scale) > 1.0f), value_copy_pays_(value_copy_pays()) {}
+        scale_after_dot_(std::fabs(p.scale) > 1.0f), value_copy_pays_(value_copy_pays()),
+        dot_scores_(p.scores_by_dot) {}
 
   // Pre-scaled f32 queries overflow where |scale| > 1 meets |q| > FLT_MAX / |scale| although the
   // scores are finite (scale 1e20, q ~ 1e20, k ~ 1e-38); such a scale multiplies the dot products
@@ -45,22 +48,28 @@ class F32Family {
   bool scale_after_dot() const { return scale_after_dot_; }
 
   void load_queries(const Chunk& c) {
-    std::fill_n(s_.qt, d_ * cqp_, 0.0f);
+    // dot_scores writes the rows' lanes of the scores only; the rest stay 0 for the softmax.
+    if (dot_scores_) std::fill_n(w_.st, size_t(p_.key_chunk) * cqp_, 0.0f);
+    else std::fill_n(s_.qt, d_ * cqp_, 0.0f);
     const float scale = scale_after_dot_ ? 1.0f : p_.scale;
     for (int64_t r = 0; r < c.rows; ++r) {
       load_row(kern_, p_.q.at<T>(c.b, c.query(r), c.head(r)), p_.q.stride[3], d_, s_.q_row);
-      for (size_t k = 0; k < d_; ++k) s_.qt[k * cqp_ + size_t(r)] = scale * s_.q_row[k];
+      for (size_t k = 0; k < d_; ++k) {
+        if (dot_scores_) s_.qs[size_t(r) * d_ + k] = scale * s_.q_row[k];
+        else s_.qt[k * cqp_ + size_t(r)] = scale * s_.q_row[k];
+      }
     }
   }
 
   void scores(const Chunk& c) {
-    const size_t t0 = size_t(c.t0);
-    GemmArgs s{s_.k + t0 * d_, d_, 1, s_.qt, cqp_, w_.st + t0 * cqp_, cqp_, size_t(c.t1 - c.t0), cqp_, d_, false};
-    // In place only with forward rows: the GEMM steps rows by an unsigned pitch.
+    const size_t t0 = size_t(c.t0), keys = size_t(c.t1 - c.t0);
+    // In place only with forward rows: the products step rows by an unsigned pitch.
     const bool in_place = kInPlace && c.all_read && c.one_pitch && p_.k.stride[3] == 1 && p_.k.stride[1] >= 0;
+    const void* k = s_.k + t0 * d_;
+    size_t k_row = d_;
     if (in_place) {
-      s.a = p_.key_row<Kv>(c.b, c.j0 + c.t0, c.g);
-      s.a_row = size_t(p_.k.stride[1]);
+      k = p_.key_row<Kv>(c.b, c.j0 + c.t0, c.g);
+      k_row = size_t(p_.k.stride[1]);
     } else {
       for (int64_t t = c.t0; t < c.t1; ++t) {
         float* kt = s_.k + size_t(t) * d_;
@@ -68,7 +77,10 @@ class F32Family {
         else std::fill_n(kt, d_, 0.0f);
       }
     }
-    product(s, in_place ? Operand::a : Operand::none);
+    float* st = w_.st + t0 * cqp_;
+    if (dot_scores_)
+      return kern_.dot_scores({k, k_row, in_place && std::is_same_v<Kv, bf16>, keys, s_.qs, d_, size_t(c.rows), d_, st, cqp_});
+    product({k, k_row, 1, s_.qt, cqp_, st, cqp_, keys, cqp_, d_, false}, in_place ? Operand::a : Operand::none);
   }
 
   // Key blocks of P V add into acc in key order as the whole chunk does, which the transposed
@@ -137,6 +149,9 @@ class F32Family {
   const Kernels& kern_;
   const size_t d_, dv_, cqp_, dvp_;
   const bool scale_after_dot_, value_copy_pays_;
+  // Calls of few queries score by dot products (Params::scores_by_dot): their rows would fill few
+  // of the GEMM's lanes.
+  const bool dot_scores_;
 };
 
 }  // namespace memattn::detail

@@ -94,13 +94,17 @@ struct TileWorker {
   // The bf16 path always scales after, as the forward's does: Q enters the products as its exact
   // input values, and the scores are the forward's bit for bit.
   const bool scale_after_dot;
+  // The f32 products score by dot products where the forward does (Params::scores_by_dot), with
+  // the lane side of S (w.qt or w.kt) as plain rows of d floats.
+  const bool dot_scores;
 
   TileWorker(const BackwardParams& p_, const BackwardKernels& bk_, Lanes lanes_, char* slice)
       : p(p_), kern(*p_.kernels), bk(bk_), lanes(lanes_),
         dot16(std::is_same_v<T, bf16> && uses_bf16_backward(p_) ? bf16_dot_kernels() : nullptr),
         pack16(dot16 ? bf16_backward_kernels() : nullptr),
         family(dot16 ? p_.family : TileFamily::f32_fma), tiles(family),
-        scale_after_dot(dot16 != nullptr || std::fabs(p_.scale) > 1.0f) {
+        scale_after_dot(dot16 != nullptr || std::fabs(p_.scale) > 1.0f),
+        dot_scores(dot16 == nullptr && p_.scores_by_dot) {
     Carver c(slice);
     w = FlashBackwardSlices::carve(p, c);
     d = size_t(p.dim), dv = size_t(p.dim_v);
@@ -142,7 +146,7 @@ struct TileWorker {
       if (dead(r)) continue;
       const float* dout = w.dout + size_t(r) * dvp;
       if (lanes == Lanes::queries) {
-        put_lane(w.q + size_t(r) * dp, d, size_t(r), w.qt);
+        put_score_lane(w.q + size_t(r) * dp, size_t(r), w.qt);
         put_lane(dout, dv, size_t(r), w.doutt);
       }
       w.dsum[r] = read_parked_dsums ? parked_dsum(i0 + r) : row_dsum(i0 + r, dout, nullptr);
@@ -229,6 +233,13 @@ struct TileWorker {
   // Lane l of a lane-side f32 operand t32 (n x ld) from the row src[0..n).
   void put_lane(const float* src, size_t n, size_t l, float* t32) const {
     for (size_t c = 0; c < n; ++c) t32[c * ld + l] = src[c];
+  }
+
+  // Lane l of the lane side of S (w.qt or w.kt, d x ld) from the row src[0..d): transposed, or
+  // row l for dot_scores.
+  void put_score_lane(const float* src, size_t l, float* t32) const {
+    if (dot_scores) std::copy_n(src, d, t32 + l * d);
+    else put_lane(src, d, l, t32);
   }
 
   // Lane l of a lane-side bf16 operand t16 (pad_pairs(n) / 2 x ld pairs) from the bf16 bits
@@ -372,7 +383,7 @@ struct TileWorker {
       return put_lane16(bits_row(p.k, b, j0 + t, g, d, 0), d, size_t(t), w.xt16) &
              put_lane16(bits_row(p.v, b, j0 + t, g, dv, 1), dv, size_t(t), w.yt16);
     bool finite = load_row(kern, p.k.at<T>(b, j0 + t, g), p.k.stride[3], d, w.row);
-    put_lane(w.row, d, size_t(t), w.kt);
+    put_score_lane(w.row, size_t(t), w.kt);
     finite &= load_row(kern, p.v.at<T>(b, j0 + t, g), p.v.stride[3], dv, w.row);
     put_lane(w.row, dv, size_t(t), w.vt);
     return finite;
@@ -501,8 +512,11 @@ struct TileWorker {
   void scores(int64_t keys) const {
     const size_t n = row_count(keys);
     const bool keys_in_lanes = lanes == Lanes::keys;
+    const float* x = keys_in_lanes ? w.q : w.k;
+    const float* x_lanes = keys_in_lanes ? w.kt : w.qt;
     if (dot16) rows_times_pairs(x_rows, x_stride, w.xt16, w.st, n, de);
-    else kern.gemm({keys_in_lanes ? w.q : w.k, dp, 1, keys_in_lanes ? w.kt : w.qt, ld, w.st, ld, n, ld, d, false});
+    else if (dot_scores) kern.dot_scores({x, dp, false, n, x_lanes, d, ld, d, w.st, ld});
+    else kern.gemm({x, dp, 1, x_lanes, ld, w.st, ld, n, ld, d, false});
     scale_tile(w.st, keys);
   }
 

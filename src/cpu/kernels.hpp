@@ -29,6 +29,20 @@ struct GemmArgs {
   bool accumulate;  // false: C = A B
 };
 
+// Scores of a few query rows as dot products (Kernels::dot_scores): st[t * ldst + r] = k_t . q_r
+// for keys t < keys and rows r < rows, d a multiple of kPadFloats. Key row t is at k + t * k_row
+// elements (f32, or bf16 widened exactly as read when k_bf16), query row r at q + r * q_row.
+struct DotScoresArgs {
+  const void* k;
+  size_t k_row;
+  bool k_bf16;
+  size_t keys;
+  const float* q;
+  size_t q_row, rows, d;
+  float* st;
+  size_t ldst;
+};
+
 struct Bf16DotKernels;
 
 // Which operand of Kernels::gemm_bf16 holds bf16 elements.
@@ -43,6 +57,11 @@ struct Kernels {
   // gemm with one operand in bf16, widened exactly to f32 as it is read (the f32 products and
   // sums of gemm on widened copies, the same bits): a bf16 cache read in place by f32 queries.
   void (*gemm_bf16)(const GemmArgs& g, Bf16Operand bf16_operand);
+  // Scores as dot products, for calls of few queries, whose rows would fill few of the GEMM's
+  // lanes (4 of 16 for a group of 4 query heads and one new query): per (key, row) a vector of
+  // partial sums (lane l: the elements kk = l mod lanes, in increasing kk), summed by a tree fixed
+  // per vector width. The bits differ between targets of different widths (scalar: one chain).
+  void (*dot_scores)(const DotScoresArgs& g);
   // The online-softmax step for one key chunk of a transposed score tile st[keys][ld] (ld lanes =
   // query rows, a multiple of kPadFloats), scores first multiplied by `scale`: per lane, the new max over the chunk (NaN scores
   // ignored for the max), alpha = exp(old max - new max) (1 when equal), st <- exp(st - new max)

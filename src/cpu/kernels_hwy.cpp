@@ -7,6 +7,7 @@
 
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 
@@ -97,6 +98,105 @@ void Gemm(const GemmArgs& g) { GemmOf<float, float>(g); }
 void GemmBf16(const GemmArgs& g, Bf16Operand which) {
   if (which == Bf16Operand::a) GemmOf<hwy::bfloat16_t, float>(g);
   else GemmOf<float, hwy::bfloat16_t>(g);
+}
+
+HWY_INLINE float Widen(float x) { return x; }
+HWY_INLINE float Widen(hwy::bfloat16_t x) { return hwy::F32FromBF16(x); }
+
+#if HWY_TARGET != HWY_SCALAR
+// z_j's blocks of 4 lanes transposed and added: block b, lane j of the result is
+// (l0 + l2) + (l1 + l3) of block b of z_j.
+HWY_INLINE VF TransposeAdd4(DF d, VF z0, VF z1, VF z2, VF z3) {
+  const hn::Repartition<double, DF> d64;
+  const VF s01 = hn::Add(hn::InterleaveLower(d, z0, z1), hn::InterleaveUpper(d, z0, z1));
+  const VF s23 = hn::Add(hn::InterleaveLower(d, z2, z3), hn::InterleaveUpper(d, z2, z3));
+  const auto lo = hn::InterleaveLower(d64, hn::BitCast(d64, s01), hn::BitCast(d64, s23));
+  const auto hi = hn::InterleaveUpper(d64, hn::BitCast(d64, s01), hn::BitCast(d64, s23));
+  return hn::Add(hn::BitCast(d, lo), hn::BitCast(d, hi));
+}
+
+// out[i] = the sum of the lanes of x[i], i < 16, by a tree fixed per vector width: the vectors'
+// halves folded (16 lanes: 256-bit halves, then 128-bit blocks; 8 lanes: 128-bit blocks), then
+// their blocks of 4 lanes by TransposeAdd4.
+HWY_INLINE void SumLanes16(DF d, const VF (&x)[16], float* out) {
+  HWY_ALIGN float sums[hn::MaxLanes(d)];
+#if HWY_TARGET <= HWY_AVX3
+  VF h[8];  // blocks 0, 1: item 2m folded to 8 lanes; blocks 2, 3: item 2m + 1
+  for (size_t m = 0; m < 8; ++m)
+    h[m] = hn::Add(hn::ConcatLowerLower(d, x[2 * m + 1], x[2 * m]), hn::ConcatUpperUpper(d, x[2 * m + 1], x[2 * m]));
+  VF y[4];  // blocks: items 4n, 4n + 2, 4n + 1, 4n + 3 folded to 4 lanes
+  for (size_t n = 0; n < 4; ++n)
+    y[n] = hn::Add(hn::OddEvenBlocks(hn::SwapAdjacentBlocks(h[2 * n + 1]), h[2 * n]),
+                   hn::OddEvenBlocks(h[2 * n + 1], hn::SwapAdjacentBlocks(h[2 * n])));
+  hn::Store(TransposeAdd4(d, y[0], y[1], y[2], y[3]), d, sums);
+  constexpr size_t kBlockItem[4] = {0, 2, 1, 3};
+  for (size_t b = 0; b < 4; ++b)
+    for (size_t j = 0; j < 4; ++j) out[4 * j + kBlockItem[b]] = sums[b * 4 + j];
+#elif HWY_TARGET == HWY_AVX2
+  VF h[8];  // block 0: item 2m folded to 4 lanes, block 1: item 2m + 1
+  for (size_t m = 0; m < 8; ++m)
+    h[m] = hn::Add(hn::ConcatLowerLower(d, x[2 * m + 1], x[2 * m]), hn::ConcatUpperUpper(d, x[2 * m + 1], x[2 * m]));
+  for (size_t g = 0; g < 2; ++g) {
+    hn::Store(TransposeAdd4(d, h[4 * g], h[4 * g + 1], h[4 * g + 2], h[4 * g + 3]), d, sums);
+    for (size_t b = 0; b < 2; ++b)
+      for (size_t j = 0; j < 4; ++j) out[2 * (4 * g + j) + b] = sums[b * 4 + j];
+  }
+#else
+  for (size_t g = 0; g < 4; ++g) {
+    hn::Store(TransposeAdd4(d, x[4 * g], x[4 * g + 1], x[4 * g + 2], x[4 * g + 3]), d, sums);
+    for (size_t j = 0; j < 4; ++j) out[4 * g + j] = sums[j];
+  }
+#endif
+}
+#endif
+
+// A tile of 4 keys x 4 query rows: 16 dot products, each a vector of partial sums (lane l: the
+// elements kk = l mod lanes, in increasing kk) reduced by SumLanes16. Plain loads of both rows:
+// no shuffle in the loop (on Zen 4 a 512-bit shuffle takes an FMA's slot).
+template <typename KT>
+void DotScoresOf(const DotScoresArgs& g) {
+  const DF d;
+  const KT* k = static_cast<const KT*>(g.k);
+#if HWY_TARGET == HWY_SCALAR
+  for (size_t t = 0; t < g.keys; ++t)
+    for (size_t r = 0; r < g.rows; ++r) {
+      VF c = hn::Zero(d);
+      for (size_t kk = 0; kk < g.d; ++kk)
+        c = hn::MulAdd(hn::Set(d, Widen(k[t * g.k_row + kk])), hn::Set(d, g.q[r * g.q_row + kk]), c);
+      g.st[t * g.ldst + r] = hn::GetLane(c);
+    }
+#else
+  const size_t L = hn::Lanes(d);
+  for (size_t t0 = 0; t0 < g.keys; t0 += 4) {
+    const size_t nk = std::min<size_t>(4, g.keys - t0);
+    const KT* key[4];  // past the last key or row, the last one again (its sums are not stored)
+    for (size_t i = 0; i < 4; ++i) key[i] = k + (t0 + std::min(i, nk - 1)) * g.k_row;
+    for (size_t r0 = 0; r0 < g.rows; r0 += 4) {
+      const size_t nr = std::min<size_t>(4, g.rows - r0);
+      const float* q[4];
+      for (size_t r = 0; r < 4; ++r) q[r] = g.q + (r0 + std::min(r, nr - 1)) * g.q_row;
+      VF acc[16];
+      for (VF& x : acc) x = hn::Zero(d);
+      for (size_t kk = 0; kk < g.d; kk += L) {
+        VF qv[4];
+        for (size_t r = 0; r < 4; ++r) qv[r] = hn::LoadU(d, q[r] + kk);
+        for (size_t i = 0; i < 4; ++i) {
+          const VF kv = LoadAsF32(d, key[i] + kk);
+          for (size_t r = 0; r < 4; ++r) acc[i * 4 + r] = hn::MulAdd(kv, qv[r], acc[i * 4 + r]);
+        }
+      }
+      float sums[16];
+      SumLanes16(d, acc, sums);
+      for (size_t i = 0; i < nk; ++i)
+        for (size_t r = 0; r < nr; ++r) g.st[(t0 + i) * g.ldst + r0 + r] = sums[i * 4 + r];
+    }
+  }
+#endif
+}
+
+void DotScores(const DotScoresArgs& g) {
+  if (g.k_bf16) DotScoresOf<hwy::bfloat16_t>(g);
+  else DotScoresOf<float>(g);
 }
 
 // exp(x) for x <= 0 (the softmax only exponentiates score - running max), NaN kept, -inf -> 0.
@@ -245,8 +345,8 @@ const char* TargetLabel() {
 }
 
 extern const Kernels kKernels;
-const Kernels kKernels = {TargetLabel(), HWY_TARGET, nullptr, &Gemm, &GemmBf16, &SoftmaxStep, &ScaleRows,
-                          &ToF32, &AddTransposed};
+const Kernels kKernels = {TargetLabel(), HWY_TARGET, nullptr, &Gemm, &GemmBf16, &DotScores, &SoftmaxStep,
+                          &ScaleRows, &ToF32, &AddTransposed};
 
 }  // namespace HWY_NAMESPACE
 }  // namespace memattn::detail

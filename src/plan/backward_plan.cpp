@@ -53,6 +53,7 @@ void plan_backward(BackwardParams& p, const Options& o) {
   p.query_chunk = std::max<int64_t>(1, std::min(cq, p.seq_q));
   p.key_chunk = std::max<int64_t>(1, std::min(ck, p.seq_k));
   p.threads = o.num_threads > 0 ? o.num_threads : default_threads();
+  p.scores_by_dot = scores_by_dot(p);
 }
 
 int64_t lse_items(const BackwardParams& p) {

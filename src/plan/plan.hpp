@@ -17,6 +17,12 @@ namespace memattn::detail {
 // bitwise identical for any number of threads.
 void plan_forward(Params& p, const Options& o);
 
+// Do p's f32 products score by dot products (Params::scores_by_dot)? Flash calls whose groups have
+// at most 8 rows (query heads per kv head x queries: decode), which would fill few of the GEMM's
+// lanes, with a head dim that is a multiple of 16 (whole vectors of every target). A function of
+// the shapes alone, the same for forward and backward.
+bool scores_by_dot(const Params& p);
+
 // The tile family of p's flash forward or backward products: the one MEMATTN_FAMILY names (an
 // error where it cannot run p's dtype and target; an AMX family on head dims the backward's tiles
 // do not take falls to the default there), else the fastest that runs: amx_bf16, bf16_dot, f32_fma.
