@@ -107,3 +107,16 @@ TEST(BackwardAccuracyScale, det_corrected_rows_any_thread_count) {
     rule.check(c);
   }
 }
+
+// Decode-shaped calls (Params::scores_by_dot) recompute the forward's dot-product scores in the
+// backward, on every dtype: the gradients within the rule of Ref64 (the bf16 ones on the f32
+// products, whatever the family).
+TEST(BackwardAccuracy, DecodeShapesScoreByDotProducts) {
+  for (DType dt : {DType::f32, DType::bf16, DType::f16})
+    for (int64_t sq : {1, 2}) {
+      BackwardCase c(Shape{2, sq, 300, 8, 2, 32, 48}, dt, 60 + uint64_t(sq));
+      c.options.causal = true, c.options.align = memattn::Align::bottom_right;
+      SCOPED_TRACE(describe(c));
+      expect_backward_accurate(c);
+    }
+}

@@ -211,6 +211,15 @@ TEST(BackwardTileFamily, ReportsTheFamilyThatRuns) {
     c.run_backward();  // from the default forward's out and lse: the family forced on the backward alone
     EXPECT_FALSE(differ(c.dq, dq) || differ(c.dk, dk) || differ(c.dv, dv_)) << family << " d " << d;
   }
+  {  // decode-shaped (8 rows per group, dim a multiple of 16): dot products on the f32 products
+    BackwardCase c(Shape{1, 2, 40, 8, 2, 64, 32}, DType::bf16, 9050);
+    EXPECT_STREQ(memattn::backward_tile_family(c.q.view(), c.k.view(), c.v.view(), c.options), "f32_fma");
+    expect_backward_accurate(c);
+    const Buf dq = c.dq, dk = c.dk, dv_ = c.dv;
+    ScopedEnv forced("MEMATTN_FAMILY", "f32_fma");
+    c.run_backward();
+    EXPECT_FALSE(differ(c.dq, dq) || differ(c.dk, dk) || differ(c.dv, dv_));
+  }
   BackwardCase f(Shape{1, 3, 4, 1, 1, 32, 32}, DType::f32, 9100);
   EXPECT_STREQ(memattn::backward_tile_family(f.q.view(), f.k.view(), f.v.view(), f.options), "f32_fma");
   f.options.algorithm = Algorithm::naive;

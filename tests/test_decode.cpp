@@ -200,3 +200,28 @@ TEST(Decode, KvHeadsPerItemDoNotChangeBits) {
     }
   }
 }
+
+// Groups of at most 8 rows (query heads per kv head x queries) with a head dim that is a multiple
+// of 16 score by dot products (Params::scores_by_dot), on the f32 family whatever the call's
+// family: bf16 decode is bitwise the call forced onto f32_fma, within the accuracy rule of Ref64;
+// 16 rows stay on the GEMM and the call's family.
+TEST(Decode, FewRowsScoreByDotProductsOnEveryFamily) {
+  EXPECT_TRUE(planned({1, 1, 5000, 32, 8, 128, 128}).scores_by_dot);    // 4 rows
+  EXPECT_TRUE(planned({1, 2, 5000, 16, 4, 64, 64}).scores_by_dot);      // 8 rows
+  EXPECT_FALSE(planned({1, 4, 5000, 32, 8, 128, 128}).scores_by_dot);   // 16 rows
+  EXPECT_FALSE(planned({1, 1, 5000, 32, 8, 72, 72}).scores_by_dot);     // dim off a multiple of 16
+  const Shape s{2, 1, 3000, 8, 2, 64, 48};
+  Case dot(s, DType::bf16, 51);
+  dot.options.causal = true, dot.options.align = Align::bottom_right;
+  dot.run();
+  {
+    ScopedEnv family("MEMATTN_FAMILY", "f32_fma");
+    Case forced(s, DType::bf16, 51);
+    forced.options = dot.options;
+    forced.run();
+    EXPECT_EQ(bitwise_difference(forced.out, dot.out), "");
+    EXPECT_EQ(bitwise_difference(forced.lse, dot.lse), "");
+  }
+  SCOPED_TRACE(describe(dot));
+  expect_accurate(dot);
+}

@@ -169,12 +169,14 @@ def operand(dtype, seq, dim):
 @pytest.mark.parametrize("dim", [64, 48])
 def test_backward_family(dim):
     """AMX for bf16 head dims that are multiples of 32 where usable, else the bf16 dot products on
-    avx512_bf16, else f32; f32 inputs run f32 and the naive algorithm none."""
-    q, k, v = operand("bf16", 5, dim), operand("bf16", 7, dim), operand("bf16", 7, 32)
+    avx512_bf16, else f32; f32 inputs run f32 and the naive algorithm none; decode shapes (at most 8
+    query rows per kv head) f32, whose scores are dot products as in their forward."""
+    q, k, v = operand("bf16", 9, dim), operand("bf16", 7, dim), operand("bf16", 7, 32)
     dot = "avx512_bf16" in memattn.supported_targets()
     target = "avx512_bf16" if dot else None
     want = ("amx_bf16" if amx_usable() and dim % 32 == 0 else "bf16_dot" if dot else "f32_fma")
     assert memattn.backward_tile_family(q, k, v, target=target) == want
+    assert memattn.backward_tile_family(operand("bf16", 8, dim), k, v, target=target) == "f32_fma"
     f32 = [operand("f32", 5, dim), operand("f32", 7, dim), operand("f32", 7, 32)]
     assert memattn.backward_tile_family(*f32) == "f32_fma"
     assert memattn.backward_tile_family(q, k, v, algorithm="naive") == "none"

@@ -51,7 +51,8 @@ const char* backward_tile_family(const Tensor& q, const Tensor& k, const Tensor&
   BackwardParams p = make_backward_params(q, k, v, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, o, nullptr,
                                           BackwardRequest{});
   plan_backward(p, o);
-  return p.algorithm == Algorithm::flash ? family_name(p.family) : "none";
+  if (p.algorithm != Algorithm::flash) return "none";
+  return uses_bf16_backward(p) || p.family == TileFamily::f32_fma ? family_name(p.family) : "f32_fma";
 }
 
 void backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,

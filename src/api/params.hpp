@@ -64,9 +64,9 @@ struct Params {
   // of every head of a kv head's group, group * seq_q rows.
   int64_t query_chunk = 0, key_chunk = 0;
   bool grouped = false;
-  // The f32 products compute the scores as dot products (Kernels::dot_scores) rather than on the
-  // GEMM: calls of few queries (scores_by_dot in plan.hpp), forward and backward alike, so that
-  // the backward recomputes the forward's scores bit for bit.
+  // The scores are dot products on the f32 family (Kernels::dot_scores) rather than the GEMM or a
+  // bf16 family's tiles: decode groups of few rows (scores_by_dot in plan.hpp), forward and
+  // backward alike, so that the backward recomputes the forward's scores bit for bit.
   bool scores_by_dot = false;
   // The flash key range is cut into `splits` parts of split_keys keys (a multiple of key_chunk);
   // with more than one, items write normalised (out, lse) partials that are merged afterwards.

@@ -33,6 +33,7 @@ void plan_backward(BackwardParams& p, const Options& o) {
   // Bound whatever the algorithm, as in plan_forward: an unknown target is an error on every path.
   p.kernels = &select_kernels(o.target);
   p.family = p.algorithm == Algorithm::flash ? choose_family(p, true) : TileFamily::f32_fma;
+  p.scores_by_dot = scores_by_dot(p);
 
   // Pass 1 keeps a key chunk's K^T, V^T, dK and dV (2 x key_chunk x (d + dv) floats) in L2 next
   // to a query tile (query_chunk x (d + dv)) and two query_chunk x key_chunk score tiles: 256 keys
@@ -53,7 +54,6 @@ void plan_backward(BackwardParams& p, const Options& o) {
   p.query_chunk = std::max<int64_t>(1, std::min(cq, p.seq_q));
   p.key_chunk = std::max<int64_t>(1, std::min(ck, p.seq_k));
   p.threads = o.num_threads > 0 ? o.num_threads : default_threads();
-  p.scores_by_dot = scores_by_dot(p);
 }
 
 int64_t lse_items(const BackwardParams& p) {

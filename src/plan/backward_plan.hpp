@@ -56,10 +56,12 @@ size_t backward_workspace_bytes(const BackwardParts& parts);
 // (the avx512_bf16 target) run them on vdpbf16ps, bf16 operands in pairs, odd dims and counts
 // zero-padded, f32 sums; on amx_bf16 (head dims multiples of 32) on TDPBF16PS tiles, with the same
 // operands. Every other dtype or family runs them on the f32 GEMM.
+// Calls whose scores are dot products (Params::scores_by_dot) run on the f32 GEMM and dot products
+// whatever their family, as their forward does.
 inline bool uses_amx_backward(const BackwardParams& p) {
-  return p.family == TileFamily::amx_bf16 || p.family == TileFamily::amx_bf16_emulated;
+  return (p.family == TileFamily::amx_bf16 || p.family == TileFamily::amx_bf16_emulated) && !p.scores_by_dot;
 }
-inline bool uses_bf16_backward(const BackwardParams& p) { return p.family != TileFamily::f32_fma; }
+inline bool uses_bf16_backward(const BackwardParams& p) { return p.family != TileFamily::f32_fma && !p.scores_by_dot; }
 
 // n values rounded up to whole bf16 pairs (the last one zero-padded).
 inline size_t pad_pairs(size_t n) { return n + n % 2; }

@@ -187,6 +187,9 @@ static void test_backward_family(int amx) {
   CHECK(is(memattn_backward_tile_family(&q64, &k64, &k64, &on_dot), amx ? "amx_bf16" : dot ? "bf16_dot" : "f32_fma"));
   CHECK(is(memattn_backward_tile_family(&q48, &k48, &k64, &on_dot), dot ? "bf16_dot" : "f32_fma"));
   CHECK(is(memattn_backward_tile_family(&tq, &tk, &tv, NULL), "f32_fma"));
+  /* decode-shaped: a group of 1 row scores by dot products on the f32 products, as its forward */
+  const memattn_tensor q1 = TENSOR(bq, MEMATTN_BF16, 1, 1, 1, DIM);
+  CHECK(is(memattn_backward_tile_family(&q1, &k64, &k64, &on_dot), "f32_fma"));
   const memattn_options naive = with(NULL, MEMATTN_ALGORITHM_NAIVE);
   CHECK(is(memattn_backward_tile_family(&q64, &k64, &k64, &naive), "none"));
   CHECK(memattn_backward_tile_family(&q64, &tk, &k64, NULL) == NULL && last_error_has("k"));
