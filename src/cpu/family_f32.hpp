@@ -1,5 +1,6 @@
 // The f32 FMA tile family: Q^T, K and V as f32 (converted from bf16/f16 inputs), scores and P V
-// on the SIMD f32 GEMM of the selected Highway target.
+// on the SIMD f32 GEMM of the selected Highway target (decode groups of few rows: scores as dot
+// products, Params::scores_by_dot).
 #pragma once
 
 #include <algorithm>
