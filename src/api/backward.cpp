@@ -52,7 +52,7 @@ const char* backward_tile_family(const Tensor& q, const Tensor& k, const Tensor&
                                           BackwardRequest{});
   plan_backward(p, o);
   if (p.algorithm != Algorithm::flash) return "none";
-  return uses_bf16_backward(p) || p.family == TileFamily::f32_fma ? family_name(p.family) : "f32_fma";
+  return uses_bf16_backward(p) ? family_name(p.family) : "f32_fma";
 }
 
 void backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,

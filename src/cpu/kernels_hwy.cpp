@@ -115,6 +115,13 @@ HWY_INLINE VF TransposeAdd4(DF d, VF z0, VF z1, VF z2, VF z3) {
   return hn::Add(hn::BitCast(d, lo), hn::BitCast(d, hi));
 }
 
+#if HWY_TARGET <= HWY_AVX2
+// The halves of a and b folded: a's sums in the lower half, b's in the upper.
+HWY_INLINE VF FoldHalves(DF d, VF a, VF b) {
+  return hn::Add(hn::ConcatLowerLower(d, b, a), hn::ConcatUpperUpper(d, b, a));
+}
+#endif
+
 // out[i] = the sum of the lanes of x[i], i < 16, by a tree fixed per vector width: the vectors'
 // halves folded (16 lanes: 256-bit halves, then 128-bit blocks; 8 lanes: 128-bit blocks), then
 // their blocks of 4 lanes by TransposeAdd4.
@@ -122,8 +129,7 @@ HWY_INLINE void SumLanes16(DF d, const VF (&x)[16], float* out) {
   HWY_ALIGN float sums[hn::MaxLanes(d)];
 #if HWY_TARGET <= HWY_AVX3
   VF h[8];  // blocks 0, 1: item 2m folded to 8 lanes; blocks 2, 3: item 2m + 1
-  for (size_t m = 0; m < 8; ++m)
-    h[m] = hn::Add(hn::ConcatLowerLower(d, x[2 * m + 1], x[2 * m]), hn::ConcatUpperUpper(d, x[2 * m + 1], x[2 * m]));
+  for (size_t m = 0; m < 8; ++m) h[m] = FoldHalves(d, x[2 * m], x[2 * m + 1]);
   VF y[4];  // blocks: items 4n, 4n + 2, 4n + 1, 4n + 3 folded to 4 lanes
   for (size_t n = 0; n < 4; ++n)
     y[n] = hn::Add(hn::OddEvenBlocks(hn::SwapAdjacentBlocks(h[2 * n + 1]), h[2 * n]),
@@ -134,8 +140,7 @@ HWY_INLINE void SumLanes16(DF d, const VF (&x)[16], float* out) {
     for (size_t j = 0; j < 4; ++j) out[4 * j + kBlockItem[b]] = sums[b * 4 + j];
 #elif HWY_TARGET == HWY_AVX2
   VF h[8];  // block 0: item 2m folded to 4 lanes, block 1: item 2m + 1
-  for (size_t m = 0; m < 8; ++m)
-    h[m] = hn::Add(hn::ConcatLowerLower(d, x[2 * m + 1], x[2 * m]), hn::ConcatUpperUpper(d, x[2 * m + 1], x[2 * m]));
+  for (size_t m = 0; m < 8; ++m) h[m] = FoldHalves(d, x[2 * m], x[2 * m + 1]);
   for (size_t g = 0; g < 2; ++g) {
     hn::Store(TransposeAdd4(d, h[4 * g], h[4 * g + 1], h[4 * g + 2], h[4 * g + 3]), d, sums);
     for (size_t b = 0; b < 2; ++b)
