@@ -369,13 +369,13 @@ TEST(ErrorsHostile, err_huge_sequences_largest_accepted_is_exact) {
 }
 
 // Sizing huge problems is planning only: chunk sizes stop growing with the sequences, so the
-// workspace of 2^62 - 1 queries and keys is that of 4096, and the thread count still decides how
+// workspace of 2^62 - 1 queries and keys is that of 2^20, and the thread count still decides how
 // many slices there are (the work estimate, far beyond int64, is capped at the thread count).
 TEST(ErrorsHostile, err_huge_sequences_workspace_is_planned_exactly) {
   for (int threads : {1, 2, 3}) {
     SCOPED_TRACE("threads " + std::to_string(threads));
     HugeCall huge{1, k2e62 - 1, k2e62 - 1, 2, 1, 1, 1};
-    HugeCall small{1, 4096, 4096, 2, 1, 1, 1};
+    HugeCall small{1, 1 << 20, 1 << 20, 2, 1, 1, 1};
     huge.options.num_threads = small.options.num_threads = threads;
     for (bool causal : {false, true}) {
       huge.options.causal = small.options.causal = causal;

@@ -21,7 +21,7 @@ class F32Family {
   using Kv = KvT;
   struct Slices {
     float* qt;     // dim x pad(query_chunk): the query rows, transposed (lanes = queries)
-    float* qs;     // query_chunk x dim: the query rows as f32, when the scores are dot products
+    float* qs;     // query_chunk x dim: the query rows as f32 (only when the scores are dot products)
     float* q_row;  // dim: one query row converted to f32 on its way into qt
     float* k;      // key_chunk x dim: the key chunk as f32, when it cannot be read in place
     float* v;      // key_chunk x pad(dim_v): the value chunk as f32, zero-padded
@@ -29,7 +29,7 @@ class F32Family {
     static Slices carve(const Params& p, Carver& c) {
       const size_t cqp = pad_floats(size_t(p.query_chunk)), ck = size_t(p.key_chunk);
       const size_t d = size_t(p.dim), dv = size_t(p.dim_v), dvp = pad_floats(dv);
-      return {c.take<float>(checked_mul(d, cqp)), c.take<float>(checked_mul(d, size_t(p.query_chunk))),
+      return {c.take<float>(checked_mul(d, cqp)), c.take<float>(p.scores_by_dot ? checked_mul(d, size_t(p.query_chunk)) : 0),
               c.take<float>(d), c.take<float>(checked_mul(ck, d)),
               c.take<float>(checked_mul(ck, dvp)), c.take<float>(checked_mul(std::min(dv, kValueBlock), cqp))};
     }

@@ -52,6 +52,42 @@ constexpr int64_t kDecodeQueries = 16, kMaxGroupRows = 256, kMinSplitKeys = 2048
 // lanes), 16 rows 920-1200 against 630-720.
 constexpr int64_t kDotScoreRows = 8;
 
+// Query rows per flash work item. An item sweeps its head's K and V once per key chunk, so its
+// rows share every K/V read, every packing of K and V into a family's layout (bf16 pairs, AMX
+// tiles) and every pass over them from L3 or DRAM: the more rows, the fewer sweeps. Zen 4, n =
+// 4096 and 16384, d = 64 and 128, 1 and 2 threads, no mask, alternating with 128 rows (two runs,
+// docs/performance.md): f32 50-68% -> 63-79% of the FMA peak, bf16 39-61% -> 47-64% of the
+// bf16-dot peak; the packing of K and the pairing of V fell from 14% to 5% of the bf16 forward's
+// samples. Masks that band the scores (causal, windows) compute the diagonal chunks for every row
+// of the item, masked or not, about rows / 2 wasted keys per row: such calls keep rows <= 1/32
+// of the keys a row sees at most (Zen 4, causal: at n = 4096 512 rows lost up to 10 points
+// against 128, at n = 16384 they gained 5-12). The AMX family and cores with 2 MiB of L2
+// (Sapphire Rapids class Xeons) measured 256 rows ahead of 128 even there (AMX, 1 thread, n =
+// 4096: 8.1% of its peak at 128 rows, 10.1% at 256, causal 7.9% at 256 and 6.9% at 512; f32 d =
+// 128 53-57% -> 62%) and keep at least 256 (512 rows are unmeasured on those CPUs). Items stay at
+// least four per processor of the machine while the rows can halve; not per thread of the call:
+// where dim_v is off a multiple of 16 the rows decide how P V is summed (values_transposed), so
+// the thread count would change the bits.
+constexpr int64_t kMaxQueryRows = 512;
+int64_t flash_query_rows(const Params& p) {
+  const bool amx = p.family == TileFamily::amx_bf16 || p.family == TileFamily::amx_bf16_emulated;
+  const int64_t least = amx || l2_bytes() >= (size_t(2) << 20) ? 256 : 128;
+  int64_t rows = kMaxQueryRows;
+  if (p.causal || p.window_left >= 0 || p.window_right >= 0) {
+    // The most keys a row sees: the window's width where both sides are bounded.
+    int64_t span = p.seq_k;
+    const int64_t right = p.causal ? 0 : p.window_right;
+    if (p.window_left >= 0 && right >= 0) span = std::min(span, p.window_left + right + 1);
+    while (rows > least && rows * 32 > span) rows /= 2;
+  }
+  // In double: batch x heads x tiles may pass int64 for broadcast inputs of huge sequences.
+  const auto items = [&](int64_t r) { return double(p.batch) * double(p.heads_q) * double((p.seq_q + r - 1) / r); };
+  // The machine's processors, not those this process may run on: an affinity mask changes no bits.
+  static const double cores = double(std::max(1L, sysconf(_SC_NPROCESSORS_CONF)));
+  while (rows > least && items(rows) < 4 * cores) rows /= 2;
+  return rows;
+}
+
 // The kv heads of one decode item: where K and V keep a key's heads side by side (BSHD caches,
 // and pages of them), a chunk of keys read one head at a time touches a new 4 KiB page every row
 // (512 B of f32 at d = 128), which the hardware prefetchers do not follow and which costs a page
@@ -156,23 +192,7 @@ void plan_forward(Params& p, const Options& o) {
     // 60-65% (d = 128) and 58-69% against 62-64% (d = 64). The cap does not look at strides, so
     // every layout of the same data sums in the same order; it is a multiple of 32, a whole AMX
     // tile depth of keys.
-    // 128 query rows per work item: each sweep over a head's K and V (from DRAM and through the TLB
-    // once n*(d+dv) outgrows L2) serves 128 queries. Measured on Zen 5, 1 thread, f32: against 64
-    // rows, n = 16384 goes from 98 to 113 GFLOP/s (d = 128) and 97 to 113 (d = 64) and n = 2048
-    // does not change; 256 rows gain a little more at n = 16384 but lose 8% on bf16 at n = 2048.
-    // A 128-row panel of Q^T is 512 B per head-dim element, so the GEMM's 64-query column panels
-    // still fit L1.
-    // The AMX family takes 256 rows: its tile products are so fast that the vector work per
-    // (query tile, key chunk) pair dominates, chiefly packing the value chunk into VNNI pairs,
-    // which 256 rows amortise over twice the queries. Measured on a Sapphire Rapids class Xeon
-    // (1 thread, n = 4096, bf16, d = 128): 128 rows 8.1% of the AMX peak, 256 rows 10.1%, 512
-    // rows 10.5% but causal drops from 7.9% (256) to 6.9% (512), its diagonal chunks being masked
-    // one row at a time.
-    // Cores with 2 MiB of L2 or more (Sapphire Rapids class Xeons) take 256 rows on every family:
-    // f32 there, 1 thread, n = 4096, V packed: d = 128 went from 53-57% of the FMA peak (128 rows)
-    // to 62%, d = 64 from 47-51% to 54%. Zen 4/5 (1 MiB) keep 128, as measured above.
-    const bool amx = p.family == TileFamily::amx_bf16 || p.family == TileFamily::amx_bf16_emulated;
-    if (cq == 0) cq = amx || l2_bytes() >= (size_t(2) << 20) ? 256 : 128;
+    if (cq == 0) cq = flash_query_rows(p);
     if (ck == 0)
       ck = std::clamp<int64_t>(round_down(int64_t(l2_bytes() / 2) / (4 * (p.dim + p.dim_v + 1)), 16),
                                16, 128);
