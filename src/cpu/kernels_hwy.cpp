@@ -1,6 +1,7 @@
 // The flash path's SIMD kernels, compiled once per Highway target (foreach_target) and listed at
 // the end for run-time selection: a register-blocked f32 GEMM tile (one operand may be bf16),
-// dot-product scores for decode groups, the online-softmax step with a vectorised exp, row rescaling and dtype conversion.
+// dot-product scores for decode groups, the online-softmax step with a vectorised exp, row
+// rescaling and dtype conversion.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "cpu/kernels_hwy.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep

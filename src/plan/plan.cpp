@@ -69,11 +69,13 @@ constexpr int64_t kDotScoreRows = 8;
 // where dim_v is off a multiple of 16 the rows decide how P V is summed (values_transposed), so
 // the thread count would change the bits.
 constexpr int64_t kMaxQueryRows = 512;
+// Masks under which a row sees a band of the keys, so later query chunks see more of them.
+bool banded(const Params& p) { return p.causal || p.window_left >= 0 || p.window_right >= 0; }
 int64_t flash_query_rows(const Params& p) {
   const bool amx = p.family == TileFamily::amx_bf16 || p.family == TileFamily::amx_bf16_emulated;
   const int64_t least = amx || l2_bytes() >= (size_t(2) << 20) ? 256 : 128;
   int64_t rows = kMaxQueryRows;
-  if (p.causal || p.window_left >= 0 || p.window_right >= 0) {
+  if (banded(p)) {
     // The most keys a row sees: the window's width where both sides are bounded.
     int64_t span = p.seq_k;
     const int64_t right = p.causal ? 0 : p.window_right;
@@ -244,8 +246,7 @@ FlashWorkItem flash_item(const Params& p, int64_t index) {
   const int64_t cq = p.query_chunk, q_chunks = (p.seq_q + cq - 1) / cq, bh = index / q_chunks;
   // Under causal or window masks later query chunks see more keys: hand them out first so the
   // dynamic schedule ends on light items.
-  const bool banded = p.causal || p.window_left >= 0 || p.window_right >= 0;
-  const int64_t qc = banded ? q_chunks - 1 - index % q_chunks : index % q_chunks;
+  const int64_t qc = banded(p) ? q_chunks - 1 - index % q_chunks : index % q_chunks;
   const int64_t h = bh % p.heads_q;
   return {bh / p.heads_q, h / p.group, h, 1, qc * cq, std::min(cq, p.seq_q - qc * cq), 0, p.seq_k, 0};
 }
