@@ -361,3 +361,24 @@ TEST(BackwardDeterminism, det_bitwise_repeat_and_threads) {
       check("inside a parallel region");
     }
 }
+
+// The f32 flash backward sums each gradient element over its queries (dK, dV) or keys (dQ) in
+// index order, one GEMM accumulation carried across tiles: the chunk sizes, and pass 2's tiles
+// transposed from pass 1's (dq_pass_params), change no bit of it. Rows with coarse lse (whose
+// correction sweeps the keys chunk by chunk) are left out: |lse| stays far below 16 here.
+TEST(BackwardDeterminism, det_f32_gradients_do_not_depend_on_chunk_sizes) {
+  BackwardCase c(Shape{2, 70, 90, 4, 2, 24, 20}, DType::f32, 590);
+  c.options.algorithm = Algorithm::flash;
+  c.options.causal = true;
+  c.options.align = Align::bottom_right;
+  c.run_both();
+  const Buf want[] = {c.dq, c.dk, c.dv};
+  for (const auto [cq, ck] : {std::pair{8, 16}, std::pair{16, 8}, std::pair{5, 7}, std::pair{64, 3}, std::pair{70, 90}}) {
+    c.options.query_chunk = cq;
+    c.options.key_chunk = ck;
+    c.run_backward();
+    const Buf* got[] = {&c.dq, &c.dk, &c.dv};
+    for (int i = 0; i < 3; ++i)
+      EXPECT_EQ(bitwise_difference(*got[i], want[i]), "") << "chunks " << cq << " x " << ck << " gradient " << i;
+  }
+}

@@ -7,7 +7,7 @@
 //   pass 1, per (batch, kv head, key chunk): dK and dV of the chunk over every query row of the
 //           group's heads that sees it;
 //   pass 2, per (batch, head, query chunk): dQ of the chunk (and the item's dbias rows),
-//           recomputing S and dP.
+//           recomputing S and dP, with pass 1's chunk sizes transposed (dq_pass_params).
 // Pass 2 recomputes two of pass 1's four GEMMs (S and dP: 7 GEMMs instead of 5). That is the
 // price of a deterministic, atomic-free dQ in constant memory; the alternatives were atomics
 // (FlashAttention-2 on GPUs: not deterministic) or per-key-chunk dQ partials summed in a fixed
@@ -37,11 +37,12 @@ int64_t first_row(int64_t n, Pred pred) {
 }
 
 // Runs pass(p, item, slice) over the items of every part in one parallel loop (parts: the dense
-// call, or a varlen call's sequences).
+// call, or a varlen call's sequences; `planned`: the parts the workspace was sized for, whose
+// workers and slices every pass shares).
 template <typename Count, typename Pass>
-void run_pass(const BackwardParts& parts, void* ws, Count count, Pass pass) {
+void run_pass(const BackwardParts& planned, const BackwardParts& parts, void* ws, Count count, Pass pass) {
   const ItemList items(parts, count);
-  parallel_for_items(items.size(), backward_workers(parts), ws, backward_slice_bytes(parts),
+  parallel_for_items(items.size(), backward_workers(planned), ws, backward_slice_bytes(planned),
                      [&](int64_t index, char* slice) {
                        const auto [part, local] = items.locate(index);
                        pass(parts[part], local, slice);
@@ -219,16 +220,18 @@ void dsinks_pass(const BackwardParams& p) {
 // values, its dQ pass reads them back.
 template <typename T>
 void flash_backward(const BackwardParts& parts, const BackwardKernels& bk, void* workspace) {
-  run_pass(parts, workspace, lse_items, [&](const BackwardParams& p, int64_t item, char* slice) {
+  run_pass(parts, parts, workspace, lse_items, [&](const BackwardParams& p, int64_t item, char* slice) {
     lse_item<T>(p, bk, item, slice);
   });
-  run_pass(parts, workspace, dkv_items, [&](const BackwardParams& p, int64_t item, char* slice) {
+  run_pass(parts, parts, workspace, dkv_items, [&](const BackwardParams& p, int64_t item, char* slice) {
     dkv_item<T>(p, bk, item, slice);
   });
   // dsinks reads the lse corrections the dq pass overwrites; a dense call is one part (varlen
   // calls do not take dsinks, see backward()).
   if (parts.front().has_dsinks) dsinks_pass<T>(parts.front());
-  run_pass(parts, workspace, [](const BackwardParams& p) { return dq_owners(p).items(); },
+  BackwardParts dq_parts;
+  for (const BackwardParams& p : parts) dq_parts.push_back(dq_pass_params(p));
+  run_pass(parts, dq_parts, workspace, [](const BackwardParams& p) { return dq_owners(p).items(); },
            [&](const BackwardParams& p, int64_t item, char* slice) { dq_item<T>(p, bk, item, slice); });
 }
 

@@ -64,6 +64,19 @@ int64_t dkv_items(const BackwardParams& p) {
   return p.batch * p.heads_kv * ceil_div(p.seq_k, p.key_chunk);
 }
 
+// Pass 1 sweeps the query tiles past each key chunk, pass 2 the key chunks past each query tile:
+// whichever side is swept is reloaded once per item of the other, so each pass wants its items
+// wide. Pass 1's key chunk is the larger of the two (f32: 512 keys against 128-row tiles at d =
+// 128), and pass 2 takes the same shape transposed. Its key chunks were copied to f32 rows once
+// per 128-row tile before, 13% of the backward's samples; Zen 4, n = 4096, d = 128, 1 thread,
+// alternating runs: pass 2 1546-1580 ms -> 1257-1292 (docs/performance.md). The gradients do not
+// change: each dq element is still summed over its keys in key order by one GEMM accumulation.
+BackwardParams dq_pass_params(const BackwardParams& p) {
+  BackwardParams q = p;
+  if (!p.has_dbias) std::swap(q.query_chunk, q.key_chunk);
+  return q;
+}
+
 DqOwners dq_owners(const BackwardParams& p) {
   // A broadcast dim is one owner even when its extent is 0: that item still writes the zeros.
   const auto own = [&](int dim, int64_t extent) {
@@ -81,13 +94,14 @@ int64_t naive_dbias_items(const BackwardParams& p) {
 int backward_workers(const BackwardParams& p) {
   const int64_t items = p.algorithm == Algorithm::naive
                             ? std::max(naive_items(p), naive_dbias_items(p))
-                            : std::max({lse_items(p), dkv_items(p), dq_owners(p).items()});
+                            : std::max({lse_items(p), dkv_items(p), dq_owners(dq_pass_params(p)).items()});
   return int(std::max<int64_t>(1, std::min<int64_t>(p.threads, items)));
 }
 
 int backward_workers(const BackwardParts& parts) {
   int64_t lse = 0, dkv = 0, dq = 0;
-  for (const BackwardParams& p : parts) lse += lse_items(p), dkv += dkv_items(p), dq += dq_owners(p).items();
+  for (const BackwardParams& p : parts)
+    lse += lse_items(p), dkv += dkv_items(p), dq += dq_owners(dq_pass_params(p)).items();
   const int threads = parts.empty() ? 1 : parts.front().threads;
   return int(std::max<int64_t>(1, std::min<int64_t>(threads, std::max({lse, dkv, dq}))));
 }
@@ -95,10 +109,12 @@ int backward_workers(const BackwardParts& parts) {
 size_t backward_slice_bytes(const BackwardParts& parts) {
   size_t bytes = 0;
   for (const BackwardParams& p : parts) {
-    if (dkv_items(p) == 0 && dq_owners(p).items() == 0) continue;
-    Carver c;
-    FlashBackwardSlices::carve(p, c);
-    bytes = std::max(bytes, c.used());
+    if (dkv_items(p) == 0 && dq_owners(dq_pass_params(p)).items() == 0) continue;
+    for (const BackwardParams& pass : {p, dq_pass_params(p)}) {
+      Carver c;
+      FlashBackwardSlices::carve(pass, c);
+      bytes = std::max(bytes, c.used());
+    }
   }
   return bytes;
 }

@@ -23,7 +23,11 @@ int64_t lse_items(const BackwardParams& p);
 // Flash pass 1 (dK, dV): one item per (batch, kv head, key chunk).
 int64_t dkv_items(const BackwardParams& p);
 
-// Flash pass 2 (dQ and dbias): items own disjoint sets of (batch, head, query chunk) so that each
+// Pass 2's problem: p with its chunks transposed, query tiles of key_chunk rows against key
+// chunks of query_chunk keys (p itself with dbias, whose item accumulator grows with the rows).
+BackwardParams dq_pass_params(const BackwardParams& p);
+
+// Flash pass 2 (dQ and dbias, on dq_pass_params(p)): items own disjoint sets of (batch, head, query chunk) so that each
 // dq row and each dbias element is written by exactly one item. Without dbias an item is one
 // (batch, head, query chunk); with dbias, the dims the bias broadcasts over are walked inside the
 // item, in a fixed order, so the reduction is deterministic without atomics.
