@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <numeric>
 
@@ -381,4 +382,56 @@ TEST(BackwardDeterminism, det_f32_gradients_do_not_depend_on_chunk_sizes) {
     for (int i = 0; i < 3; ++i)
       EXPECT_EQ(bitwise_difference(*got[i], want[i]), "") << "chunks " << cq << " x " << ck << " gradient " << i;
   }
+}
+
+// The fused pass (one sweep per (batch, kv head), dq summed in place) and the two passes give the
+// same gradients bit for bit wherever both run: masks, windows, GQA, softcap, ALiBi, a bias
+// without dbias, sinks with dsinks, a scale above 1 (dS carries it) and below (dq's store does),
+// 1 and 3 threads. MEMATTN_BACKWARD forces either way.
+TEST(BackwardDeterminism, det_fused_pass_equals_the_two_passes) {
+  struct Variant {
+    const char* name;
+    std::function<void(BackwardCase&)> set;
+  };
+  const Variant variants[] = {
+      {"causal gqa", [](BackwardCase& c) { c.options.causal = true; }},
+      {"window", [](BackwardCase& c) { c.options.window_left = 9, c.options.window_right = 4; }},
+      {"mask softcap", [](BackwardCase& c) {
+         c.set_mask({1, 6, 40, 55}, random_mask(6 * 40 * 55, 601, 0.7));
+         c.options.softcap = 2.0;
+       }},
+      {"alibi bias", [](BackwardCase& c) {
+         c.set_alibi({6}, {0.5, 0.25, 0.125, 0.1, 0.05, 0.01});
+         c.set_bias({2, 1, 40, 55}, DType::f32, randn_values(2 * 40 * 55, 602));
+       }},
+      {"sinks", [](BackwardCase& c) {
+         c.set_sinks({0.5, -1.0, 2.0, 0.0, 1.0, -0.5});
+         c.request_dsinks();
+       }},
+      {"scale 3", [](BackwardCase& c) { c.options.scale = 3.0f, c.options.causal = true; }},
+  };
+  int seed = 610;
+  for (const Variant& v : variants)
+    for (int threads : {1, 3}) {
+      BackwardCase c(Shape{2, 40, 55, 6, 3, 24, 20}, DType::f32, seed++);
+      c.options.algorithm = Algorithm::flash;
+      c.options.num_threads = threads;
+      c.options.query_chunk = 16;  // several tiles and chunks per item
+      c.options.key_chunk = 24;
+      v.set(c);
+      c.run();
+      std::vector<Buf> want;
+      {
+        mt::ScopedEnv passes("MEMATTN_BACKWARD", "passes");
+        c.run_backward();
+        want = {c.dq, c.dk, c.dv};
+        if (c.dsinks) want.push_back(*c.dsinks);
+      }
+      mt::ScopedEnv fused("MEMATTN_BACKWARD", "fused");
+      c.run_backward();
+      std::vector<const Buf*> got = {&c.dq, &c.dk, &c.dv};
+      if (c.dsinks) got.push_back(&*c.dsinks);
+      for (size_t i = 0; i < want.size(); ++i)
+        EXPECT_EQ(bitwise_difference(*got[i], want[i]), "") << v.name << ", " << threads << " threads, gradient " << i;
+    }
 }

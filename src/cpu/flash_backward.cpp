@@ -16,6 +16,8 @@
 // (3 GEMMs) 187 ms; the two recomputed GEMMs cost about 125 ms, 25% of the backward.
 // bf16 inputs on the avx512_bf16 target run the same passes with every product on vdpbf16ps
 // (flash_backward_tile.hpp), at about twice the f32 GEMM's speed.
+#include <type_traits>
+
 #include "common/parallel.hpp"
 #include "cpu/flash_backward.hpp"
 
@@ -61,20 +63,36 @@ void lse_item(const BackwardParams& p, const BackwardKernels& bk, int64_t item, 
   x.park_lse_corrections();
 }
 
+// The fused pass's running dq sums of the tile x holds (f32 dq rows, exact) in and out of w.acc_q.
 template <typename T>
-void dkv_item(const BackwardParams& p, const BackwardKernels& bk, int64_t item, char* slice) {
-  const int64_t cq = p.query_chunk, ck = p.key_chunk;
-  const int64_t k_chunks = (p.seq_k + ck - 1) / ck;
-  TileWorker<T> x(p, bk, Lanes::keys, slice);
-  x.read_parked_dsums = x.dsums_parkable();
+void load_dq_rows(TileWorker<T>& x) {
+  for (int64_t r = 0; r < x.rows; ++r) {
+    const T* row = x.p.dq.template at<T>(x.b, x.i0 + r, x.h);
+    float* acc = x.w.acc_q + size_t(r) * x.dp;
+    for (size_t c = 0; c < x.d; ++c) acc[c] = Elem<T>::load(row[int64_t(c) * x.p.dq.stride[3]]);
+    std::fill(acc + x.d, acc + x.dp, 0.0f);
+  }
+}
+template <typename T>
+void store_dq_rows(TileWorker<T>& x, float mul) {
+  for (int64_t r = 0; r < x.rows; ++r)
+    store_grad_row<T>(x.p.dq, x.b, x.i0 + r, x.h, x.w.acc_q + size_t(r) * x.dp, x.p.dim, mul);
+}
+
+// dK and dV of keys [j0, j0 + keys) of (b, g), over every query row of the group's heads that sees
+// them. With `with_dq` (the fused pass, f32 products) each query tile's dS K is added to its dq
+// rows too, which hold the sum over the earlier key chunks: x.key_rows_too keeps K's rows.
+template <typename T>
+void dkv_chunk(TileWorker<T>& x, int64_t b, int64_t g, int64_t j0, int64_t keys, bool with_dq) {
+  const BackwardParams& p = x.p;
+  const int64_t cq = p.query_chunk;
   const FlashBackwardSlices& w = x.w;
-  const int64_t bg = item / k_chunks, b = bg / p.heads_kv, g = bg % p.heads_kv;
-  const int64_t j0 = item % k_chunks * ck, keys = std::min(ck, p.seq_k - j0);
   const size_t kn = size_t(keys);
   x.clear_lane_side();
   std::fill_n(w.acc_k, kn * x.dp, 0.0f);
   std::fill_n(w.acc_v, kn * x.dvp, 0.0f);
   std::fill_n(w.packed, kn, uint8_t(0));
+  if (with_dq) std::fill_n(w.k, kn * x.dp, 0.0f);  // keys no row sees add 0 * 0
   bool keys_finite = true;  // over every key loaded so far (zero columns for the others)
 
   // Rows whose visible range meets the chunk: key bounds are monotone in the row.
@@ -92,29 +110,71 @@ void dkv_item(const BackwardParams& p, const BackwardKernels& bk, int64_t item, 
       x.probs_and_dscores(j0, keys, full);
       x.chain_softcap(keys);
       x.scale_tile(w.dpt, keys);
+      if (with_dq) load_dq_rows(x);
       if (x.tile_finite && keys_finite) {
         // dV += P^T dO and dK += dS^T Q, P and dS read transposed; dS or Q carries the scale.
         x.lane_gradient(w.st, keys, w.dout, w.yp16, x.dvp, w.acc_v);
         x.lane_gradient(w.dpt, keys, w.q, w.xp16, x.dp, w.acc_k);
-        continue;
-      }
-      // A NaN/Inf input times a masked pair's zero must not reach the gradient: visible pairs
-      // only, as the reference sums them.
-      x.load_fallback_operands(g, j0, keys);
-      for (int64_t r = 0; r < x.rows; ++r) {
-        if (x.dead(r)) continue;
-        for (int64_t t = std::max<int64_t>(x.key_lo(r, j0), 0); t < std::min(x.key_hi(r, j0), keys); ++t) {
-          if (!p.mask_allows(b, h, i0 + r, j0 + t)) continue;
-          const float pv = w.st[x.at(r, t)], ds = w.dpt[x.at(r, t)];
-          for (size_t c = 0; c < x.dv; ++c) w.acc_v[size_t(t) * x.dvp + c] += pv * w.dout[size_t(r) * x.dvp + c];
-          for (size_t c = 0; c < x.d; ++c) w.acc_k[size_t(t) * x.dp + c] += ds * w.q[size_t(r) * x.dp + c];
+        // dQ += dS K: each dq element summed over its keys in order, as pass 2 sums it.
+        if (with_dq) x.kern.gemm({w.dpt, x.ld, 1, w.k, x.dp, w.acc_q, x.dp, size_t(x.rows), x.dp, kn, true});
+      } else {
+        // A NaN/Inf input times a masked pair's zero must not reach the gradient: visible pairs
+        // only, as the reference sums them.
+        x.load_fallback_operands(g, j0, keys);
+        for (int64_t r = 0; r < x.rows; ++r) {
+          if (x.dead(r)) continue;
+          for (int64_t t = std::max<int64_t>(x.key_lo(r, j0), 0); t < std::min(x.key_hi(r, j0), keys); ++t) {
+            if (!p.mask_allows(b, h, i0 + r, j0 + t)) continue;
+            const float pv = w.st[x.at(r, t)], ds = w.dpt[x.at(r, t)];
+            for (size_t c = 0; c < x.dv; ++c) w.acc_v[size_t(t) * x.dvp + c] += pv * w.dout[size_t(r) * x.dvp + c];
+            for (size_t c = 0; c < x.d; ++c) w.acc_k[size_t(t) * x.dp + c] += ds * w.q[size_t(r) * x.dp + c];
+            if (with_dq)
+              for (size_t c = 0; c < x.d; ++c) w.acc_q[size_t(r) * x.dp + c] += ds * w.k[size_t(t) * x.dp + c];
+          }
         }
       }
+      if (with_dq) store_dq_rows(x, 1.0f);
     }
   for (int64_t t = 0; t < keys; ++t) {
     store_grad_row<T>(p.dk, b, j0 + t, g, w.acc_k + size_t(t) * x.dp, p.dim, 1.0f);
     store_grad_row<T>(p.dv, b, j0 + t, g, w.acc_v + size_t(t) * x.dvp, p.dim_v, 1.0f);
   }
+}
+
+template <typename T>
+void dkv_item(const BackwardParams& p, const BackwardKernels& bk, int64_t item, char* slice) {
+  const int64_t ck = p.key_chunk, k_chunks = (p.seq_k + ck - 1) / ck;
+  TileWorker<T> x(p, bk, Lanes::keys, slice);
+  x.read_parked_dsums = x.dsums_parkable();
+  const int64_t bg = item / k_chunks, j0 = item % k_chunks * ck;
+  dkv_chunk(x, bg / p.heads_kv, bg % p.heads_kv, j0, std::min(ck, p.seq_k - j0), false);
+}
+
+// Passes 1 and 2 in one, with FlashAttention-2's loop order (5 GEMMs instead of 7): per (batch, kv
+// head), the key chunks in order, each adding its dS K to the dq rows of the query tiles that see
+// it. dq itself holds the running sums (f32), so the memory stays constant, and each dq element
+// is summed over its keys in key order as pass 2 sums it: the gradients are pass 1 and 2's, bit
+// for bit (BackwardDeterminism tests). D is recomputed per tile from O and dO, since nothing can
+// be parked in dq; rows with coarse lse, dbias and decode-shaped calls keep the passes.
+template <typename T>
+void fused_item(const BackwardParams& p, const BackwardKernels& bk, int64_t item, char* slice) {
+  TileWorker<T> x(p, bk, Lanes::keys, slice);
+  x.key_rows_too = true;
+  const int64_t b = item / p.heads_kv, g = item % p.heads_kv, ck = p.key_chunk;
+  for (int64_t h = g * p.group; h < (g + 1) * p.group; ++h)
+    for (int64_t i = 0; i < p.seq_q; ++i) {
+      T* row = const_cast<T*>(p.dq.at<T>(b, i, h));
+      for (int64_t c = 0; c < p.dim; ++c) row[c * p.dq.stride[3]] = Elem<T>::store(0.0f);
+    }
+  for (int64_t j0 = 0; j0 < p.seq_k; j0 += ck) dkv_chunk(x, b, g, j0, std::min(ck, p.seq_k - j0), true);
+  const float mul = x.dq_scale();
+  if (mul == 1.0f) return;
+  for (int64_t h = g * p.group; h < (g + 1) * p.group; ++h)
+    for (int64_t i0 = 0; i0 < p.seq_q; i0 += p.query_chunk) {
+      x.b = b, x.h = h, x.i0 = i0, x.rows = std::min(p.query_chunk, p.seq_q - i0);
+      load_dq_rows(x);
+      store_dq_rows(x, mul);
+    }
 }
 
 template <typename T>
@@ -214,12 +274,35 @@ void dsinks_pass(const BackwardParams& p) {
   });
 }
 
+// Can the fused pass take these parts? f32 dq rows to sum in, GEMM scores, no dbias (pass 2's
+// items accumulate it) and no row whose lse gets a correction (parked in dq by the lse pass);
+// then the planner's choice (fused_backward_fits).
+template <typename T>
+bool fused_runs(const BackwardParts& parts) {
+  if constexpr (!std::is_same_v<T, float>) return false;
+  for (const BackwardParams& p : parts) {
+    if (p.has_dbias || p.scores_by_dot) return false;
+    for (int64_t b = 0; b < p.batch; ++b)
+      for (int64_t h = 0; h < p.heads_q; ++h)
+        for (int64_t i = 0; i < p.seq_q; ++i)
+          if (coarse_lse_row<T>(p, *p.lse.at<float>(b, h, i))) return false;
+  }
+  return fused_backward_fits(parts);
+}
+
 }  // namespace
 
 // The passes in order, each over every part: a part's dK/dV pass needs its lse pass's parked
-// values, its dQ pass reads them back.
+// values, its dQ pass reads them back. Or the fused pass alone, where it runs.
 template <typename T>
 void flash_backward(const BackwardParts& parts, const BackwardKernels& bk, void* workspace) {
+  if (fused_runs<T>(parts)) {
+    if (parts.front().has_dsinks) dsinks_pass<T>(parts.front());  // reads no dq: no coarse rows
+    run_pass(parts, parts, workspace, fused_items, [&](const BackwardParams& p, int64_t item, char* slice) {
+      fused_item<T>(p, bk, item, slice);
+    });
+    return;
+  }
   run_pass(parts, parts, workspace, lse_items, [&](const BackwardParams& p, int64_t item, char* slice) {
     lse_item<T>(p, bk, item, slice);
   });

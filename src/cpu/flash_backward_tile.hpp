@@ -272,6 +272,7 @@ struct TileWorker {
   static constexpr int64_t kDsumSlots = int64_t(sizeof(float) / sizeof(T));
   bool dsums_parkable() const { return p.dim > kDsumSlots; }
   bool read_parked_dsums = false;  // set by the gradient passes when dsums_parkable()
+  bool key_rows_too = false;       // the fused pass: load_key also keeps K's rows in w.k (f32)
 
   // Parks D of the live rows of (b_, h_, [i0_, i0_ + rows_)).
   void park_dsums(int64_t b_, int64_t h_, int64_t i0_, int64_t rows_) {
@@ -384,6 +385,7 @@ struct TileWorker {
              put_lane16(bits_row(p.v, b, j0 + t, g, dv, 1), dv, size_t(t), w.yt16);
     bool finite = load_row(kern, p.k.at<T>(b, j0 + t, g), p.k.stride[3], d, w.row);
     put_score_lane(w.row, size_t(t), w.kt);
+    if (key_rows_too) std::copy_n(w.row, d, w.k + size_t(t) * dp);
     finite &= load_row(kern, p.v.at<T>(b, j0 + t, g), p.v.stride[3], dv, w.row);
     put_lane(w.row, dv, size_t(t), w.vt);
     return finite;

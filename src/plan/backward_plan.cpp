@@ -2,8 +2,10 @@
 #include "plan/backward_plan.hpp"
 
 #include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 
 #include "api/validate.hpp"
@@ -85,6 +87,19 @@ DqOwners dq_owners(const BackwardParams& p) {
   return {own(0, p.batch), own(1, p.heads_q), own(2, ceil_div(p.seq_q, p.query_chunk))};
 }
 
+int64_t fused_items(const BackwardParams& p) { return p.batch * p.heads_kv; }
+
+bool fused_backward_fits(const BackwardParts& parts) {
+  if (const char* forced = std::getenv("MEMATTN_BACKWARD"); forced != nullptr && *forced != '\0')
+    return std::string(forced) == "fused";
+  int64_t items = 0;
+  for (const BackwardParams& p : parts) items += fused_items(p);
+  // The machine's processors, as the forward's rows rule (plan.cpp): the choice changes no bits
+  // where both ways run, but it should not follow an affinity mask either.
+  static const int64_t cores = std::max(1L, sysconf(_SC_NPROCESSORS_CONF));
+  return items >= 4 * cores;
+}
+
 int64_t naive_items(const BackwardParams& p) { return p.batch * p.heads_kv; }
 
 int64_t naive_dbias_items(const BackwardParams& p) {
@@ -149,6 +164,7 @@ FlashBackwardSlices FlashBackwardSlices::carve(const BackwardParams& p, Carver& 
   w.capd = c.take<float>(p.has_softcap() ? tile : 0);
   w.acc_k = c.take<float>(checked_mul(std::max(ck, cq), dp));
   w.acc_v = c.take<float>(checked_mul(ck, dvp));
+  w.acc_q = c.take<float>(f32_only(checked_mul(cq, dp)));
   const size_t rows = p.bias_broadcast(2) ? 1 : cq, cols = p.bias_broadcast(3) ? 1 : size_t(p.seq_k);
   w.dbias = c.take<float>(p.has_dbias ? checked_mul(rows, cols) : 0);
   const size_t side = pad_pairs(std::max(cq, ck)), lanes = std::max(cqp, ckp);

@@ -56,6 +56,12 @@ size_t backward_slice_bytes(const BackwardParts& parts);
 // algorithm runs the parts one after another).
 size_t backward_workspace_bytes(const BackwardParts& parts);
 
+// The fused pass (passes 1 and 2 in one, f32 calls whose dq rows can hold their running sums, see
+// flash_backward.cpp): one item per (batch, kv head). Chosen where it gives every processor of
+// the machine four items or more (MEMATTN_BACKWARD=fused or =passes forces either way).
+int64_t fused_items(const BackwardParams& p);
+bool fused_backward_fits(const BackwardParts& parts);
+
 // The flash backward's products by p.family (plan_backward): bf16 inputs on the bf16_dot family
 // (the avx512_bf16 target) run them on vdpbf16ps, bf16 operands in pairs, odd dims and counts
 // zero-padded, f32 sums; on amx_bf16 (head dims multiples of 32) on TDPBF16PS tiles, with the same
@@ -101,6 +107,7 @@ struct FlashBackwardSlices {
                   // its dS takes on the way back through the cap
   float* acc_k;   // max(key_chunk, query_chunk) x pad(dim): dK (pass 1) or dQ (pass 2)
   float* acc_v;   // key_chunk x pad(dim_v): dV (pass 1)
+  float* acc_q;   // query_chunk x pad(dim): a query tile's dq rows (the fused pass, f32 products)
   float* dbias;   // (1 or query_chunk) x (1 or seq_k): the item's dbias rows (pass 2, on request)
   // With E = pad_pairs, M = max(query_chunk, key_chunk):
   uint16_t* x16;   // E(M) x E(dim): the row side's q or k (A of S)
