@@ -67,9 +67,8 @@ void lse_item(const BackwardParams& p, const BackwardKernels& bk, int64_t item, 
 template <typename T>
 void load_dq_rows(TileWorker<T>& x) {
   for (int64_t r = 0; r < x.rows; ++r) {
-    const T* row = x.p.dq.template at<T>(x.b, x.i0 + r, x.h);
     float* acc = x.w.acc_q + size_t(r) * x.dp;
-    for (size_t c = 0; c < x.d; ++c) acc[c] = Elem<T>::load(row[int64_t(c) * x.p.dq.stride[3]]);
+    load_row(x.kern, x.p.dq.template at<T>(x.b, x.i0 + r, x.h), x.p.dq.stride[3], x.d, acc);
     std::fill(acc + x.d, acc + x.dp, 0.0f);
   }
 }
