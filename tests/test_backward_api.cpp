@@ -435,3 +435,10 @@ TEST(BackwardDeterminism, det_fused_pass_equals_the_two_passes) {
         EXPECT_EQ(bitwise_difference(*got[i], want[i]), "") << v.name << ", " << threads << " threads, gradient " << i;
     }
 }
+
+// MEMATTN_BACKWARD names a way of the flash backward; another value fails before any write.
+TEST(BackwardErrors, err_unknown_backward_way) {
+  BackwardCase c = small_case();
+  mt::ScopedEnv way("MEMATTN_BACKWARD", "both");
+  expect_bwd_error(c, BwdCall(c), ErrorCode::invalid_argument, {"MEMATTN_BACKWARD", "fused or passes", "both"});
+}

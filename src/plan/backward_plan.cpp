@@ -32,6 +32,11 @@ void plan_backward(BackwardParams& p, const Options& o) {
     fail(ErrorCode::unsupported,
          "algorithm: flash backward takes f32, bf16 or f16 inputs, got f64 (use naive for f64)");
 
+  // Checked whatever the algorithm, as MEMATTN_TARGET is: a misspelt value is an error, not the
+  // other way silently.
+  if (const char* way = std::getenv("MEMATTN_BACKWARD");
+      way != nullptr && *way != '\0' && std::string(way) != "fused" && std::string(way) != "passes")
+    fail(ErrorCode::invalid_argument, std::string("MEMATTN_BACKWARD: expected fused or passes, got ") + way);
   // Bound whatever the algorithm, as in plan_forward: an unknown target is an error on every path.
   p.kernels = &select_kernels(o.target);
   p.family = p.algorithm == Algorithm::flash ? choose_family(p, true) : TileFamily::f32_fma;
