@@ -14,6 +14,9 @@
 // order (deterministic, but Nq x d x Nk/key_chunk floats: memory growing with n^2). Measured at
 // n = 2048, d = 128, B*H = 8, f32, one Zen 5 thread (CPU time): pass 1 (4 GEMMs) 316 ms, pass 2
 // (3 GEMMs) 187 ms; the two recomputed GEMMs cost about 125 ms, 25% of the backward.
+// Where dq itself can hold each row's running sum (f32 inputs; no lse correction or D parked in
+// it; no dbias), the fused pass replaces all three: per (batch, kv head) the key chunks in order,
+// 5 GEMMs, the same bits (fused_item). Zen 4, n = 4096, d = 128: 44-47% -> 63-72% of the FMA peak.
 // bf16 inputs on the avx512_bf16 target run the same passes with every product on vdpbf16ps
 // (flash_backward_tile.hpp), at about twice the f32 GEMM's speed.
 #include <type_traits>
