@@ -57,8 +57,9 @@ size_t backward_slice_bytes(const BackwardParts& parts);
 size_t backward_workspace_bytes(const BackwardParts& parts);
 
 // The fused pass (passes 1 and 2 in one, f32 calls whose dq rows can hold their running sums, see
-// flash_backward.cpp): one item per (batch, kv head). Chosen where it gives every processor of
-// the machine four items or more (MEMATTN_BACKWARD=fused or =passes forces either way).
+// flash_backward.cpp): one item per (batch, kv head). Chosen where its items keep the machine's
+// processors busy enough to beat the passes' 7 GEMMs with its 5 (MEMATTN_BACKWARD=fused or
+// =passes forces either way).
 int64_t fused_items(const BackwardParams& p);
 bool fused_backward_fits(const BackwardParts& parts);
 
