@@ -27,10 +27,10 @@ int64_t dkv_items(const BackwardParams& p);
 // chunks of query_chunk keys (p itself with dbias, whose item accumulator grows with the rows).
 BackwardParams dq_pass_params(const BackwardParams& p);
 
-// Flash pass 2 (dQ and dbias, on dq_pass_params(p)): items own disjoint sets of (batch, head, query chunk) so that each
-// dq row and each dbias element is written by exactly one item. Without dbias an item is one
-// (batch, head, query chunk); with dbias, the dims the bias broadcasts over are walked inside the
-// item, in a fixed order, so the reduction is deterministic without atomics.
+// Flash pass 2 (dQ and dbias, on dq_pass_params(p)): items own disjoint sets of (batch, head,
+// query chunk) so that each dq row and each dbias element is written by exactly one item. Without
+// dbias an item is one (batch, head, query chunk); with dbias, the dims the bias broadcasts over
+// are walked inside the item, in a fixed order, so the reduction is deterministic without atomics.
 struct DqOwners {
   int64_t batch, heads, chunks;  // item extents along batch, head, query chunk
   int64_t items() const { return batch * heads * chunks; }
