@@ -83,3 +83,23 @@ def test_backward_of_torch_bool_mask_and_thread_default(rng):
     t_out = memattn.attention(*(torch.from_numpy(x).float() for x in (q, k, v)),
                               mask=torch.from_numpy(mask))
     assert np.array_equal(np_out, to64(t_out).astype(np.float32))
+
+
+def test_backward_ways_agree_bitwise_and_the_knob_is_checked(rng, monkeypatch):
+    """MEMATTN_BACKWARD=fused|passes: the f32 flash backward's two ways give the same bits; another
+    value raises before anything is written."""
+    q, k, v = (randn(rng, (2, 40, 4, 16)).astype(np.float32) for _ in range(3))
+    dout = randn(rng, (2, 40, 4, 16)).astype(np.float32)
+    out, lse = memattn.attention(q, k, v, causal=True, return_lse=True)
+    grads = {}
+    for way in ("passes", "fused"):
+        monkeypatch.setenv("MEMATTN_BACKWARD", way)
+        grads[way] = memattn.attention_backward(q, k, v, out, dout, lse, causal=True)
+    for a, b in zip(grads["passes"], grads["fused"]):
+        assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+    monkeypatch.setenv("MEMATTN_BACKWARD", "both")
+    dq = np.full_like(q, np.nan)
+    with pytest.raises(ValueError, match=r"^MEMATTN_BACKWARD: expected fused or passes, got both") as info:
+        memattn.attention_backward(q, k, v, out, dout, lse, causal=True, dq=dq)
+    assert info.value.code == "invalid_argument"
+    assert np.isnan(dq).all()

@@ -1,5 +1,6 @@
 /* Tests of the C API, compiled as C: results against a naive attention in double, every status
  * code with its memattn_last_error message, and outputs left byte-for-byte untouched on error. */
+#define _POSIX_C_SOURCE 200112L /* setenv, unsetenv */
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -122,6 +123,26 @@ static void test_null_pointers(void) {
                  MEMATTN_INVALID_ARGUMENT, "v: null");
   CHECK(bytes == 12345);
   EXPECT_FAILURE(memattn_set_allocator(NULL, NULL), MEMATTN_INVALID_ARGUMENT, "allocator: null");
+}
+
+/* MEMATTN_BACKWARD=fused|passes: the f32 flash backward's two ways give the same bits; another
+ * value fails before any write. */
+static void test_backward_ways(void) {
+  memattn_options o = problem_options();
+  o.algorithm = MEMATTN_ALGORITHM_FLASH;
+  CHECK(memattn_forward(&tq, &tk, &tv, &tout, &tlse, &o, kNoWorkspace) == MEMATTN_OK);
+  static float want_dq[SQ * HQ * D], want_dk[SK * HKV * D], want_dv[SK * HKV * DV];
+  setenv("MEMATTN_BACKWARD", "passes", 1);
+  CHECK(backward_with(&tlse, &tdq, NULL, &o, kNoWorkspace) == MEMATTN_OK);
+  memcpy(want_dq, dq, sizeof dq), memcpy(want_dk, dk, sizeof dk), memcpy(want_dv, dv, sizeof dv);
+  setenv("MEMATTN_BACKWARD", "fused", 1);
+  CHECK(backward_with(&tlse, &tdq, NULL, &o, kNoWorkspace) == MEMATTN_OK);
+  CHECK(memcmp(want_dq, dq, sizeof dq) == 0 && memcmp(want_dk, dk, sizeof dk) == 0 &&
+        memcmp(want_dv, dv, sizeof dv) == 0);
+  setenv("MEMATTN_BACKWARD", "both", 1);
+  EXPECT_FAILURE(backward_with(&tlse, &tdq, NULL, &o, kNoWorkspace), MEMATTN_INVALID_ARGUMENT,
+                 "MEMATTN_BACKWARD: expected fused or passes, got both");
+  unsetenv("MEMATTN_BACKWARD");
 }
 
 static void test_enums_out_of_range(void) {
@@ -362,6 +383,7 @@ int main(void) {
   test_forward_matches_reference();
   test_backward_matches_reference();
   test_null_pointers();
+  test_backward_ways();
   test_enums_out_of_range();
   test_errors_of_the_library();
   test_workspace_too_small();

@@ -149,6 +149,15 @@ TEST(CliOptions, BenchRejectsUnknownFamily) {
   EXPECT_NE(r.err.find("bogus"), std::string::npos) << r.err;
 }
 
+// A misspelt MEMATTN_BACKWARD fails the backward runs with the library's message.
+TEST(CliOptions, BenchReportsUnknownBackwardWay) {
+  const ToolResult r = run_tool({"bench", "--n", "64", "--d", "16", "--dtype", "f32", "--threads", "1", "--causal",
+                                 "0", "--direction", "backward", "--reps", "1", "--min-seconds", "0"},
+                                ".", {"MEMATTN_BACKWARD=bogus"});
+  EXPECT_NE(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("MEMATTN_BACKWARD: expected fused or passes, got bogus"), std::string::npos) << r.err;
+}
+
 TEST(CliOptions, BenchDecodeJson) {
   const ToolResult r = run_tool({"bench", "--decode", "--n", "300,70", "--seq-q", "2", "--heads", "8", "--d", "16",
                                  "--dtype", "bf16", "--threads", "1", "--reps", "1", "--json"});
