@@ -1,9 +1,11 @@
-// What a call's num_threads = 0 ("all that OpenMP offers") resolves to.
+// What a call's num_threads = 0 ("all that OpenMP offers") resolves to, and the machine's processors.
 #pragma once
 
 #include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 
 namespace memattn::detail {
 
@@ -13,5 +15,13 @@ namespace memattn::detail {
 // (max_threads - 1) extra threads (measured: 6 extra for T = 2 and OMP_NUM_THREADS=4). An explicit
 // num_threads is honoured as given.
 inline int default_threads() { return omp_get_active_level() > 0 ? 1 : std::max(1, omp_get_max_threads()); }
+
+// The machine's processors, not those this process may run on nor the call's threads: the plans
+// that read it (rows per forward item, the backward's way) then give the same bits under any
+// affinity mask and thread count.
+inline int64_t machine_processors() {
+  static const int64_t n = std::max(1L, sysconf(_SC_NPROCESSORS_CONF));
+  return n;
+}
 
 }  // namespace memattn::detail

@@ -2,7 +2,6 @@
 #include "plan/backward_plan.hpp"
 
 #include <omp.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -105,7 +104,7 @@ bool fused_backward_fits(const BackwardParts& parts) {
   // passes, 4 items 491-522 against 686-701. The machine's processors, as the forward's rows
   // rule (plan.cpp), not the call's threads: with NaN or Inf inputs the two ways may differ in
   // the bits of finite elements (their element-wise fallbacks cover different tiles).
-  static const int64_t cores = std::max(1L, sysconf(_SC_NPROCESSORS_CONF));
+  const int64_t cores = machine_processors();
   const int64_t rounds = (items + cores - 1) / cores;
   return double(rounds) * 5.0 <= 7.0 * double(items) / double(cores);
 }

@@ -84,8 +84,7 @@ int64_t flash_query_rows(const Params& p) {
   }
   // In double: batch x heads x tiles may pass int64 for broadcast inputs of huge sequences.
   const auto items = [&](int64_t r) { return double(p.batch) * double(p.heads_q) * double((p.seq_q + r - 1) / r); };
-  // The machine's processors, not those this process may run on: an affinity mask changes no bits.
-  static const double cores = double(std::max(1L, sysconf(_SC_NPROCESSORS_CONF)));
+  const double cores = double(machine_processors());
   while (rows > least && items(rows) < 4 * cores) rows /= 2;
   return rows;
 }
