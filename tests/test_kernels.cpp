@@ -152,3 +152,54 @@ TEST(Kernels, DotScoresSameBitsInAnyTile) {
     }
   }
 }
+
+// Kernels::walk_scores and walk_values: every head's scores the bits of dot_scores on that head
+// alone, and its P V the bits of gemm (gemm_bf16 for a bf16 cache) adding the chunk at once, for
+// row groups of 1 to 8 rows, key counts off the walk's steps, and the rows asked for ahead
+// anywhere from inside the chunk to past it; no lane past `rows` written.
+TEST(Kernels, WalkMatchesDotScoresAndGemm) {
+  const auto widen = [](uint16_t bits) {
+    const uint32_t u = uint32_t(bits) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  };
+  for (const Kernels* k : available_kernels()) {
+    SCOPED_TRACE(k->name);
+    for (bool bf16 : {false, true})
+      for (size_t heads : {1, 3})
+        for (size_t rows : {1, 3, 4, 5, 8})
+          for (size_t ahead : {1, 6, 40}) {
+            const size_t keys = 13, d = 32, dv = 48, ldst = 16, ldacc = 48, k_row = heads * d, v_row = heads * dv;
+            std::vector<float> kf(keys * k_row), vf(keys * v_row);
+            std::vector<uint16_t> k16(kf.size()), v16(vf.size());
+            for (size_t i = 0; i < kf.size(); ++i) k16[i] = uint16_t(0x3e00u + (i * 977) % 0x0300u), kf[i] = bf16 ? widen(k16[i]) : std::sin(float(i));
+            for (size_t i = 0; i < vf.size(); ++i) v16[i] = uint16_t(0xbe00u + (i * 131) % 0x0300u), vf[i] = bf16 ? widen(v16[i]) : std::cos(float(i));
+            std::vector<float> q(heads * rows * d), st(heads * keys * ldst, -7.0f), want_st(st), acc(heads * rows * ldacc);
+            for (size_t i = 0; i < q.size(); ++i) q[i] = std::sin(float(i) * 0.37f) * 2.0f;
+            for (size_t i = 0; i < acc.size(); ++i) acc[i] = std::cos(float(i) * 0.11f);
+            std::vector<float> want_acc(acc);
+            std::vector<WalkHead> wh(heads);
+            for (size_t h = 0; h < heads; ++h) {
+              const void* kh = bf16 ? static_cast<const void*>(k16.data() + h * d) : kf.data() + h * d;
+              const void* vh = bf16 ? static_cast<const void*>(v16.data() + h * dv) : vf.data() + h * dv;
+              wh[h] = {kh, vh, q.data() + h * rows * d, st.data() + h * keys * ldst, acc.data() + h * rows * ldacc};
+              k->dot_scores({kh, k_row, bf16, keys, q.data() + h * rows * d, d, rows, d, want_st.data() + h * keys * ldst, ldst});
+            }
+            const WalkArgs a{wh.data(), heads, k_row, v_row, bf16, keys, rows, d, dv, ldst, ldacc, ahead, keys};
+            k->walk_scores(a);
+            EXPECT_EQ(0, std::memcmp(st.data(), want_st.data(), st.size() * 4))
+                << "scores: bf16 " << bf16 << " heads " << heads << " rows " << rows << " ahead " << ahead;
+            k->walk_values(a);
+            for (size_t h = 0; h < heads; ++h) {
+              const GemmArgs g{want_st.data() + h * keys * ldst, 1, ldst,
+                               bf16 ? static_cast<const void*>(v16.data() + h * dv) : vf.data() + h * dv, v_row,
+                               want_acc.data() + h * rows * ldacc, ldacc, rows, dv, keys, true};
+              if (bf16) k->gemm_bf16(g, Bf16Operand::b);
+              else k->gemm(g);
+            }
+            EXPECT_EQ(0, std::memcmp(acc.data(), want_acc.data(), acc.size() * 4))
+                << "P V: bf16 " << bf16 << " heads " << heads << " rows " << rows << " ahead " << ahead;
+          }
+  }
+}

@@ -84,6 +84,17 @@ class F32Family {
     product({k, k_row, 1, s_.qt, cqp_, st, cqp_, keys, cqp_, d_, false}, in_place ? Operand::a : Operand::none);
   }
 
+  // Can the item's heads walk this chunk key by key (Kernels::walk_scores, walk_values; see
+  // walk_chunk in flash_forward.cpp)? Scores by dot products, every row sees every key, K and V
+  // rows read in place at one pitch, value rows without padding.
+  bool key_walk(const Chunk& c) const {
+    return dot_scores_ && kInPlace && c.full && c.one_pitch && p_.k.stride[3] == 1 && p_.k.stride[1] >= 0 &&
+           p_.v.stride[3] == 1 && p_.v.stride[1] >= 0 && dv_ == dvp_;
+  }
+  WalkHead walk_head(const Chunk& c) const {
+    return {p_.key_row<Kv>(c.b, c.j0, c.g), p_.value_row<Kv>(c.b, c.j0, c.g), s_.qs, w_.st, w_.acc};
+  }
+
   // Key blocks of P V add into acc in key order as the whole chunk does, which the transposed
   // product (a chunk's sum added at once) does not.
   bool key_blocks(const Chunk& c) const { return !values_transposed(size_t(c.rows), dv_, 0.0); }

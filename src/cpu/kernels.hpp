@@ -43,6 +43,30 @@ struct DotScoresArgs {
   size_t ldst;
 };
 
+// One key chunk of a decode item's kv heads walked a few keys at a time (Kernels::walk_scores,
+// walk_values): every head's rows of those keys before the next keys', so a BSHD cache, whose
+// key rows hold all heads side by side, is read almost in address order. Per head the keys' rows
+// lie k_row (v_row) elements apart from k (v), the chunk's first key's; its rows x d queries q
+// (row pitch d), its scores and weights st[t * ldst + r], its accumulators acc[r * ldacc + c];
+// d and dv multiples of kPadFloats.
+struct WalkHead {
+  const void* k;  // f32, or bf16 widened exactly as read when kv_bf16
+  const void* v;
+  const float* q;
+  float* st;
+  float* acc;
+};
+struct WalkArgs {
+  const WalkHead* heads;
+  size_t n_heads;
+  size_t k_row, v_row;
+  bool kv_bf16;
+  size_t keys, rows, d, dv, ldst, ldacc;
+  // As key t is read, the rows of key t + ahead are asked into L2 (software prefetch) if
+  // t + ahead < ahead_end: the keys that lie at the walk's pitch, possibly past the chunk.
+  size_t ahead, ahead_end;
+};
+
 struct Bf16DotKernels;
 
 // Which operand of Kernels::gemm_bf16 holds bf16 elements.
@@ -62,6 +86,10 @@ struct Kernels {
   // partial sums (lane l: the elements kk = l mod lanes, in increasing kk), summed by a tree fixed
   // per vector width. The bits differ between targets of different widths (scalar: one chain).
   void (*dot_scores)(const DotScoresArgs& g);
+  // The scores of a walk, each summed as dot_scores sums it, and its P V: acc += st[t][r] v_t in
+  // key order by fused multiply-adds, as gemm accumulates: the same bits as those two.
+  void (*walk_scores)(const WalkArgs& g);
+  void (*walk_values)(const WalkArgs& g);
   // The online-softmax step for one key chunk of a transposed score tile st[keys][ld] (ld lanes =
   // query rows, a multiple of kPadFloats), scores first multiplied by `scale`: per lane, the new max over the chunk (NaN scores
   // ignored for the max), alpha = exp(old max - new max) (1 when equal), st <- exp(st - new max)

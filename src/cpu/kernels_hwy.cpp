@@ -205,6 +205,93 @@ void DotScores(const DotScoresArgs& g) {
   else DotScoresOf<float>(g);
 }
 
+// Keys per step of a walk: scored as DotScoresOf's tiles of 4 keys, and their value rows added
+// into the accumulators in registers.
+constexpr size_t kWalkKeys = 4;
+
+// Asks for head h's rows of keys t0 + ahead .. t0 + ahead + nk - 1 of a walk (K or V) to be
+// brought into L2, where they lie at the walk's pitch; spread over the heads' turns, so that
+// the requests keep pace with the compute rather than come in bursts.
+template <typename KT>
+HWY_INLINE void FetchAhead(const WalkArgs& g, size_t h, size_t t0, size_t nk, bool value) {
+  const size_t row = value ? g.v_row : g.k_row, n = (value ? g.dv : g.d) * sizeof(KT);
+  const KT* base = static_cast<const KT*>(value ? g.heads[h].v : g.heads[h].k);
+  for (size_t t = t0 + g.ahead; t < std::min(t0 + g.ahead + nk, g.ahead_end); ++t) {
+    const char* c = reinterpret_cast<const char*>(base + t * row);
+    for (size_t x = 0; x < n; x += 64) __builtin_prefetch(c + x, 0, 2);
+  }
+}
+
+// Each step of kWalkKeys keys: the rows ahead asked for, then every head's scores of the step's
+// keys by DotScoresOf (the same tiles, so the same bits).
+template <typename KT>
+void WalkScoresOf(const WalkArgs& g) {
+  for (size_t t0 = 0; t0 < g.keys; t0 += kWalkKeys) {
+    const size_t nk = std::min(kWalkKeys, g.keys - t0);
+    for (size_t h = 0; h < g.n_heads; ++h) {
+      FetchAhead<KT>(g, h, t0, nk, false);
+      const WalkHead& w = g.heads[h];
+      DotScoresOf<KT>({static_cast<const KT*>(w.k) + t0 * g.k_row, g.k_row, false, nk, w.q, g.d, g.rows, g.d,
+                       w.st + t0 * g.ldst, g.ldst});
+    }
+  }
+}
+
+void WalkScores(const WalkArgs& g) {
+  if (g.kv_bf16) WalkScoresOf<hwy::bfloat16_t>(g);
+  else WalkScoresOf<float>(g);
+}
+
+// acc[r] += p[j][r] v_j for rows r < NR of one head, keys j < nk in order (fused multiply-adds
+// chained in registers: the same roundings as one key at a time), the weights broadcast once.
+template <size_t NR, typename KT>
+HWY_INLINE void WalkValueRows(DF d, const KT* const* v, size_t nk, const float* p, size_t ldst, float* acc,
+                              size_t ldacc, size_t dv) {
+  VF pr[kWalkKeys][NR];
+  for (size_t j = 0; j < nk; ++j)
+    for (size_t r = 0; r < NR; ++r) pr[j][r] = hn::Set(d, p[j * ldst + r]);
+  for (size_t c = 0; c < dv; c += hn::Lanes(d)) {
+    VF a[NR];
+    for (size_t r = 0; r < NR; ++r) a[r] = hn::LoadU(d, acc + r * ldacc + c);
+    for (size_t j = 0; j < nk; ++j) {
+      const VF vc = LoadAsF32(d, v[j] + c);
+      for (size_t r = 0; r < NR; ++r) a[r] = hn::MulAdd(pr[j][r], vc, a[r]);
+    }
+    for (size_t r = 0; r < NR; ++r) hn::StoreU(a[r], d, acc + r * ldacc + c);
+  }
+}
+
+template <typename KT>
+void WalkValuesOf(const WalkArgs& g) {
+  const DF d;
+  const size_t rows = g.rows, dv = g.dv, ldst = g.ldst, ldacc = g.ldacc;
+  for (size_t t0 = 0; t0 < g.keys; t0 += kWalkKeys) {
+    const size_t nk = std::min(kWalkKeys, g.keys - t0);
+    for (size_t h = 0; h < g.n_heads; ++h) {
+      FetchAhead<KT>(g, h, t0, nk, true);
+      const KT* v[kWalkKeys];
+      for (size_t j = 0; j < nk; ++j) v[j] = static_cast<const KT*>(g.heads[h].v) + (t0 + j) * g.v_row;
+      const float* p = g.heads[h].st + t0 * ldst;
+      float* acc = g.heads[h].acc;
+      for (size_t r0 = 0; r0 < rows; r0 += 4) {
+        const float* pr = p + r0;
+        float* ar = acc + r0 * ldacc;
+        switch (std::min<size_t>(4, rows - r0)) {
+          case 1: WalkValueRows<1>(d, v, nk, pr, ldst, ar, ldacc, dv); break;
+          case 2: WalkValueRows<2>(d, v, nk, pr, ldst, ar, ldacc, dv); break;
+          case 3: WalkValueRows<3>(d, v, nk, pr, ldst, ar, ldacc, dv); break;
+          default: WalkValueRows<4>(d, v, nk, pr, ldst, ar, ldacc, dv); break;
+        }
+      }
+    }
+  }
+}
+
+void WalkValues(const WalkArgs& g) {
+  if (g.kv_bf16) WalkValuesOf<hwy::bfloat16_t>(g);
+  else WalkValuesOf<float>(g);
+}
+
 // exp(x) for x <= 0 (the softmax only exponentiates score - running max), NaN kept, -inf -> 0.
 // Cody-Waite reduction x = n ln2 + r with |r| <= ln2/2 and Highway's minimax polynomial for
 // e^r (max error about 1 ulp, the bound Highway documents for its Exp), then 2^n in two steps:
@@ -351,7 +438,8 @@ const char* TargetLabel() {
 }
 
 extern const Kernels kKernels;
-const Kernels kKernels = {TargetLabel(), HWY_TARGET, nullptr, &Gemm, &GemmBf16, &DotScores, &SoftmaxStep,
+const Kernels kKernels = {TargetLabel(), HWY_TARGET, nullptr, &Gemm, &GemmBf16, &DotScores, &WalkScores, &WalkValues,
+                          &SoftmaxStep,
                           &ScaleRows, &ToF32, &AddTransposed};
 
 }  // namespace HWY_NAMESPACE
