@@ -183,10 +183,10 @@ TEST(Kernels, WalkMatchesDotScoresAndGemm) {
             for (size_t h = 0; h < heads; ++h) {
               const void* kh = bf16 ? static_cast<const void*>(k16.data() + h * d) : kf.data() + h * d;
               const void* vh = bf16 ? static_cast<const void*>(v16.data() + h * dv) : vf.data() + h * dv;
-              wh[h] = {kh, vh, q.data() + h * rows * d, st.data() + h * keys * ldst, acc.data() + h * rows * ldacc};
+              wh[h] = {kh, vh, q.data() + h * rows * d, st.data() + h * keys * ldst, acc.data() + h * rows * ldacc, kh, vh};
               k->dot_scores({kh, k_row, bf16, keys, q.data() + h * rows * d, d, rows, d, want_st.data() + h * keys * ldst, ldst});
             }
-            const WalkArgs a{wh.data(), heads, k_row, v_row, bf16, keys, rows, d, dv, ldst, ldacc, ahead, keys};
+            const WalkArgs a{wh.data(), heads, k_row, v_row, bf16, keys, rows, d, dv, ldst, ldacc, ahead, keys, keys};
             k->walk_scores(a);
             EXPECT_EQ(0, std::memcmp(st.data(), want_st.data(), st.size() * 4))
                 << "scores: bf16 " << bf16 << " heads " << heads << " rows " << rows << " ahead " << ahead;

@@ -92,7 +92,7 @@ class F32Family {
            p_.v.stride[3] == 1 && p_.v.stride[1] >= 0 && dv_ == dvp_;
   }
   WalkHead walk_head(const Chunk& c) const {
-    return {p_.key_row<Kv>(c.b, c.j0, c.g), p_.value_row<Kv>(c.b, c.j0, c.g), s_.qs, w_.st, w_.acc};
+    return {p_.key_row<Kv>(c.b, c.j0, c.g), p_.value_row<Kv>(c.b, c.j0, c.g), s_.qs, w_.st, w_.acc, nullptr, nullptr};
   }
 
   // Key blocks of P V add into acc in key order as the whole chunk does, which the transposed

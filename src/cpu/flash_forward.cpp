@@ -108,6 +108,8 @@ class FlashItem {
     return false;
   }
   WalkHead walk_head() const requires kWalks { return fam_.walk_head(c_); }
+  const void* key_row(int64_t j) const { return p_.key_row<typename Family::Kv>(c_.b, j, c_.g); }
+  const void* value_row(int64_t j) const { return p_.value_row<typename Family::Kv>(c_.b, j, c_.g); }
   void values(int64_t t0, int64_t t1) {
     c_.t0 = t0, c_.t1 = t1;
     if (!fam_.accumulate_values(c_)) accumulate_visible_pairs(c_);
@@ -261,15 +263,21 @@ template <typename T, typename F>
 void walk_chunk(const Params& p, FlashItem<T, F>* const* heads, int64_t n) {
   if constexpr (FlashItem<T, F>::kWalks) {
     using Kv = typename F::Kv;
-    WalkHead wh[kMaxKvHeadsPerItem];
-    for (int64_t k = 0; k < n; ++k) wh[k] = heads[k]->walk_head();
-    // The rows ahead at the walk's pitch: the item's keys of a contiguous cache, the page's of a paged one.
+    // The rows ahead at the walk's pitch: the item's keys of a contiguous cache; in a paged one
+    // the page's, then the next page's.
     const int64_t j0 = heads[0]->chunk_start(), left = heads[0]->last() - j0;
     const int64_t pitch_keys = p.page_size == 0 ? left : std::min(left, p.page_size - j0 % p.page_size);
+    const int64_t next_keys = p.page_size == 0 ? 0 : std::min(left - pitch_keys, p.page_size);
+    WalkHead wh[kMaxKvHeadsPerItem];
+    for (int64_t k = 0; k < n; ++k) {
+      wh[k] = heads[k]->walk_head();
+      if (next_keys > 0) wh[k].k_next = heads[k]->key_row(j0 + pitch_keys), wh[k].v_next = heads[k]->value_row(j0 + pitch_keys);
+    }
     const int64_t ahead = std::max<int64_t>(1, kWalkAheadBytes / std::max<int64_t>(1, p.k.stride[1] * int64_t(sizeof(Kv))));
     const WalkArgs a{wh, size_t(n), size_t(p.k.stride[1]), size_t(p.v.stride[1]), std::is_same_v<Kv, bf16>,
                      size_t(heads[0]->keys()), size_t(heads[0]->rows()), size_t(p.dim), size_t(p.dim_v),
-                     pad_floats(size_t(p.query_chunk)), pad_floats(size_t(p.dim_v)), size_t(ahead), size_t(pitch_keys)};
+                     pad_floats(size_t(p.query_chunk)), pad_floats(size_t(p.dim_v)), size_t(ahead), size_t(pitch_keys),
+                     size_t(next_keys)};
     p.kernels->walk_scores(a);
     for (int64_t k = 0; k < n; ++k) heads[k]->softmax();
     p.kernels->walk_values(a);

@@ -55,6 +55,8 @@ struct WalkHead {
   const float* q;
   float* st;
   float* acc;
+  const void* k_next;  // the next page's first rows (paged caches; see WalkArgs::ahead)
+  const void* v_next;
 };
 struct WalkArgs {
   const WalkHead* heads;
@@ -62,9 +64,10 @@ struct WalkArgs {
   size_t k_row, v_row;
   bool kv_bf16;
   size_t keys, rows, d, dv, ldst, ldacc;
-  // As key t is read, the rows of key t + ahead are asked into L2 (software prefetch) if
-  // t + ahead < ahead_end: the keys that lie at the walk's pitch, possibly past the chunk.
-  size_t ahead, ahead_end;
+  // As key t is read, the rows of key t + ahead are asked into L2 (software prefetch): at the
+  // walk's pitch from k (v) while t + ahead < ahead_end (possibly past the chunk), then those of
+  // key t + ahead - ahead_end from k_next (v_next) while that is below next_keys.
+  size_t ahead, ahead_end, next_keys;
 };
 
 struct Bf16DotKernels;

@@ -210,14 +210,20 @@ void DotScores(const DotScoresArgs& g) {
 constexpr size_t kWalkKeys = 4;
 
 // Asks for head h's rows of keys t0 + ahead .. t0 + ahead + nk - 1 of a walk (K or V) to be
-// brought into L2, where they lie at the walk's pitch; spread over the heads' turns, so that
+// brought into L2, from where they lie (WalkArgs::ahead); spread over the heads' turns, so that
 // the requests keep pace with the compute rather than come in bursts.
 template <typename KT>
 HWY_INLINE void FetchAhead(const WalkArgs& g, size_t h, size_t t0, size_t nk, bool value) {
   const size_t row = value ? g.v_row : g.k_row, n = (value ? g.dv : g.d) * sizeof(KT);
-  const KT* base = static_cast<const KT*>(value ? g.heads[h].v : g.heads[h].k);
-  for (size_t t = t0 + g.ahead; t < std::min(t0 + g.ahead + nk, g.ahead_end); ++t) {
-    const char* c = reinterpret_cast<const char*>(base + t * row);
+  const WalkHead& w = g.heads[h];
+  for (size_t t = t0 + g.ahead; t < t0 + g.ahead + nk; ++t) {
+    const void* base = value ? w.v : w.k;
+    size_t at = t;
+    if (t >= g.ahead_end) {
+      base = value ? w.v_next : w.k_next, at = t - g.ahead_end;
+      if (at >= g.next_keys) return;
+    }
+    const char* c = reinterpret_cast<const char*>(static_cast<const KT*>(base) + at * row);
     for (size_t x = 0; x < n; x += 64) __builtin_prefetch(c + x, 0, 2);
   }
 }
